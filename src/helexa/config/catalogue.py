@@ -1,0 +1,109 @@
+"""models.toml: the catalogue of models cortex may place, and the aliases clients may use.
+
+One catalogue type, shared by cortex and bench.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from helexa.config.loader import read_toml, validate
+
+log = logging.getLogger("helexa.config")
+
+
+class Cost(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    input: float | None = None
+    output: float | None = None
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+    def as_wire(self) -> dict[str, float]:
+        """Absent and 0.0 are distinct: only set fields appear."""
+        return {k: v for k, v in self.model_dump().items() if v is not None and k in _COST_KEYS}
+
+
+_COST_KEYS = ("input", "output", "cache_read", "cache_write")
+
+
+class ModelProfile(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1)
+    harness: Literal["torch", "candle", "llamacpp"] = "torch"
+    quant: str | None = None
+    source: str | None = None
+    path: str | None = None
+    vram_mb: int | None = Field(default=None, ge=0)
+    min_devices: int = Field(default=1, ge=1)
+    min_device_vram_mb: int | None = Field(default=None, ge=0)
+    pinned_on: list[str] = Field(default_factory=list)
+    residency_priority: int = 100
+    capabilities: list[str] = Field(default_factory=list)
+    cost: Cost | None = None
+    limit: dict[str, object] | None = None  # accepted for compatibility, ignored (§1.16)
+    max_in_flight: int | None = Field(default=None, ge=1)
+    max_queue_depth: int | None = Field(default=None, ge=0)
+    max_wait_secs: float | None = Field(default=None, ge=0)
+    keep_alive_secs: float | None = None
+
+    @field_validator("harness", mode="after")
+    @classmethod
+    def _candle_is_torch(cls, v: str) -> str:
+        return "torch" if v == "candle" else v
+
+    @model_validator(mode="after")
+    def _source_xor_path(self) -> ModelProfile:
+        if self.source and self.path:
+            raise ValueError("set either 'source' or 'path', not both")
+        if self.path is not None and not self.path.startswith("/"):
+            raise ValueError("'path' must be absolute")
+        return self
+
+    def load_id(self) -> str:
+        """What the neuron fetches (§1.5 spec table)."""
+        if self.path:
+            return self.path
+        if self.source:
+            return f"{self.source}:{self.id}"
+        return self.id
+
+
+class Catalogue(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    models: list[ModelProfile] = Field(default_factory=list)
+    aliases: dict[str, str] = Field(default_factory=dict)
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    _by_id: dict[str, ModelProfile] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Catalogue:
+        for m in self.models:
+            if m.id in self._by_id:
+                raise ValueError(f"duplicate model id '{m.id}'")
+            self._by_id[m.id] = m
+        for alias in self.aliases:
+            if alias in self._by_id:
+                raise ValueError(f"alias '{alias}' equals a catalogue model id")
+        return self
+
+    def get(self, model_id: str) -> ModelProfile | None:
+        return self._by_id.get(model_id)
+
+    def resolve_alias(self, requested: str) -> str:
+        """One flat lookup, no chaining (§1.4 step 1)."""
+        return self.aliases.get(requested, requested)
+
+
+def load_catalogue(path: Path) -> Catalogue:
+    """A missing file is an empty catalogue (warned); an invalid one is a ConfigError."""
+    if not path.exists():
+        log.warning("models catalogue %s not found; starting with an empty catalogue", path)
+        return Catalogue()
+    return validate(Catalogue, read_toml(path), str(path))

@@ -1,0 +1,169 @@
+"""cortex.toml: gateway, eviction, neurons and API keys (contract §1.16)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from helexa.config.catalogue import Catalogue, load_catalogue
+from helexa.config.loader import ConfigError, apply_env, read_toml, validate
+
+log = logging.getLogger("helexa.config")
+
+DEFAULT_PATH = Path("/etc/cortex/cortex.toml")
+ENV_PREFIX = "CORTEX_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def _check_listen(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got '{v}'")
+    return v
+
+
+class Gateway(_Section):
+    listen: str = "0.0.0.0:31313"
+    metrics_listen: str = "0.0.0.0:31314"
+    poll_interval_secs: float = Field(default=5, gt=0)
+    probe_timeout_secs: float = Field(default=5, gt=0)
+    discovery_interval_secs: float = Field(default=60, ge=0)
+    request_timeout_secs: float = Field(default=300, gt=0)
+    cold_load_timeout_secs: float = Field(default=1800, gt=0)
+    max_body_mb: float = Field(default=32, gt=0)
+    shutdown_grace_secs: float = Field(default=60, ge=0)
+
+    _listen = field_validator("listen", "metrics_listen")(_check_listen)
+
+
+class Eviction(_Section):
+    strategy: Literal["lru", "priority"] = "lru"
+    max_evictions_per_load: int = Field(default=3, ge=0)
+    defrag_after_cycles: int = Field(default=50, ge=0)
+    idle_check_secs: float = Field(default=5, gt=0)
+
+
+class NeuronConfig(_Section):
+    name: str
+    endpoint: str
+    token: str | None = None
+    token_env: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
+            raise ValueError("must match [A-Za-z0-9._-]+")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/]+", v):
+            raise ValueError(f"expected an http(s) base URL, got '{v}'")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> NeuronConfig:
+        if self.token is not None and self.token_env is not None:
+            raise ValueError("set either 'token' or 'token_env', not both")
+        return self
+
+    def resolved_token(self) -> str | None:
+        if self.token_env is not None:
+            return os.environ.get(self.token_env) or None
+        return self.token or None
+
+
+class Window(_Section):
+    kind: Literal["balance", "rolling"] = "balance"
+    seconds: int = Field(default=3600, gt=0)
+
+
+class KeyConfig(_Section):
+    key: str = Field(min_length=1)
+    account_id: str = Field(min_length=1)
+    key_id: str | None = None
+    hard_cap: int | None = Field(default=None, ge=0)
+    window: Window = Field(default_factory=Window)
+    admin: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.key_id or self.account_id
+
+
+class Entitlements(_Section):
+    require_auth: bool = False
+    keys: list[KeyConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> Entitlements:
+        if len({k.key for k in self.keys}) != len(self.keys):
+            raise ValueError("two [[entitlements.keys]] share the same key")
+        return self
+
+
+class CortexConfig(_Section):
+    models_config: str = "models.toml"
+    gateway: Gateway = Field(default_factory=Gateway)
+    eviction: Eviction = Field(default_factory=Eviction)
+    neurons: list[NeuronConfig] = Field(default_factory=list)
+    entitlements: Entitlements = Field(default_factory=Entitlements)
+
+    @model_validator(mode="after")
+    def _unique_neurons(self) -> CortexConfig:
+        names = [n.name for n in self.neurons]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate neuron names: {', '.join(dupes)}")
+        return self
+
+
+class Settings:
+    """The validated config and the catalogue it points at, ready for the gateway."""
+
+    def __init__(self, config: CortexConfig, catalogue: Catalogue, path: Path | None) -> None:
+        self.config = config
+        self.catalogue = catalogue
+        self.path = path
+
+
+def load_settings(
+    path: Path | None, *, explicit: bool, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read cortex.toml (+ env overrides) and its catalogue.
+
+    An explicit path that doesn't exist is an error; a missing default runs on defaults.
+    """
+    env = os.environ if environ is None else environ
+    data: dict = {}
+    if path is not None and path.exists():
+        data = read_toml(path)
+    elif path is not None and explicit:
+        raise ConfigError(f"{path}: config file not found")
+    elif path is not None:
+        log.warning("config %s not found; running with defaults", path)
+    apply_env(data, ENV_PREFIX, env)
+    source = str(path) if path is not None and path.exists() else "cortex config"
+    config = validate(CortexConfig, data, source)
+    for n in config.neurons:
+        if n.token_env is not None and not env.get(n.token_env):
+            raise ConfigError(
+                f"{source}: key 'neurons.{n.name}.token_env': ${n.token_env} is unset"
+            )
+    models_path = Path(config.models_config)
+    if not models_path.is_absolute():
+        base = path.parent if path is not None else Path.cwd()
+        models_path = base / models_path
+    catalogue = load_catalogue(models_path)
+    return Settings(config, catalogue, path)

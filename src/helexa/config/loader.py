@@ -1,0 +1,90 @@
+"""Shared machinery for TOML config files: env overrides, validation, errors that name the key."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+log = logging.getLogger("helexa.config")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """A config problem the operator must fix; CLIs exit 2 with this text."""
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+
+
+def parse_env_value(raw: str) -> Any:
+    """An env value is a TOML value when it parses as one (numbers, bools, arrays, inline
+    tables), else a plain string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env(data: dict[str, Any], prefix: str, environ: Mapping[str, str]) -> list[str]:
+    """Overlay `PREFIX_SECTION__KEY=value` variables onto `data`; returns the keys applied."""
+    applied = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(prefix) or name == prefix.rstrip("_") + "_CONFIG":
+            continue
+        parts = [p.lower() for p in name[len(prefix) :].split("__") if p]
+        if not parts:
+            continue
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = parse_env_value(raw)
+        applied.append(".".join(parts))
+    return applied
+
+
+def validate(model: type[M], data: dict[str, Any], source: str) -> M:
+    """Validate and turn pydantic's error list into one line per offending key."""
+    try:
+        obj = model.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(root)"
+            lines.append(f"{source}: key '{key}': {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+    warn_unknown(obj, source, "")
+    return obj
+
+
+def warn_unknown(obj: BaseModel, source: str, prefix: str) -> None:
+    for key in obj.model_extra or {}:
+        log.warning("%s: unknown key '%s%s' ignored", source, prefix, key)
+    for name in type(obj).model_fields:
+        value = getattr(obj, name)
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, BaseModel):
+                idx = f"[{i}]" if isinstance(value, list) else ""
+                warn_unknown(item, source, f"{prefix}{name}{idx}.")
+
+
+def env_environ() -> Mapping[str, str]:
+    return os.environ

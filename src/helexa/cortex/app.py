@@ -1,0 +1,301 @@
+"""cortex's HTTP surface: the OpenAI routes, fleet views, admin routes and metrics (§1.1).
+
+One middleware does what every request needs (request id, auth, error envelopes) so the hot
+path pays for a single wrapper.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from helexa.cortex import errors
+from helexa.cortex.auth import BudgetError, bearer_token
+from helexa.cortex.context import RequestContext, new_request_id
+from helexa.cortex.gateway import Gateway
+from helexa.cortex.models_view import build_models
+from helexa.cortex.neuron_client import NeuronCallError
+from helexa.version import build_info
+from helexa.wire.errors import ApiError
+
+log = logging.getLogger("helexa.cortex.app")
+
+GATEWAY = web.AppKey("gateway", Gateway)
+PUBLIC = frozenset({"/health", "/", "/version"})
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
+CORS_HEADERS = {
+    "access-control-allow-origin": "*",
+    "access-control-expose-headers": (
+        "x-helexa-node, x-helexa-model, x-helexa-overhead-ms, x-helexa-cold-start, "
+        "x-helexa-fallback-model, x-helexa-prompt-tokens, retry-after, x-request-id"
+    ),
+}
+JSON = "application/json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    obj: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type=JSON, headers=headers)
+
+
+def error_response(err: ApiError, ctx: RequestContext | None) -> web.Response:
+    headers = err.headers()
+    anthropic = False
+    if ctx is not None:
+        headers.update(ctx.helexa_headers())
+        ctx.status = err.status
+        anthropic = ctx.anthropic
+    body = err.anthropic_body() if anthropic else err.openai_body()
+    return web.Response(body=body, status=err.status, content_type=JSON, headers=headers)
+
+
+# -- middleware -------------------------------------------------------------------------------
+
+
+@web.middleware
+async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, CORS preflight, auth, and every failure turned into an envelope."""
+    gw = request.app[GATEWAY]
+    path = request.path
+    ctx = RequestContext(
+        request_id=request.headers.get("x-request-id") or new_request_id(),
+        path=path,
+        started=time.perf_counter(),
+        anthropic=path.startswith("/v1/messages"),
+    )
+    request["ctx"] = ctx
+    try:
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers=_preflight(request))
+        if path not in PUBLIC:
+            ctx.principal = _authenticate(request, gw, ctx)
+        return await handler(request)
+    except ApiError as e:
+        if e.status < 500 or e.code not in (None, "internal_server_error"):
+            gw.metrics.rejections(e.code or "unknown").inc()
+        return error_response(e, ctx)
+    except web.HTTPException as e:
+        if e.status == 404:
+            return error_response(errors.unknown_route(request.method, path), ctx)
+        if e.status == 405:
+            return error_response(errors.method_not_allowed(request.method, path), ctx)
+        if e.status == 413:
+            return error_response(errors.too_large(gw.gw.max_body_mb), ctx)
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s (request %s)", request.method, path, ctx.request_id)
+        gw.metrics.rejections("internal_server_error").inc()
+        return error_response(errors.internal(), ctx)
+
+
+def _preflight(request: web.Request) -> dict[str, str]:
+    h = dict(CORS_HEADERS)
+    h["access-control-allow-methods"] = "GET, POST, OPTIONS"
+    h["access-control-allow-headers"] = request.headers.get("access-control-request-headers", "*")
+    h["access-control-max-age"] = "600"
+    return h
+
+
+def _authenticate(request: web.Request, gw: Gateway, ctx: RequestContext) -> Any:
+    key = bearer_token(request.headers.get("authorization"))
+    if key is None and ctx.anthropic:
+        key = (request.headers.get("x-api-key") or "").strip() or None
+    if key is not None:
+        principal = gw.auth.resolve(key)
+        if principal is None:
+            raise errors.invalid_key()
+        return principal
+    if gw.require_auth:
+        raise errors.missing_key()
+    return None
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    ctx = request.get("ctx")
+    if ctx is not None and "x-request-id" not in response.headers:
+        response.headers["x-request-id"] = ctx.request_id
+    if "origin" in request.headers:
+        response.headers.update(CORS_HEADERS)
+
+
+# -- inference --------------------------------------------------------------------------------
+
+
+async def read_json_body(request: web.Request, gw: Gateway) -> tuple[bytes, dict[str, Any]]:
+    """Body limit, then parse: the §1.2 steps 3-4 every inference route shares."""
+    clen = request.content_length
+    if clen is not None and clen > gw.max_body:
+        raise errors.too_large(gw.gw.max_body_mb)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise errors.too_large(gw.gw.max_body_mb) from None
+    request["ctx"].body_read_at = time.perf_counter()
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise errors.invalid_json(str(e)) from None
+    if not isinstance(obj, dict):
+        raise errors.not_an_object()
+    return body, obj
+
+
+async def inference(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    ctx: RequestContext = request["ctx"]
+    try:
+        body, obj = await read_json_body(request, gw)
+        model = obj.get("model")
+        if not isinstance(model, str) or not model:
+            raise errors.missing_model()
+        if ctx.principal is not None:
+            try:
+                ctx.reservation = gw.auth.reserve(
+                    ctx.principal, gw.accounting.reserve_estimate(len(body), obj)
+                )
+            except BudgetError as e:
+                raise e.to_api() from None
+        route = await gw.router.resolve(model)
+        ctx.model, ctx.node, ctx.cold_start = route.model_id, route.node, route.cold_start
+        if model != route.model_id:
+            obj["model"] = route.model_id
+            body = orjson.dumps(obj)
+        gw.accounting.dispatch(ctx)
+        return await gw.proxy.passthrough(request, ctx, request.path, body)
+    finally:
+        gw.accounting.complete(ctx)
+
+
+# -- fleet views --------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    fleet = request.app[GATEWAY].fleet
+    total = len(fleet.nodes)
+    healthy = len(fleet.healthy())
+    status = "ok" if healthy > 0 else "degraded"
+    return json_response({"status": status, "nodes": {"healthy": healthy, "total": total}})
+
+
+async def version(request: web.Request) -> web.Response:
+    return json_response(build_info().model_dump())
+
+
+async def models(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return json_response(build_models(gw.fleet, gw.catalogue))
+
+
+async def fleet_view(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return json_response({"nodes": [n.as_api() for n in gw.fleet]})
+
+
+async def history(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    raw = request.query.get("limit", "100")
+    if not raw.isdigit():
+        raise errors.invalid_value("limit", f"invalid limit '{raw}': use an integer 1-1000")
+    limit = max(1, min(1000, int(raw)))
+    items = list(gw.accounting.history)[-limit:]
+    items.reverse()
+    return json_response({"object": "list", "data": items})
+
+
+# -- admin --------------------------------------------------------------------------------------
+
+
+async def _admin_body(request: web.Request, gw: Gateway, need_node: bool) -> tuple[str, str | None]:
+    ctx: RequestContext = request["ctx"]
+    if ctx.principal is None or not ctx.principal.admin:
+        raise errors.admin_required()
+    _, obj = await read_json_body(request, gw)
+    model = obj.get("model")
+    node = obj.get("node")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "missing_model_field", "missing 'model' field in request body")
+    if node is not None and not isinstance(node, str):
+        raise errors.invalid_value("node", "'node' must be a string naming a configured neuron")
+    if need_node and not node:
+        raise ApiError(
+            400, "missing_node_field", "missing 'node' field in request body", param="node"
+        )
+    if node and node not in gw.fleet.nodes:
+        raise ApiError(404, "node_not_found", f"node '{node}' is not configured", param="node")
+    return model, node
+
+
+async def admin_load(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    model, node_name = await _admin_body(request, gw, need_node=False)
+    model_id = gw.catalogue.resolve_alias(model)
+    if node_name is None:
+        route = await gw.router.resolve(model_id)
+        node = route.node
+    else:
+        target = gw.fleet.nodes[node_name]
+        lc = gw.lifecycle
+        node = await lc.single_flight(model_id, lambda: lc.load_here(target, model_id))
+    return json_response({"status": "loaded", "node": node.name, "model": model_id})
+
+
+async def admin_unload(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    model, node_name = await _admin_body(request, gw, need_node=True)
+    assert node_name is not None
+    model_id = gw.catalogue.resolve_alias(model)
+    node = gw.fleet.nodes[node_name]
+    try:
+        await gw.lifecycle.unload(node, model_id)
+    except NeuronCallError as e:
+        if e.kind == "http" and e.status is not None and 400 <= e.status < 500:
+            raise ApiError(
+                e.status,
+                e.code,
+                f"neuron refused to unload '{model_id}' on '{node_name}' (HTTP {e.status})",
+            ) from None
+        log.warning("admin unload of %s on %s failed: %s", model_id, node_name, e)
+        raise ApiError(
+            502, "upstream_error", f"unloading '{model_id}' on '{node_name}' failed"
+        ) from None
+    return json_response({"status": "unloaded", "node": node_name, "model": model_id})
+
+
+# -- applications -------------------------------------------------------------------------------
+
+
+def make_app(gw: Gateway) -> web.Application:
+    app = web.Application(middlewares=[pipeline], client_max_size=gw.max_body)
+    app[GATEWAY] = gw
+    r = app.router
+    for path in OPENAI_ROUTES:
+        r.add_post(path, inference)
+    r.add_get("/v1/models", models)
+    r.add_get("/health", health)
+    r.add_get("/", health)
+    r.add_get("/version", version)
+    r.add_get("/api/fleet", fleet_view)
+    r.add_get("/api/history", history)
+    r.add_post("/api/models/load", admin_load)
+    r.add_post("/api/models/unload", admin_unload)
+    app.on_response_prepare.append(_on_prepare)
+    return app
+
+
+def make_metrics_app(gw: Gateway) -> web.Application:
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=gw.metrics.exposition(),
+            headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,202 @@
+"""`cortex`: run the gateway, or ask a running one what the fleet looks like."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from helexa import logs
+from helexa.config.cortex import DEFAULT_PATH, load_settings
+from helexa.config.loader import ConfigError
+from helexa.version import version_line
+
+DEFAULT_ENDPOINT = "http://localhost:31313"
+LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+def _version(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_line("cortex"))
+        ctx.exit(0)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=(
+        "Example:\n\n\b\n  cortex serve --config /etc/cortex/cortex.toml\n"
+        "  cortex status --endpoint http://gateway:31313"
+    ),
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version,
+    help="Print the version and git sha, then exit.",
+)
+def main() -> None:
+    """cortex: one OpenAI- and Anthropic-compatible API over a fleet of neuron GPU hosts.
+
+    It routes each request to the host where the model is loaded (or loads it from the
+    catalogue, evicting idle models when memory is tight), meters API keys, and exports
+    Prometheus metrics on a separate listener.
+    """
+
+
+@main.command(
+    epilog=(
+        "Example:\n\n\b\n  cortex serve --config ./cortex.toml --log-level debug\n"
+        "  CORTEX_GATEWAY__LISTEN=127.0.0.1:8080 cortex serve"
+    )
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="cortex.toml to read (default: $CORTEX_CONFIG, then /etc/cortex/cortex.toml). "
+    "Env vars CORTEX_SECTION__KEY override any key.",
+)
+@click.option(
+    "--log-level",
+    type=LEVELS,
+    default="info",
+    show_default=True,
+    help="Log verbosity (logs go to stderr).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Human lines or one JSON object per line.",
+)
+def serve(config_path: Path | None, log_level: str, log_format: str) -> None:
+    """Run the gateway: API listener, metrics listener and the neuron poller.
+
+    SIGTERM or Ctrl-C stops accepting connections and lets in-flight requests (streams
+    included) finish for up to [gateway] shutdown_grace_secs before exiting 0.
+    """
+    logs.setup(log_level, log_format)
+    explicit = config_path is not None or bool(os.environ.get("CORTEX_CONFIG"))
+    path = config_path or Path(os.environ.get("CORTEX_CONFIG") or DEFAULT_PATH)
+    try:
+        settings = load_settings(path, explicit=explicit)
+    except ConfigError as e:
+        click.echo(f"cortex: config error: {e}", err=True)
+        sys.exit(2)
+    from helexa.cortex.serve import serve as run
+
+    _install_uvloop()
+    try:
+        asyncio.run(run(settings))
+    except OSError as e:
+        click.echo(f"cortex: cannot listen: {e}", err=True)
+        sys.exit(1)
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _get(endpoint: str, path: str, api_key: str | None) -> Any:
+    req = urllib.request.Request(endpoint.rstrip("/") + path)
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return orjson.loads(resp.read())
+
+
+def _fetch(endpoint: str, api_key: str | None, paths: list[str]) -> list[Any]:
+    try:
+        return [_get(endpoint, p, api_key) for p in paths]
+    except urllib.error.HTTPError as e:
+        detail = e.read()[:300].decode(errors="replace")
+        click.echo(f"cortex: {endpoint} answered HTTP {e.code}: {detail}", err=True)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        click.echo(f"cortex: cannot reach {endpoint}: {e}", err=True)
+    sys.exit(1)
+
+
+def _client_options(f: Any) -> Any:
+    f = click.option("--json", "as_json", is_flag=True, help="Print raw JSON instead of tables.")(f)
+    f = click.option(
+        "--api-key", envvar="HELEXA_API_KEY", help="API key (default: $HELEXA_API_KEY)."
+    )(f)
+    f = click.option(
+        "--endpoint",
+        default=DEFAULT_ENDPOINT,
+        show_default=True,
+        help="Base URL of a running cortex.",
+    )(f)
+    return f
+
+
+def _locations(m: dict[str, Any]) -> str:
+    return ", ".join(f"{loc['node']}:{loc['status']}" for loc in m.get("locations", [])) or "-"
+
+
+@main.command(
+    epilog="Example:\n\n\b\n  cortex status --endpoint http://gateway:31313 --api-key sk-..."
+)
+@_client_options
+def status(endpoint: str, api_key: str | None, as_json: bool) -> None:
+    """Show fleet health and every model with where it is loaded and where it could be."""
+    health, models = _fetch(endpoint, api_key, ["/health", "/v1/models"])
+    if as_json:
+        click.echo(orjson.dumps({"health": health, "models": models}, option=orjson.OPT_INDENT_2))
+        return
+    console = Console()
+    nodes = health.get("nodes", {})
+    console.print(
+        f"[bold]{health.get('status')}[/bold]: {nodes.get('healthy', 0)}/{nodes.get('total', 0)} "
+        "nodes healthy"
+    )
+    table = Table("model", "loaded", "locations", "feasible on")
+    for m in models.get("data", []):
+        table.add_row(
+            m["id"] + (f" → {m['alias_of']}" if m.get("alias_of") else ""),
+            "yes" if m.get("loaded") else "no",
+            _locations(m),
+            ", ".join(m.get("feasible_on", [])) or "-",
+        )
+    console.print(table)
+
+
+@main.command(epilog="Example:\n\n\b\n  cortex models --json | jq '.data[].id'")
+@_client_options
+def models(endpoint: str, api_key: str | None, as_json: bool) -> None:
+    """List the models the fleet serves or can load (GET /v1/models)."""
+    (data,) = _fetch(endpoint, api_key, ["/v1/models"])
+    if as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        return
+    table = Table("id", "loaded", "locations", "capabilities", "context", "alias of")
+    for m in data.get("data", []):
+        table.add_row(
+            m["id"],
+            "yes" if m.get("loaded") else "no",
+            _locations(m),
+            ", ".join(m.get("capabilities", [])) or "-",
+            str(m.get("limit", {}).get("context", "-")),
+            m.get("alias_of") or "-",
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

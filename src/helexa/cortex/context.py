@@ -1,0 +1,51 @@
+"""Per-request state that the pipeline stages share (id, principal, route, timings)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from helexa.cortex.auth import Principal, Reservation
+from helexa.cortex.fleet import NodeState
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    path: str
+    started: float  # perf_counter at arrival
+    principal: Principal | None = None
+    anthropic: bool = False
+    body_read_at: float | None = None
+    model: str | None = None
+    node: NodeState | None = None
+    cold_start: bool = False
+    dispatched: bool = False
+    reservation: Reservation | None = None
+    status: int = 0
+    ttft: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    overhead_ms: float | None = None
+    finished_at: float | None = None
+
+    def helexa_headers(self) -> dict[str, str]:
+        h = {"x-request-id": self.request_id}
+        if self.model is not None:
+            h["x-helexa-model"] = self.model
+        if self.node is not None:
+            h["x-helexa-node"] = self.node.name
+        if self.overhead_ms is not None:
+            h["x-helexa-overhead-ms"] = f"{self.overhead_ms:.3f}"
+        if self.cold_start:
+            h["x-helexa-cold-start"] = "1"
+        return h
+
+    def mark_dispatch(self) -> None:
+        if self.body_read_at is not None:
+            self.overhead_ms = (time.perf_counter() - self.body_read_at) * 1000.0

@@ -1,0 +1,73 @@
+"""The running gateway: every service cortex needs, built from settings and wired once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+
+from helexa.config.cortex import Settings
+from helexa.cortex.accounting import Accounting
+from helexa.cortex.auth import LocalProvider
+from helexa.cortex.fleet import Fleet
+from helexa.cortex.lifecycle import Lifecycle
+from helexa.cortex.metrics import CortexMetrics
+from helexa.cortex.models_view import warn_dangling_aliases
+from helexa.cortex.neuron_client import NeuronClient
+from helexa.cortex.poller import Poller
+from helexa.cortex.proxy import Proxy
+from helexa.cortex.router import Router
+
+log = logging.getLogger("helexa.cortex")
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        cfg = settings.config
+        self.gw = cfg.gateway
+        self.catalogue = settings.catalogue
+        self.metrics = CortexMetrics()
+        self.fleet = Fleet(cfg.neurons)
+        self.auth = LocalProvider.from_config(cfg.entitlements)
+        self.require_auth = cfg.entitlements.require_auth
+        self.max_body = int(self.gw.max_body_mb * 2**20)
+        self.accounting = Accounting(self.metrics, self.auth)
+        self.session: aiohttp.ClientSession | None = None
+        self.draining = False
+
+    async def start(self, *, poll: bool = True) -> None:
+        """Open the upstream pool and run one bounded poll round before serving (§1.14)."""
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+        client = NeuronClient(self.session)
+        cfg = self.settings.config
+        self.poller = Poller(self.fleet, client, self.gw, self.metrics)
+        self.lifecycle = Lifecycle(
+            self.fleet, self.catalogue, cfg, client, self.poller, self.metrics
+        )
+        self.router = Router(self.fleet, self.catalogue, self.lifecycle, client, self.gw)
+        self.proxy = Proxy(
+            self.session, self.router, self.poller, self.metrics, self.gw, self.accounting
+        )
+        for node in self.fleet:
+            self.metrics.node_healthy(node.name).set(0)
+        warn_dangling_aliases(self.catalogue)
+        if poll:
+            try:
+                await asyncio.wait_for(self.poller.poll_all(), self.gw.probe_timeout_secs + 1)
+            except TimeoutError:
+                log.warning("initial poll round did not finish in time; serving anyway")
+            self.poller.start()
+
+    async def stop(self) -> None:
+        if hasattr(self, "poller"):
+            await self.poller.stop()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None

@@ -1,0 +1,230 @@
+"""Byte-for-byte proxying to a neuron, with failover before the first byte (contract §1.7).
+
+The body is relayed chunk by chunk as it arrives and never re-serialised; SSE is parsed only by
+the token observer's tail scan, once, at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from helexa.config.cortex import Gateway
+from helexa.cortex import errors
+from helexa.cortex.accounting import Accounting
+from helexa.cortex.context import RequestContext
+from helexa.cortex.fleet import NodeState
+from helexa.cortex.metrics import CortexMetrics
+from helexa.cortex.observer import TokenObserver
+from helexa.cortex.poller import Poller
+from helexa.cortex.router import Router
+from helexa.wire import sse
+
+log = logging.getLogger("helexa.cortex.proxy")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "content-length",
+        "date",
+        "server",
+    }
+)
+FORWARDED = ("content-type", "accept", "traceparent", "tracestate")
+_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+_BEFORE_HEADERS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+def midstream_error(path: str, code: str, message: str) -> bytes:
+    """The route's own error frame for a failure after the status was sent."""
+    if path == "/v1/responses":
+        payload = {"type": "error", "code": code, "message": message, "param": None}
+        return sse.event_frame("error", orjson.dumps(payload))
+    err = {"message": message, "type": "api_error", "code": code, "param": None}
+    return sse.data_frame(orjson.dumps({"error": err})) + sse.DONE
+
+
+class Proxy:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        router: Router,
+        poller: Poller,
+        metrics: CortexMetrics,
+        gateway: Gateway,
+        accounting: Accounting,
+    ) -> None:
+        self.session = session
+        self.router = router
+        self.poller = poller
+        self.metrics = metrics
+        self.gw = gateway
+        self.accounting = accounting
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=gateway.probe_timeout_secs,
+            sock_read=gateway.request_timeout_secs,
+        )
+
+    def upstream_headers(
+        self, request: web.Request, ctx: RequestContext, node: NodeState
+    ) -> dict[str, str]:
+        src = request.headers
+        h = {k: src[k] for k in FORWARDED if k in src}
+        h["x-request-id"] = ctx.request_id
+        h["accept-encoding"] = "identity"
+        if ctx.principal is not None:
+            h["x-helexa-account-id"] = ctx.principal.account_id
+            h["x-helexa-key-id"] = ctx.principal.key_id
+        if node.token:
+            h["authorization"] = f"Bearer {node.token}"
+        return h
+
+    async def open(
+        self, request: web.Request, ctx: RequestContext, path: str, body: bytes
+    ) -> aiohttp.ClientResponse:
+        """Send the request and wait for the upstream headers, failing over once."""
+        assert ctx.node is not None and ctx.model is not None
+        model = ctx.model
+        failed_over = False
+        while True:
+            node = ctx.node
+            url = await self.router.endpoint(node, model) + path
+            headers = self.upstream_headers(request, ctx, node)
+            ctx.mark_dispatch()
+            try:
+                return await self.session.post(
+                    url, data=body, headers=headers, timeout=self.timeout
+                )
+            except (*_CONNECT_ERRORS, *_BEFORE_HEADERS) as e:
+                if isinstance(e, _CONNECT_ERRORS):
+                    self.poller.mark_unreachable(node)
+                log.warning("upstream %s for %s failed before headers: %r", node.name, model, e)
+                self.metrics.request_errors(model, node.name).inc()
+                if failed_over:
+                    raise errors.upstream_connection_error() from None
+                other = self.router.replica(model, node)
+                if other is None:
+                    raise errors.unreachable_no_replica(node.name, model) from None
+                self.metrics.failovers(model).inc()
+                failed_over = True
+                self.accounting.move(ctx, other)
+            except TimeoutError:
+                self.metrics.request_errors(model, node.name).inc()
+                raise errors.upstream_timeout(self.gw.request_timeout_secs) from None
+            except aiohttp.ClientError as e:
+                log.warning("upstream %s for %s failed: %r", node.name, model, e)
+                self.metrics.request_errors(model, node.name).inc()
+                raise errors.upstream_connection_error() from None
+
+    async def passthrough(
+        self, request: web.Request, ctx: RequestContext, path: str, body: bytes
+    ) -> web.StreamResponse:
+        upstream = await self.open(request, ctx, path, body)
+        assert ctx.node is not None and ctx.model is not None
+        node, model = ctx.node, ctx.model
+        try:
+            self.metrics.duration(model, node.name).observe(time.perf_counter() - ctx.started)
+            status = upstream.status
+            if status >= 400:
+                log.warning("upstream %s answered %d for %s", node.name, status, model)
+                if status >= 500:
+                    self.metrics.request_errors(model, node.name).inc()
+            resp = web.StreamResponse(status=status, reason=upstream.reason)
+            out = resp.headers
+            for k, v in upstream.headers.items():
+                if k.lower() not in HOP_BY_HOP:
+                    out.add(k, v)
+            clen = upstream.headers.get("content-length")
+            if clen is not None:
+                resp.content_length = int(clen)
+            for k, v in ctx.helexa_headers().items():
+                out[k] = v
+            streaming = upstream.headers.get("content-type", "").startswith("text/event-stream")
+            observer = TokenObserver(
+                ctx.started,
+                streaming,
+                lambda o, p, c: self.accounting.finish(ctx, o, p, c),
+                responses_keys=path == "/v1/responses",
+            )
+            ctx.status = status
+            await resp.prepare(request)
+            try:
+                await self._relay(request, upstream, resp, observer, ctx, path)
+            finally:
+                observer.finish()
+            return resp
+        finally:
+            upstream.close()
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        resp: web.StreamResponse,
+        observer: TokenObserver,
+        ctx: RequestContext,
+        path: str,
+    ) -> None:
+        feed = observer.feed
+        write = resp.write
+        try:
+            async for chunk in upstream.content.iter_any():
+                feed(chunk)
+                await write(chunk)
+        except TimeoutError:
+            secs = self.gw.request_timeout_secs
+            await self._fail_midstream(
+                request,
+                resp,
+                ctx,
+                path,
+                "upstream_timeout",
+                f"upstream stream stalled for {secs:g}s",
+            )
+            return
+        except aiohttp.ClientError as e:
+            log.warning("upstream %s lost mid-stream: %r", ctx.node and ctx.node.name, e)
+            await self._fail_midstream(
+                request,
+                resp,
+                ctx,
+                path,
+                "upstream_connection_error",
+                "upstream connection lost mid-stream",
+            )
+            return
+        await resp.write_eof()
+
+    async def _fail_midstream(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        ctx: RequestContext,
+        path: str,
+        code: str,
+        message: str,
+    ) -> None:
+        assert ctx.node is not None and ctx.model is not None
+        self.metrics.request_errors(ctx.model, ctx.node.name).inc()
+        ctx.status = 502
+        if resp.content_type != "text/event-stream":
+            # A JSON body cut short can't carry an error frame: end the connection so the
+            # client sees a truncated reply rather than a silent success.
+            if request.transport is not None:
+                request.transport.close()
+            return
+        await resp.write(midstream_error(path, code, message))
+        await resp.write_eof()

@@ -1,0 +1,125 @@
+"""The neuron management API as cortex (and bench) read it: lenient pydantic models.
+
+Readers ignore unknown fields and default missing ones, so a newer or older neuron still parses
+(contract §0.2, §2.3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class BuildInfo(_Lenient):
+    package_version: str
+    git_sha: str = "unknown"
+    git_sha_long: str | None = None
+    git_dirty: bool = False
+    build_timestamp: str | None = None
+    python_version: str | None = None
+    torch_version: str | None = None
+    transformers_version: str | None = None
+    cuda_version: str | None = None
+    platform: str | None = None
+    features: list[str] = Field(default_factory=list)
+
+
+class Device(_Lenient):
+    index: int
+    kind: str = "cuda"
+    name: str = ""
+    vram_total_mb: int = 0
+    compute_capability: str | None = None
+
+
+class Discovery(_Lenient):
+    hostname: str | None = None
+    os: str | None = None
+    kernel: str | None = None
+    cpu_count: int | None = None
+    memory_total_mb: int | None = None
+    cuda_version: str | None = None
+    driver_version: str | None = None
+    devices: list[Device] = Field(default_factory=list)
+    harnesses: list[str] = Field(default_factory=list)
+    max_prompt_tokens: int = 0
+    max_output_tokens: int = 0
+    cuda_unavailable_reason: str | None = None
+
+
+class DeviceHealth(_Lenient):
+    index: int
+    kind: str = "cuda"
+    name: str = ""
+    vram_total_mb: int | None = None
+    vram_used_mb: int | None = None
+    vram_free_mb: int | None = None
+    utilization_pct: int | None = None
+    temperature_c: int | None = None
+
+
+class ModelHealth(_Lenient):
+    id: str
+    status: str = "loaded"
+    in_flight: int = 0
+    queue_depth: int = 0
+
+
+class ActivationFailure(_Lenient):
+    model_id: str
+    error: str = ""
+
+
+class Activation(_Lenient):
+    state: str = "ready"
+    pending: list[str] = Field(default_factory=list)
+    in_progress: str | None = None
+    completed: list[str] = Field(default_factory=list)
+    failed: list[ActivationFailure] = Field(default_factory=list)
+
+
+class Health(_Lenient):
+    status: str = "ok"
+    uptime_secs: float | None = None
+    devices: list[DeviceHealth] = Field(default_factory=list)
+    models: list[ModelHealth] = Field(default_factory=list)
+    activation: Activation = Field(default_factory=Activation)
+
+
+class Limit(_Lenient):
+    context: int
+    input: int | None = None
+    output: int
+
+
+class ModelInfo(_Lenient):
+    id: str
+    source: str | None = None
+    harness: str | None = None
+    quant: str | None = None
+    status: str = "loaded"
+    devices: list[int] = Field(default_factory=list)
+    vram_used_mb: int | None = None
+    capabilities: list[str] = Field(default_factory=list)
+    limit: Limit | None = None
+    tool_call: bool = False
+    reasoning: bool = False
+    loaded_at: int | None = None
+    last_used_at: int | None = None
+    restarts: int = 0
+    error: str | None = None
+    progress: dict[str, Any] | None = None
+
+
+class LoadReply(_Lenient):
+    status: str = "loaded"
+    model: str | None = None
+    already_loaded: bool = False
+    load_secs: float | None = None
+    vram_used_mb: int | None = None
+    devices: list[int] = Field(default_factory=list)
