@@ -40,7 +40,7 @@ class Gateway(_Section):
     request_timeout_secs: float = Field(default=300, gt=0)
     cold_load_timeout_secs: float = Field(default=1800, gt=0)
     max_body_mb: float = Field(default=32, gt=0)
-    shutdown_grace_secs: float = Field(default=60, ge=0)
+    shutdown_grace_secs: float = Field(default=30, ge=0)
 
     _listen = field_validator("listen", "metrics_listen")(_check_listen)
 

@@ -26,6 +26,7 @@ from helexa.wire.errors import ApiError
 log = logging.getLogger("helexa.cortex.app")
 
 GATEWAY = web.AppKey("gateway", Gateway)
+CTX = web.RequestKey("ctx", RequestContext)
 PUBLIC = frozenset({"/health", "/", "/version"})
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
 CORS_HEADERS = {
@@ -70,7 +71,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         started=time.perf_counter(),
         anthropic=path.startswith("/v1/messages"),
     )
-    request["ctx"] = ctx
+    request[CTX] = ctx
     try:
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=_preflight(request))
@@ -118,7 +119,7 @@ def _authenticate(request: web.Request, gw: Gateway, ctx: RequestContext) -> Any
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    ctx = request.get("ctx")
+    ctx = request.get(CTX)
     if ctx is not None and "x-request-id" not in response.headers:
         response.headers["x-request-id"] = ctx.request_id
     if "origin" in request.headers:
@@ -137,7 +138,7 @@ async def read_json_body(request: web.Request, gw: Gateway) -> tuple[bytes, dict
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise errors.too_large(gw.gw.max_body_mb) from None
-    request["ctx"].body_read_at = time.perf_counter()
+    request[CTX].body_read_at = time.perf_counter()
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -149,7 +150,7 @@ async def read_json_body(request: web.Request, gw: Gateway) -> tuple[bytes, dict
 
 async def inference(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    ctx: RequestContext = request["ctx"]
+    ctx: RequestContext = request[CTX]
     try:
         body, obj = await read_json_body(request, gw)
         model = obj.get("model")
@@ -213,7 +214,7 @@ async def history(request: web.Request) -> web.Response:
 
 
 async def _admin_body(request: web.Request, gw: Gateway, need_node: bool) -> tuple[str, str | None]:
-    ctx: RequestContext = request["ctx"]
+    ctx: RequestContext = request[CTX]
     if ctx.principal is None or not ctx.principal.admin:
         raise errors.admin_required()
     _, obj = await read_json_body(request, gw)
