@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +11,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from helexa.config.cortex import load_settings  # noqa: E402
-from helexa.cortex.app import make_app, make_metrics_app  # noqa: E402
-from helexa.cortex.gateway import Gateway  # noqa: E402
-from rig.fake_neuron import FakeNeuron  # noqa: E402
+from helexa.config.cortex import load_settings
+from helexa.cortex.app import make_app, make_metrics_app
+from helexa.cortex.gateway import Gateway
+from rig.fake_neuron import FakeNeuron
 
 NODE_TOKEN = "node-secret"
 
