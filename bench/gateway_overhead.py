@@ -262,7 +262,7 @@ def ensure_litellm(venv: Path, spec: str, timeout: float) -> tuple[Path | None, 
         return None, f"venv/pip failed: {exc}"
     if pip.returncode != 0 or not exe.exists():
         errs = [ln for ln in pip.stderr.splitlines() if "is ignored: it is neither" not in ln]
-        return None, "pip install failed:\n  " + "\n  ".join(errs[-8:])
+        return None, "pip install failed:\n  " + "\n  ".join(e[:300] for e in errs[-8:])
     return exe, f"installed in {time.monotonic() - t0:.0f}s"
 
 

@@ -14,12 +14,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from helexa.cortex import errors
+from helexa.cortex import errors, messages
 from helexa.cortex.auth import BudgetError, bearer_token
 from helexa.cortex.context import RequestContext, new_request_id
 from helexa.cortex.gateway import Gateway
 from helexa.cortex.models_view import build_models
 from helexa.cortex.neuron_client import NeuronCallError
+from helexa.translate.request import TranslationError, translate_request
 from helexa.version import build_info
 from helexa.wire.errors import ApiError
 
@@ -79,8 +80,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
             ctx.principal = _authenticate(request, gw, ctx)
         return await handler(request)
     except ApiError as e:
-        if e.status < 500 or e.code not in (None, "internal_server_error"):
-            gw.metrics.rejections(e.code or "unknown").inc()
+        gw.metrics.rejections(e.code or "unknown").inc()
         return error_response(e, ctx)
     except web.HTTPException as e:
         if e.status == 404:
@@ -148,6 +148,22 @@ async def read_json_body(request: web.Request, gw: Gateway) -> tuple[bytes, dict
     return body, obj
 
 
+async def _route(gw: Gateway, ctx: RequestContext, model: str, body_len: int, obj: Any) -> None:
+    """§1.2 steps 7-10: reserve budget, resolve the model, mark the request dispatched."""
+    # Errors from here on carry x-helexa-model: the alias is resolved (§0.5).
+    ctx.model = gw.catalogue.resolve_alias(model)
+    if ctx.principal is not None:
+        try:
+            ctx.reservation = gw.auth.reserve(
+                ctx.principal, gw.accounting.reserve_estimate(body_len, obj)
+            )
+        except BudgetError as e:
+            raise e.to_api() from None
+    route = await gw.router.resolve(model)
+    ctx.model, ctx.node, ctx.cold_start = route.model_id, route.node, route.cold_start
+    gw.accounting.dispatch(ctx)
+
+
 async def inference(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     ctx: RequestContext = request[CTX]
@@ -156,22 +172,43 @@ async def inference(request: web.Request) -> web.StreamResponse:
         model = obj.get("model")
         if not isinstance(model, str) or not model:
             raise errors.missing_model()
-        if ctx.principal is not None:
-            try:
-                ctx.reservation = gw.auth.reserve(
-                    ctx.principal, gw.accounting.reserve_estimate(len(body), obj)
-                )
-            except BudgetError as e:
-                raise e.to_api() from None
-        route = await gw.router.resolve(model)
-        ctx.model, ctx.node, ctx.cold_start = route.model_id, route.node, route.cold_start
-        if model != route.model_id:
-            obj["model"] = route.model_id
+        await _route(gw, ctx, model, len(body), obj)
+        if model != ctx.model:
+            obj["model"] = ctx.model
             body = orjson.dumps(obj)
-        gw.accounting.dispatch(ctx)
         return await gw.proxy.passthrough(request, ctx, request.path, body)
     finally:
         gw.accounting.complete(ctx)
+
+
+async def anthropic_messages(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    ctx: RequestContext = request[CTX]
+    try:
+        body, obj = await read_json_body(request, gw)
+        try:
+            chat = translate_request(obj)
+        except TranslationError as e:
+            raise messages.invalid_body(str(e)) from None
+        await _route(gw, ctx, chat["model"], len(body), obj)
+        chat["model"] = ctx.model
+        return await messages.relay(request, gw.proxy, ctx, orjson.dumps(chat))
+    finally:
+        gw.accounting.complete(ctx)
+
+
+async def anthropic_count_tokens(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    ctx: RequestContext = request[CTX]
+    _, obj = await read_json_body(request, gw)
+    try:
+        chat = translate_request(obj, count_tokens=True)
+    except TranslationError as e:
+        raise messages.invalid_body(str(e)) from None
+    model_id = gw.catalogue.resolve_alias(chat["model"])
+    profile = gw.catalogue.get(model_id)
+    load_id = profile.load_id() if profile is not None else None
+    return await messages.count_tokens(gw.proxy, ctx, model_id, chat, load_id)
 
 
 # -- fleet views --------------------------------------------------------------------------------
@@ -278,6 +315,8 @@ def make_app(gw: Gateway) -> web.Application:
     r = app.router
     for path in OPENAI_ROUTES:
         r.add_post(path, inference)
+    r.add_post("/v1/messages", anthropic_messages)
+    r.add_post("/v1/messages/count_tokens", anthropic_count_tokens)
     r.add_get("/v1/models", models)
     r.add_get("/health", health)
     r.add_get("/", health)

@@ -110,7 +110,6 @@ class NodeState:
         m.reasoning = info.reasoning
         m.limit = info.limit
         m.error = info.error
-        m.evicting = False
 
     def prune(self, keep: set[str]) -> None:
         for model_id in [k for k in self.models if k not in keep]:

@@ -101,8 +101,9 @@ class Lifecycle:
                 raise self._load_error(node, model_id, e) from None
         return node
 
-    async def place(self, profile: ModelProfile) -> NodeState:
-        """Catalogue cold-load: feasibility, ranking, eviction, load (§1.5)."""
+    def candidates(self, profile: ModelProfile) -> list[Candidate]:
+        """Usable nodes for a catalogue model, best first; raises the §1.5 step 1-2 errors.
+        No side effects, so count_tokens can use it too."""
         model_id = profile.id
         nodes = list(self.fleet)
         feasible = [
@@ -131,8 +132,12 @@ class Lifecycle:
                     "model is marked failed on this node; unload it to reset",
                 )
             raise errors.no_healthy_neuron(model_id)
-        best = rank([self._evaluate(n, profile) for n in usable])[0]
-        node = best.node
+        return rank([self._evaluate(n, profile) for n in usable])
+
+    async def place(self, profile: ModelProfile) -> NodeState:
+        """Catalogue cold-load: feasibility, ranking, eviction, load (§1.5)."""
+        model_id = profile.id
+        node = self.candidates(profile)[0].node
         async with node.placement_lock:
             cand = self._evaluate(node, profile)  # state may have moved while we waited
             required = required_mb(profile, self.fleet)

@@ -21,7 +21,7 @@ from helexa.cortex.fleet import NodeState
 from helexa.cortex.metrics import CortexMetrics
 from helexa.cortex.observer import TokenObserver
 from helexa.cortex.poller import Poller
-from helexa.cortex.router import Router
+from helexa.cortex.router import NodeUnreachable, Router
 from helexa.wire import sse
 
 log = logging.getLogger("helexa.cortex.proxy")
@@ -101,15 +101,15 @@ class Proxy:
         failed_over = False
         while True:
             node = ctx.node
-            url = await self.router.endpoint(node, model) + path
-            headers = self.upstream_headers(request, ctx, node)
-            ctx.mark_dispatch()
             try:
+                url = await self.router.endpoint(node, model) + path
+                headers = self.upstream_headers(request, ctx, node)
+                ctx.mark_dispatch()
                 return await self.session.post(
                     url, data=body, headers=headers, timeout=self.timeout
                 )
-            except (*_CONNECT_ERRORS, *_BEFORE_HEADERS) as e:
-                if isinstance(e, _CONNECT_ERRORS):
+            except (*_CONNECT_ERRORS, *_BEFORE_HEADERS, NodeUnreachable) as e:
+                if isinstance(e, (*_CONNECT_ERRORS, NodeUnreachable)):
                     self.poller.mark_unreachable(node)
                 log.warning("upstream %s for %s failed before headers: %r", node.name, model, e)
                 self.metrics.request_errors(model, node.name).inc()

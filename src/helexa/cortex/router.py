@@ -18,6 +18,10 @@ log = logging.getLogger("helexa.cortex.router")
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1"})
 
 
+class NodeUnreachable(Exception):
+    """The neuron could not be reached to resolve an endpoint: a connect failure (§1.7)."""
+
+
 @dataclass(slots=True)
 class Route:
     node: NodeState
@@ -102,6 +106,24 @@ class Router:
             raise errors.no_healthy_neuron(model_id)
         raise errors.model_not_found(model_id)
 
+    def tokenizer_node(self, model_id: str) -> NodeState:
+        """Where to count tokens without loading anything (§1.11 node choice)."""
+        healthy = self.fleet.healthy()
+        if not healthy:
+            raise errors.no_healthy_nodes()
+        best = least_busy([n for n in healthy if serving(n, model_id)], model_id)
+        if best is not None:
+            return best
+        for n in healthy:
+            if model_id in n.models or n.is_loading(model_id):
+                return n
+        profile = self.catalogue.get(model_id)
+        if profile is not None:
+            return self.lifecycle.candidates(profile)[0].node
+        if any(model_id in n.models or n.is_loading(model_id) for n in self.fleet):
+            raise errors.no_healthy_neuron(model_id)
+        raise errors.model_not_found(model_id)
+
     def replica(self, model_id: str, exclude: NodeState) -> NodeState | None:
         """Another healthy node serving the model, for failover (§1.7)."""
         others = [n for n in self.fleet.healthy() if n is not exclude and serving(n, model_id)]
@@ -117,6 +139,8 @@ class Router:
             )
         except NeuronCallError as e:
             log.warning("endpoint of %s on %s failed: %s", model_id, node.name, e)
+            if e.kind == "unreachable":
+                raise NodeUnreachable(node.name) from None
             raise errors.endpoint_failed(model_id, node.name) from None
         url = reply.get("url") if isinstance(reply, dict) else None
         if not isinstance(url, str) or not url:

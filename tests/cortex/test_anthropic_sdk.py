@@ -1,0 +1,81 @@
+"""Claude-style clients through cortex: the official anthropic SDK against cortex + a neuron."""
+
+from __future__ import annotations
+
+import anthropic
+import pytest
+
+from conftest import CortexFactory
+from rig.fake_neuron import (
+    FakeNeuron,
+    content_delta,
+    finish_chunk,
+    reasoning_delta,
+    tool_call_args,
+    tool_call_head,
+)
+
+KEYS = {"keys": [{"key": "sk-ant", "account_id": "acct"}]}
+
+
+@pytest.fixture
+async def client(start_cortex: CortexFactory, fake: FakeNeuron) -> anthropic.AsyncAnthropic:
+    cortex = await start_cortex({"mock-node": fake}, entitlements=KEYS)
+    return anthropic.AsyncAnthropic(base_url=cortex.url, api_key="sk-ant", max_retries=0)
+
+
+async def test_create_round_trip(client: anthropic.AsyncAnthropic) -> None:
+    msg = await client.messages.create(
+        model="test-model", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert msg.id.startswith("msg_")
+    assert msg.content[0].type == "text" and msg.content[0].text == "Hello from mock backend"
+    assert msg.stop_reason == "end_turn"
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == (10, 5)
+
+
+async def test_stream_thinking_text_and_tool_use(
+    client: anthropic.AsyncAnthropic, fake: FakeNeuron
+) -> None:
+    fake.stream_script = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        reasoning_delta("Need the "),
+        reasoning_delta("file."),
+        content_delta("Reading it."),
+        tool_call_head(0, "Read", "call_abc"),
+        tool_call_args(0, '{"path":'),
+        tool_call_args(0, '"/etc/hosts"}'),
+        finish_chunk("tool_calls"),
+    ]
+    fake.stream_usage = (31, 24)
+    async with client.messages.stream(
+        model="test-model",
+        max_tokens=64,
+        messages=[{"role": "user", "content": "read /etc/hosts"}],
+        tools=[{"name": "Read", "input_schema": {"type": "object"}}],
+    ) as stream:
+        final = await stream.get_final_message()
+    kinds = [b.type for b in final.content]
+    assert kinds == ["thinking", "text", "tool_use"]
+    assert final.content[0].thinking == "Need the file."
+    assert final.content[2].input == {"path": "/etc/hosts"}
+    assert final.content[2].id == "call_abc"
+    assert final.stop_reason == "tool_use"
+    assert final.usage.output_tokens == 24
+
+
+async def test_count_tokens(client: anthropic.AsyncAnthropic, fake: FakeNeuron) -> None:
+    fake.tokenize_count = 77
+    res = await client.messages.count_tokens(
+        model="test-model", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert res.input_tokens == 77
+    assert fake.count("/models/load") == 0
+
+
+async def test_unknown_model_is_typed_not_found(client: anthropic.AsyncAnthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as exc:
+        await client.messages.create(
+            model="nope/nope", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert exc.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
