@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import random
 import time
 from dataclasses import dataclass
 
@@ -11,7 +11,8 @@ from helexa.cortex.fleet import NodeState
 
 
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    # Unique, not secret: the Mersenne Twister is ~20x cheaper than os.urandom per request.
+    return f"req_{random.getrandbits(96):024x}"
 
 
 @dataclass(slots=True)

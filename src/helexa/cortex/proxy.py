@@ -12,6 +12,7 @@ import time
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from helexa.config.cortex import Gateway
 from helexa.cortex import errors
@@ -42,6 +43,7 @@ HOP_BY_HOP = frozenset(
         "server",
     }
 )
+WHOLE_BODY_MAX = 1 << 20  # non-streaming replies up to this size are sent in one write
 FORWARDED = ("content-type", "accept", "traceparent", "tracestate")
 _CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 _BEFORE_HEADERS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -142,17 +144,9 @@ class Proxy:
                 log.warning("upstream %s answered %d for %s", node.name, status, model)
                 if status >= 500:
                     self.metrics.request_errors(model, node.name).inc()
-            resp = web.StreamResponse(status=status, reason=upstream.reason)
-            out = resp.headers
-            for k, v in upstream.headers.items():
-                if k.lower() not in HOP_BY_HOP:
-                    out.add(k, v)
-            clen = upstream.headers.get("content-length")
-            if clen is not None:
-                resp.content_length = int(clen)
-            for k, v in ctx.helexa_headers().items():
-                out[k] = v
-            streaming = upstream.headers.get("content-type", "").startswith("text/event-stream")
+            headers = self._response_headers(upstream, ctx)
+            ctype = upstream.headers.get("content-type", "")
+            streaming = ctype.startswith("text/event-stream")
             observer = TokenObserver(
                 ctx.started,
                 streaming,
@@ -160,6 +154,12 @@ class Proxy:
                 responses_keys=path == "/v1/responses",
             )
             ctx.status = status
+            clen = upstream.content_length
+            if not streaming and clen is not None and clen <= WHOLE_BODY_MAX:
+                return await self._whole(upstream, observer, ctx, headers)
+            resp = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+            if clen is not None:
+                resp.content_length = clen
             await resp.prepare(request)
             try:
                 await self._relay(request, upstream, resp, observer, ctx, path)
@@ -168,6 +168,40 @@ class Proxy:
             return resp
         finally:
             upstream.close()
+
+    @staticmethod
+    def _response_headers(
+        upstream: aiohttp.ClientResponse, ctx: RequestContext
+    ) -> CIMultiDict[str]:
+        out: CIMultiDict[str] = CIMultiDict()
+        for k, v in upstream.headers.items():
+            if k.lower() not in HOP_BY_HOP:
+                out.add(k, v)
+        for k, v in ctx.helexa_headers().items():
+            out[k] = v
+        return out
+
+    async def _whole(
+        self,
+        upstream: aiohttp.ClientResponse,
+        observer: TokenObserver,
+        ctx: RequestContext,
+        headers: CIMultiDict[str],
+    ) -> web.Response:
+        """A small non-streaming reply goes out in one write; if the upstream dies while
+        sending it, nothing has reached the client yet, so it gets a proper 502."""
+        assert ctx.node is not None and ctx.model is not None
+        try:
+            raw = await upstream.read()
+        except (TimeoutError, aiohttp.ClientError) as e:
+            log.warning("upstream %s lost while sending a reply: %r", ctx.node.name, e)
+            self.metrics.request_errors(ctx.model, ctx.node.name).inc()
+            if isinstance(e, TimeoutError):
+                raise errors.upstream_timeout(self.gw.request_timeout_secs) from None
+            raise errors.upstream_connection_error() from None
+        observer.feed(raw)
+        observer.finish()
+        return web.Response(body=raw, status=upstream.status, headers=headers)
 
     async def _relay(
         self,
