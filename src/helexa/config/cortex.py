@@ -78,11 +78,6 @@ class NeuronConfig(_Section):
             raise ValueError("set either 'token' or 'token_env', not both")
         return self
 
-    def resolved_token(self) -> str | None:
-        if self.token_env is not None:
-            return os.environ.get(self.token_env) or None
-        return self.token or None
-
 
 class Window(_Section):
     kind: Literal["balance", "rolling"] = "balance"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,11 +24,23 @@ class ConfigError(Exception):
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            raw = f.read()
+        return tomllib.loads(raw.decode())
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+        raise ConfigError(f"{path}: invalid TOML: {e}{_offending_line(raw, str(e))}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 (byte {e.start})") from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+
+
+def _offending_line(raw: bytes, message: str) -> str:
+    """Quote the line a syntax error points at, so the message names the key."""
+    m = re.search(r"at line (\d+)", message)
+    lines = raw.decode().split("\n")
+    if m is None or not 1 <= int(m.group(1)) <= len(lines):
+        return ""
+    return f": `{lines[int(m.group(1)) - 1].strip()[:200]}`"
 
 
 def parse_env_value(raw: str) -> Any:

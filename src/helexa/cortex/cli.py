@@ -146,6 +146,33 @@ def _client_options(f: Any) -> Any:
     return f
 
 
+def _fleet(endpoint: str, api_key: str | None) -> Any:
+    """/api/fleet adds nodes and devices; a gateway that refuses it still gets a status."""
+    try:
+        return _get(endpoint, "/api/fleet", api_key)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _nodes_table(fleet: dict[str, Any]) -> Table:
+    table = Table("node", "healthy", "endpoint", "devices (used/total MB)", "models")
+    for n in fleet.get("nodes", []):
+        devices = ", ".join(
+            f"{d.get('index')}:{d.get('name') or d.get('kind')} "
+            f"{d.get('vram_used_mb', '?')}/{d.get('vram_total_mb', '?')}"
+            for d in n.get("devices", [])
+        )
+        models = ", ".join(f"{m['id']}:{m['status']}" for m in n.get("models", []))
+        table.add_row(
+            n.get("name", "?"),
+            "yes" if n.get("healthy") else "no",
+            n.get("endpoint", ""),
+            devices or "-",
+            models or "-",
+        )
+    return table
+
+
 def _locations(m: dict[str, Any]) -> str:
     return ", ".join(f"{loc['node']}:{loc['status']}" for loc in m.get("locations", [])) or "-"
 
@@ -157,8 +184,12 @@ def _locations(m: dict[str, Any]) -> str:
 def status(endpoint: str, api_key: str | None, as_json: bool) -> None:
     """Show fleet health and every model with where it is loaded and where it could be."""
     health, models = _fetch(endpoint, api_key, ["/health", "/v1/models"])
+    fleet = _fleet(endpoint, api_key)
     if as_json:
-        click.echo(orjson.dumps({"health": health, "models": models}, option=orjson.OPT_INDENT_2))
+        out = {"health": health, "models": models}
+        if fleet is not None:
+            out["fleet"] = fleet
+        click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2))
         return
     console = Console()
     nodes = health.get("nodes", {})
@@ -166,6 +197,8 @@ def status(endpoint: str, api_key: str | None, as_json: bool) -> None:
         f"[bold]{health.get('status')}[/bold]: {nodes.get('healthy', 0)}/{nodes.get('total', 0)} "
         "nodes healthy"
     )
+    if fleet is not None:
+        console.print(_nodes_table(fleet))
     table = Table("model", "loaded", "locations", "feasible on")
     for m in models.get("data", []):
         table.add_row(

@@ -154,7 +154,7 @@ class Fleet:
 
     def __init__(self, neurons: list[NeuronConfig]) -> None:
         self.nodes: dict[str, NodeState] = {
-            n.name: NodeState(name=n.name, endpoint=n.endpoint, token=n.resolved_token())
+            n.name: NodeState(name=n.name, endpoint=n.endpoint, token=n.token)
             for n in sorted(neurons, key=lambda n: n.name)
         }
         self.max_vram_seen: dict[str, int] = {}

@@ -259,16 +259,10 @@ class Lifecycle:
         return reply
 
     async def evict(self, node: NodeState, victim: str, *, incoming: str) -> None:
-        """Unload one victim to make room; it is unroutable from before the call."""
-        m = node.models.get(victim)
-        if m is not None:
-            m.evicting = True
-            node.endpoint_cache.pop(victim, None)
+        """Unload one victim to make room."""
         try:
             await self.unload(node, victim)
         except NeuronCallError as e:
-            if m is not None:
-                m.evicting = False
             what = (
                 "neuron unreachable"
                 if e.kind in ("unreachable", "timeout")
@@ -281,10 +275,20 @@ class Lifecycle:
         log.info("evicted %s from %s to make room for %s", victim, node.name, incoming)
 
     async def unload(self, node: NodeState, model_id: str) -> Any:
-        """Unload and count a lifecycle cycle; raises NeuronCallError."""
-        reply = await self.client.call(
-            node, "POST", "/models/unload", UNLOAD_TIMEOUT_SECS, {"model_id": model_id}
-        )
+        """Unload and count a lifecycle cycle; the model is unroutable from before the call.
+        Raises NeuronCallError (and the model is routable again)."""
+        m = node.models.get(model_id)
+        if m is not None:
+            m.evicting = True
+            node.endpoint_cache.pop(model_id, None)
+        try:
+            reply = await self.client.call(
+                node, "POST", "/models/unload", UNLOAD_TIMEOUT_SECS, {"model_id": model_id}
+            )
+        except NeuronCallError:
+            if m is not None:
+                m.evicting = False
+            raise
         node.set_status(model_id, "unloaded")
         state = node.models[model_id]
         state.vram_used_mb = None
