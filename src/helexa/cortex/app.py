@@ -16,7 +16,7 @@ from aiohttp import web
 
 from helexa.cortex import errors, messages
 from helexa.cortex.auth import BudgetError, bearer_token
-from helexa.cortex.context import RequestContext, new_request_id
+from helexa.cortex.context import RequestContext, request_id_from
 from helexa.cortex.gateway import Gateway
 from helexa.cortex.models_view import build_models
 from helexa.cortex.neuron_client import NeuronCallError
@@ -30,6 +30,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 CTX = web.RequestKey("ctx", RequestContext)
 PUBLIC = frozenset({"/health", "/", "/version"})
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
+TRACKED = frozenset((*OPENAI_ROUTES, "/v1/messages"))  # routed: metered, counted, in history
 CORS_HEADERS = {
     "access-control-allow-origin": "*",
     "access-control-expose-headers": (
@@ -67,12 +68,13 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     gw = request.app[GATEWAY]
     path = request.path
     ctx = RequestContext(
-        request_id=request.headers.get("x-request-id") or new_request_id(),
+        request_id=request_id_from(request.headers.get("x-request-id")),
         path=path,
         started=time.perf_counter(),
         anthropic=path.startswith("/v1/messages"),
     )
     request[CTX] = ctx
+    tracked = path in TRACKED
     try:
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=_preflight(request))
@@ -94,6 +96,9 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         log.exception("unhandled error on %s %s (request %s)", request.method, path, ctx.request_id)
         gw.metrics.rejections("internal_server_error").inc()
         return error_response(errors.internal(), ctx)
+    finally:
+        if tracked:  # after the envelope is built, so history sees the final status
+            gw.accounting.complete(ctx)
 
 
 def _preflight(request: web.Request) -> dict[str, str]:
@@ -138,6 +143,11 @@ async def read_json_body(request: web.Request, gw: Gateway) -> tuple[bytes, dict
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise errors.too_large(gw.gw.max_body_mb) from None
+    except web.RequestPayloadError:
+        # A body aiohttp can't decode (bad Content-Encoding data) or one cut short.
+        enc = request.headers.get("content-encoding", "none")[:64]
+        detail = f"the body could not be read (content-encoding: {enc})"
+        raise errors.invalid_json(detail) from None
     request[CTX].body_read_at = time.perf_counter()
     try:
         obj = orjson.loads(body)
@@ -159,7 +169,14 @@ async def _route(gw: Gateway, ctx: RequestContext, model: str, body_len: int, ob
             )
         except BudgetError as e:
             raise e.to_api() from None
-    route = await gw.router.resolve(model)
+    try:
+        route = await gw.router.resolve(model)
+    except ApiError as e:
+        # A cold-load failure comes after a node was chosen: x-helexa-node names it (§0.5).
+        node = e.extras.get("node")
+        if isinstance(node, str) and node in gw.fleet.nodes:
+            ctx.node = gw.fleet.nodes[node]
+        raise
     ctx.model, ctx.node, ctx.cold_start = route.model_id, route.node, route.cold_start
     gw.accounting.dispatch(ctx)
 
@@ -167,34 +184,28 @@ async def _route(gw: Gateway, ctx: RequestContext, model: str, body_len: int, ob
 async def inference(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     ctx: RequestContext = request[CTX]
-    try:
-        body, obj = await read_json_body(request, gw)
-        model = obj.get("model")
-        if not isinstance(model, str) or not model:
-            raise errors.missing_model()
-        await _route(gw, ctx, model, len(body), obj)
-        if model != ctx.model:
-            obj["model"] = ctx.model
-            body = orjson.dumps(obj)
-        return await gw.proxy.passthrough(request, ctx, request.path, body)
-    finally:
-        gw.accounting.complete(ctx)
+    body, obj = await read_json_body(request, gw)
+    model = obj.get("model")
+    if not isinstance(model, str) or not model:
+        raise errors.missing_model()
+    await _route(gw, ctx, model, len(body), obj)
+    if model != ctx.model:
+        obj["model"] = ctx.model
+        body = orjson.dumps(obj)
+    return await gw.proxy.passthrough(request, ctx, request.path, body)
 
 
 async def anthropic_messages(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     ctx: RequestContext = request[CTX]
+    body, obj = await read_json_body(request, gw)
     try:
-        body, obj = await read_json_body(request, gw)
-        try:
-            chat = translate_request(obj)
-        except TranslationError as e:
-            raise messages.invalid_body(str(e)) from None
-        await _route(gw, ctx, chat["model"], len(body), obj)
-        chat["model"] = ctx.model
-        return await messages.relay(request, gw.proxy, ctx, orjson.dumps(chat))
-    finally:
-        gw.accounting.complete(ctx)
+        chat = translate_request(obj)
+    except TranslationError as e:
+        raise messages.invalid_body(str(e)) from None
+    await _route(gw, ctx, chat["model"], len(body), obj)
+    chat["model"] = ctx.model
+    return await messages.relay(request, gw.proxy, ctx, orjson.dumps(chat))
 
 
 async def anthropic_count_tokens(request: web.Request) -> web.Response:

@@ -97,8 +97,11 @@ class LocalProvider:
     def resolve(self, key: str) -> Principal | None:
         # Constant-time compare against every key: the lookup time leaks nothing.
         found = None
+        # aiohttp decodes header bytes that aren't UTF-8 as lone surrogates; a key holding one
+        # must compare unequal, not raise.
+        raw = key.encode("utf-8", "surrogatepass")
         for secret, cfg in self.keys.items():
-            if hmac.compare_digest(secret.encode(), key.encode()):
+            if hmac.compare_digest(secret.encode(), raw):
                 found = cfg
         if found is None:
             return None

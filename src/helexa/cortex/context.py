@@ -15,6 +15,14 @@ def new_request_id() -> str:
     return f"req_{random.getrandbits(96):024x}"
 
 
+def request_id_from(header: str | None) -> str:
+    """The client's x-request-id when it is printable ASCII, else a fresh one: the id is echoed,
+    forwarded and stored in history, and bytes that aren't UTF-8 can't be serialised."""
+    if header and header.isascii() and header.isprintable():
+        return header
+    return new_request_id()
+
+
 @dataclass(slots=True)
 class RequestContext:
     request_id: str

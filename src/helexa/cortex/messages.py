@@ -25,6 +25,7 @@ from helexa.wire.errors import ApiError
 log = logging.getLogger("helexa.cortex.messages")
 PING_AFTER_SECS = 10.0
 CHAT_PATH = "/v1/chat/completions"
+PROMPT_HEADER = "x-helexa-prompt-tokens"
 
 
 def invalid_body(detail: str) -> ApiError:
@@ -69,14 +70,18 @@ async def relay(
                 body = None
             raise upstream_error(upstream.status, body, upstream.headers.get("retry-after"))
         streaming = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        headers = ctx.helexa_headers()
+        prompt = upstream.headers.get(PROMPT_HEADER)
+        if prompt is not None:
+            headers[PROMPT_HEADER] = prompt  # neuron → client, as on the OpenAI routes (§0.5)
         observer = TokenObserver(
             ctx.started, streaming, lambda o, p, c: proxy.accounting.finish(ctx, o, p, c)
         )
         ctx.status = 200
         try:
             if not streaming:
-                return await _whole(upstream, observer, ctx)
-            return await _stream(request, proxy, upstream, observer, ctx)
+                return await _whole(proxy, upstream, observer, ctx, headers)
+            return await _stream(request, proxy, upstream, observer, ctx, headers)
         finally:
             observer.finish()
     finally:
@@ -84,12 +89,20 @@ async def relay(
 
 
 async def _whole(
-    upstream: aiohttp.ClientResponse, observer: TokenObserver, ctx: RequestContext
+    proxy: Proxy,
+    upstream: aiohttp.ClientResponse,
+    observer: TokenObserver,
+    ctx: RequestContext,
+    headers: dict[str, str],
 ) -> web.Response:
+    assert ctx.node is not None and ctx.model is not None
     try:
         raw = await upstream.read()
-    except aiohttp.ClientError as e:
+    except (TimeoutError, aiohttp.ClientError) as e:
         log.warning("upstream lost while reading a reply for %s: %r", ctx.model, e)
+        proxy.metrics.request_errors(ctx.model, ctx.node.name).inc()
+        if isinstance(e, TimeoutError):
+            raise errors.upstream_timeout(proxy.gw.request_timeout_secs) from None
         raise errors.upstream_connection_error() from None
     observer.feed(raw)
     try:
@@ -97,9 +110,7 @@ async def _whole(
     except ValueError as e:  # includes orjson.JSONDecodeError
         log.warning("malformed upstream reply for %s: %s: %.512r", ctx.model, e, raw)
         raise errors.upstream_malformed() from None
-    return web.Response(
-        body=orjson.dumps(reply), content_type="application/json", headers=ctx.helexa_headers()
-    )
+    return web.Response(body=orjson.dumps(reply), content_type="application/json", headers=headers)
 
 
 async def _stream(
@@ -108,24 +119,33 @@ async def _stream(
     upstream: aiohttp.ClientResponse,
     observer: TokenObserver,
     ctx: RequestContext,
+    headers: dict[str, str],
 ) -> web.StreamResponse:
     assert ctx.node is not None and ctx.model is not None
-    prompt = upstream.headers.get("x-helexa-prompt-tokens", "0")
+    prompt = upstream.headers.get(PROMPT_HEADER, "0")
     machine = AnthropicStream(ctx.model, message_id(), int(prompt) if prompt.isdigit() else 0)
-    resp = web.StreamResponse(status=200, headers={**sse.HEADERS, **ctx.helexa_headers()})
+    resp = web.StreamResponse(status=200, headers={**sse.HEADERS, **headers})
     await resp.prepare(request)
     await resp.write(machine.start())
     decoder = sse.SSEDecoder()
     content = upstream.content
     failure: str | None = None
+    clock = asyncio.get_running_loop().time
+    last_event = clock()
     try:
         while not machine.finished:
+            # A ping goes out after PING_AFTER_SECS without an event to the client, however
+            # busy the upstream is with frames that translate to nothing (§1.10.4).
+            quiet = PING_AFTER_SECS - (clock() - last_event)
+            if quiet <= 0:
+                await resp.write(PING)
+                last_event = clock()
+                continue
             try:
-                async with asyncio.timeout(PING_AFTER_SECS) as idle:
+                async with asyncio.timeout(quiet) as idle:
                     chunk = await content.readany()
             except TimeoutError:
                 if idle.expired():
-                    await resp.write(PING)
                     continue
                 raise
             if not chunk:
@@ -134,7 +154,10 @@ async def _stream(
             out = b"".join(machine.feed(data) for _, data in decoder.feed(chunk))
             if out:
                 await resp.write(out)
-        if not machine.finished:
+                last_event = clock()
+        if machine.failed:
+            failure = "upstream sent an error frame"
+        elif not machine.finished:
             if machine.finish_reason is None:
                 failure = "upstream ended before the message finished"
             await resp.write(machine.end())

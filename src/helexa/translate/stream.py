@@ -39,6 +39,7 @@ class AnthropicStream:
         "_open_tool",
         "_tool_blocks",
         "deltas",
+        "failed",
         "finish_reason",
         "finished",
         "index",
@@ -64,6 +65,7 @@ class AnthropicStream:
         self.deltas = 0
         self.saw_tool = False
         self.finished = False  # message_stop or error sent: nothing more may follow
+        self.failed = False  # it was an error
 
     def start(self) -> bytes:
         message: dict[str, Any] = {
@@ -116,7 +118,7 @@ class AnthropicStream:
     def fail(self, message: str, error_type: str = "api_error") -> bytes:
         if self.finished:
             return b""
-        self.finished = True
+        self.finished = self.failed = True
         return error_event(message, error_type)
 
     # -- the machine ------------------------------------------------------------------------
