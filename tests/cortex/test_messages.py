@@ -1298,3 +1298,71 @@ async def test_edge_errors_use_the_anthropic_envelope(
     assert r.json()["type"] == "error"
     assert r.json()["error"]["type"] == "rate_limit_error"
     assert fake.count("/v1/chat/completions") == 0
+
+
+async def test_claude_code_style_request_with_beta_query(cortex: Cortex, fake: FakeNeuron) -> None:
+    """Claude Code posts to `/v1/messages?beta=true` with cache_control everywhere, metadata,
+    thinking blocks carrying signatures, and a streamed reply."""
+    cached = {"cache_control": {"type": "ephemeral"}}
+    claude_code = {
+        "model": "test-model",
+        "max_tokens": 32000,
+        "stream": True,
+        "metadata": {"user_id": "user_abc_account__session_1"},
+        "system": [
+            {"type": "text", "text": "You are Claude Code.", **cached},
+            {"type": "text", "text": "Be concise."},
+        ],
+        "tools": [{**READ_TOOL, **cached}],
+        "thinking": {"type": "enabled", "budget_tokens": 31999},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "read hosts", **cached}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "Use Read.", "signature": "EqQBCkYI"},
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_01",
+                        "name": "Read",
+                        "input": {"path": "/etc/hosts"},
+                    },
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_01",
+                        "content": "127.0.0.1 localhost",
+                        **cached,
+                    }
+                ],
+            },
+        ],
+    }
+    headers = {
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+    }
+    r = await post(cortex, claude_code, headers=headers, path="/v1/messages?beta=true")
+    assert r.status_code == 200
+    events = sse(r.text)
+    grammatical(events)
+    assert text_of(events) == "token0token1token2token3"
+    sent = upstream(fake)
+    assert "cache_control" not in orjson.dumps(sent).decode()
+    assert sent["messages"][0] == {
+        "role": "system",
+        "content": "You are Claude Code.\n\nBe concise.",
+    }
+    assert sent["messages"][2]["reasoning_content"] == "Use Read."
+    assert sent["messages"][3] == {
+        "role": "tool",
+        "tool_call_id": "toolu_01",
+        "content": "127.0.0.1 localhost",
+    }
+    del claude_code["max_tokens"], claude_code["stream"]
+    r = await post(cortex, claude_code, headers=headers, path="/v1/messages/count_tokens?beta=true")
+    assert r.status_code == 200 and r.json() == {"input_tokens": 42}

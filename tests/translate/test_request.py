@@ -594,8 +594,9 @@ def test_tools_reshaped_into_function_tools() -> None:
     assert "input_schema" not in str(out["tools"])
 
 
-def test_tool_with_explicit_custom_type_is_accepted() -> None:
-    out = translate_request(body(tools=[{**READ_TOOL, "type": "custom"}]))
+@pytest.mark.parametrize("kind", ["custom", None])
+def test_tool_with_custom_or_null_type_is_accepted(kind: str | None) -> None:
+    out = translate_request(body(tools=[{**READ_TOOL, "type": kind}]))
     assert out["tools"][0]["function"]["name"] == "Read"
 
 
@@ -666,6 +667,8 @@ def test_thinking_enabled_and_disabled_become_chat_template_kwargs() -> None:
     off = translate_request(body(thinking={"type": "disabled"}))
     assert off["chat_template_kwargs"] == {"enable_thinking": False}
     assert "chat_template_kwargs" not in translate_request(body())
+    adaptive = translate_request(body(thinking={"type": "adaptive"}))
+    assert adaptive["chat_template_kwargs"] == {"enable_thinking": True}
 
 
 @pytest.mark.parametrize("thinking", [True, "enabled", {"type": "sometimes"}, {}])

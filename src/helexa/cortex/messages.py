@@ -95,15 +95,7 @@ async def _whole(
     ctx: RequestContext,
     headers: dict[str, str],
 ) -> web.Response:
-    assert ctx.node is not None and ctx.model is not None
-    try:
-        raw = await upstream.read()
-    except (TimeoutError, aiohttp.ClientError) as e:
-        log.warning("upstream lost while reading a reply for %s: %r", ctx.model, e)
-        proxy.metrics.request_errors(ctx.model, ctx.node.name).inc()
-        if isinstance(e, TimeoutError):
-            raise errors.upstream_timeout(proxy.gw.request_timeout_secs) from None
-        raise errors.upstream_connection_error() from None
+    raw = await proxy.read_whole(upstream, ctx)
     observer.feed(raw)
     try:
         reply = translate_response(orjson.loads(raw), ctx.model or "", message_id())

@@ -181,6 +181,19 @@ class Proxy:
             out[k] = v
         return out
 
+    async def read_whole(self, upstream: aiohttp.ClientResponse, ctx: RequestContext) -> bytes:
+        """Read a whole reply body. If the upstream dies while sending it, nothing has reached
+        the client yet, so it gets a proper 502 (or 504) envelope."""
+        assert ctx.node is not None and ctx.model is not None
+        try:
+            return await upstream.read()
+        except (TimeoutError, aiohttp.ClientError) as e:
+            log.warning("upstream %s lost while sending a reply: %r", ctx.node.name, e)
+            self.metrics.request_errors(ctx.model, ctx.node.name).inc()
+            if isinstance(e, TimeoutError):
+                raise errors.upstream_timeout(self.gw.request_timeout_secs) from None
+            raise errors.upstream_connection_error() from None
+
     async def _whole(
         self,
         upstream: aiohttp.ClientResponse,
@@ -188,17 +201,8 @@ class Proxy:
         ctx: RequestContext,
         headers: CIMultiDict[str],
     ) -> web.Response:
-        """A small non-streaming reply goes out in one write; if the upstream dies while
-        sending it, nothing has reached the client yet, so it gets a proper 502."""
-        assert ctx.node is not None and ctx.model is not None
-        try:
-            raw = await upstream.read()
-        except (TimeoutError, aiohttp.ClientError) as e:
-            log.warning("upstream %s lost while sending a reply: %r", ctx.node.name, e)
-            self.metrics.request_errors(ctx.model, ctx.node.name).inc()
-            if isinstance(e, TimeoutError):
-                raise errors.upstream_timeout(self.gw.request_timeout_secs) from None
-            raise errors.upstream_connection_error() from None
+        """A small non-streaming reply goes out in one write."""
+        raw = await self.read_whole(upstream, ctx)
         observer.feed(raw)
         observer.finish()
         return web.Response(body=raw, status=upstream.status, headers=headers)

@@ -176,7 +176,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     out = []
     for i, t in enumerate(tools):
         _require(isinstance(t, dict), f"tools[{i}] must be an object")
-        kind = t.get("type", "custom")
+        kind = t.get("type") or "custom"
         if kind != "custom":
             raise TranslationError(f"unsupported tool type '{kind}'")
         name = t.get("name")
@@ -212,8 +212,9 @@ def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
 def _thinking(thinking: Any) -> bool:
     _require(isinstance(thinking, dict), "'thinking' must be an object")
     kind = thinking.get("type")
-    _require(kind in ("enabled", "disabled"), f"unsupported thinking type '{kind}'")
-    return kind == "enabled"
+    # "adaptive" (the model decides how much to think) maps to thinking on: ours always decide.
+    _require(kind in ("enabled", "disabled", "adaptive"), f"unsupported thinking type '{kind}'")
+    return kind != "disabled"
 
 
 def translate_request(body: dict[str, Any], *, count_tokens: bool = False) -> dict[str, Any]:
