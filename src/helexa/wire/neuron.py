@@ -123,3 +123,21 @@ class LoadReply(_Lenient):
     load_secs: float | None = None
     vram_used_mb: int | None = None
     devices: list[int] = Field(default_factory=list)
+
+
+class ModelSpec(_Lenient):
+    """A `/models/load` request (§2.7) and a `[[default_models]]` entry (§2.23).
+
+    Only `model_id` is required; None means "the neuron decides" (effective harness and quant,
+    most-free device, `[admission]` defaults).
+    """
+
+    model_id: str
+    served_model_id: str | None = None
+    harness: str | None = None
+    quant: str | None = None
+    tensor_parallel: int | None = Field(default=None, ge=1)
+    devices: list[int] | None = None
+    max_in_flight: int | None = Field(default=None, ge=1)
+    max_queue_depth: int | None = Field(default=None, ge=0)
+    max_wait_secs: float | None = Field(default=None, gt=0)

@@ -29,6 +29,42 @@ Worker -> daemon (`ev`):
   embedding {"ev":"embedding","id","vectors":[[float]],"prompt_tokens":int}
   pong      {"ev":"pong","id","vram_used_mb":int|None}
   fault     {"ev":"fault","kind":"non_finite"|"cuda_error","detail":str}   then the worker exits
+
+LoadSpec (the engine's side: helexa.neuron.engine.loader.LoadSpec; checked before torch loads):
+  path               local model directory (hub ids are resolved by the daemon)   required
+  served_id          id used in messages                                          default path
+  quant              "bf16"|"fp16"|"fp32"|null; null → bf16 on CUDA cc >= 8, fp16 on older CUDA,
+                     fp32 on CPU. int8/int4/q4k/q5k/q6k/q8_0 → 400 unsupported_quant
+                     "... yet; use 'bf16'"; GGUF types (Q4_K_M, ...) → 400 "... is a GGUF type ..."
+  device             "cpu"|"cuda"; CUDA uses what CUDA_VISIBLE_DEVICES shows (cuda:0, or
+                     device_map "auto" over several when accelerate is installed)
+  devices            host indices, echoed in ready.info and the 507 message        default [0]
+  max_prompt_tokens  longer prompt / embed input → error context_length_exceeded    optional
+  max_output_tokens  max_tokens when a generate frame has none                     optional
+  static_cache       pooled StaticCache instead of DynamicCache (any device)       default false
+  compile            CUDA only: static cache of the whole context + torch.compile
+                     (reduce-overhead) decode step, compiled at load, eager if that fails
+  test_faults        honoured only with HELEXA_TEST_FAULTS=1 in the worker's env (FaultPlan):
+                     non_finite_at_step, exit_at_step (SIGKILL), arm_file (one-shot),
+                     load_delay_secs, step_delay_secs, script_text / script_ids (every
+                     request emits these tokens, then EOS)
+
+Engine details the daemon relies on:
+- Every generate ends with exactly one `done` or `error`. After `cancel` no more deltas come and
+  the request ends with `done` finish_reason "cancelled" (cancel of an unknown or finished id is
+  ignored). EOS and stop strings give "stop" (stop_reason = the string, cut from the text);
+  max_tokens gives "length" (max_tokens 0 → done at once, no model call).
+- completion_tokens counts every sampled token, EOS included; sum(delta.tokens) <= it (EOS and
+  tokens whose text a stop string removed are in no delta). generate may ask
+  "return_token_ids": true to get them as done.token_ids.
+- error codes: invalid_value (+ param), context_length_exceeded, unsupported_model_capability
+  (generate on an embedding-only model), insufficient_memory (OOM in a request), unknown_op,
+  internal_error. load_failed may carry "extras" ({"required_mb","free_mb"} with 507).
+- ready.info also has embedding_dim, vocab_size, eos_token_ids, model_type, static_cache,
+  compiled; capabilities is ["embedding"] for sentence-transformers dirs and encoders.
+- Requests run round-robin, one token each per turn, each with its own cache; `ping` is answered
+  by the reader thread even mid-generation. Exit codes: 0 on shutdown or socket close, 1 after
+  load_failed or fault.
 """
 
 from __future__ import annotations

@@ -1,0 +1,230 @@
+"""neuron.toml (contract §2.23): listener, limits, sources, admission defaults, default models.
+
+Same machinery as cortex.toml: file, then `NEURON_`-prefixed environment (`__` nesting), then
+defaults; errors name the file and the key. `NEURON_TOKEN` is `[auth] token`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from helexa.config.loader import ConfigError, apply_env, read_toml, validate
+from helexa.wire.errors import ApiError
+from helexa.wire.modelid import DEFAULT_SOURCE, known_schemes, parse_model_id
+from helexa.wire.neuron import ModelSpec
+
+log = logging.getLogger("helexa.config")
+
+DEFAULT_PATH = Path("/etc/neuron/neuron.toml")
+ENV_PREFIX = "NEURON_"
+DEFAULT_SOURCES = {"helexa": "https://registry.helexa.ai"}
+KNOWN_HARNESSES = {"torch": "torch", "candle": "torch", "llamacpp": "llamacpp"}
+
+
+def physical_memory_mb() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20)
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 0
+
+
+def default_cpu_memory_mb() -> int:
+    """75 % of physical memory: the size of the `cpu` device (§2.4)."""
+    return physical_memory_mb() * 3 // 4
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def _check_listen(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got '{v}'")
+    return v
+
+
+class Auth(_Section):
+    token: str | None = None
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _as_text(cls, v: Any) -> Any:
+        # An env value like NEURON_AUTH__TOKEN=1234 parses as a TOML integer; a token is text.
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return str(v)
+        return v or None
+
+
+class Admission(_Section):
+    max_in_flight: int = Field(default=1, ge=1)
+    max_queue_depth: int = Field(default=16, ge=0)
+    max_wait_secs: float = Field(default=120, gt=0)
+
+
+class DefaultModel(ModelSpec):
+    """A `[[default_models]]` entry: a ModelSpec, but unknown keys are reported and a bad id
+    stops the start (the operator sees it at once, not as a failed pre-warm)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @field_validator("model_id")
+    @classmethod
+    def _grammar(cls, v: str) -> str:
+        try:
+            parse_model_id(v)
+        except ApiError as e:
+            raise ValueError(e.message) from None
+        return v
+
+
+class HarnessEntry(_Section):
+    name: str
+
+
+class NeuronConfig(_Section):
+    listen: str = "0.0.0.0:13131"
+    bind_url: str = "http://localhost:13131"
+    sources: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SOURCES))
+    default_source: str = DEFAULT_SOURCE
+    max_prompt_tokens: int = Field(default=16384, ge=1)
+    max_output_tokens: int = Field(default=8192, ge=1)
+    max_body_mb: float = Field(default=64, gt=0)
+    cache_dir: str | None = None
+    cpu_memory_mb: int = Field(default_factory=default_cpu_memory_mb, ge=0)
+    shutdown_grace_secs: float = Field(default=60, ge=0)
+    auth: Auth = Field(default_factory=Auth)
+    admission: Admission = Field(default_factory=Admission)
+    default_models: list[DefaultModel] = Field(default_factory=list)
+    harnesses: list[HarnessEntry] | None = None
+    harness: dict[str, Any] = Field(default_factory=dict)  # [harness.<name>]: accepted, ignored
+
+    _listen = field_validator("listen")(_check_listen)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_port(cls, data: Any) -> Any:
+        """`port = N` (the original's key) means `listen = "0.0.0.0:N"` unless listen is set."""
+        if isinstance(data, dict) and "port" in data:
+            data = dict(data)
+            port = data.pop("port")
+            if "listen" not in data:
+                if isinstance(port, bool) or not isinstance(port, (int, str)):
+                    raise ValueError("'port' must be an integer")
+                data["listen"] = f"0.0.0.0:{port}"
+        return data
+
+    @field_validator("bind_url")
+    @classmethod
+    def _bind_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/]+", v):
+            raise ValueError(f"expected an http(s) base URL, got '{v}'")
+        return v.rstrip("/")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _merge_sources(cls, v: Any) -> Any:
+        """A `[sources]` table adds to (or overrides) the built-in `helexa` entry."""
+        if isinstance(v, dict):
+            return {**DEFAULT_SOURCES, **v}
+        return v
+
+    @field_validator("sources")
+    @classmethod
+    def _check_sources(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for scheme, url in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]+", scheme):
+                raise ValueError(f"scheme '{scheme}' must match [A-Za-z0-9._-]+")
+            if not re.match(r"^https?://[^/]+", url):
+                raise ValueError(f"'{scheme}': expected an http(s) base URL, got '{url}'")
+            out[scheme] = url.rstrip("/")
+        return out
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_dir(cls, v: str | None) -> str | None:
+        return str(Path(v).expanduser()) if v else None
+
+    @field_validator("default_source")
+    @classmethod
+    def _default_source(cls, v: str, info: ValidationInfo) -> str:
+        sources = info.data.get("sources")
+        if sources is not None and v not in known_schemes(sources):
+            raise ValueError(
+                f"'{v}' is not a configured source (known: {', '.join(known_schemes(sources))})"
+            )
+        return v
+
+    @field_validator("default_models")
+    @classmethod
+    def _default_models(cls, v: list[DefaultModel], info: ValidationInfo) -> list[DefaultModel]:
+        sources = info.data.get("sources")
+        default_source = info.data.get("default_source")
+        served: set[str] = set()
+        for i, m in enumerate(v):
+            mid = parse_model_id(m.model_id)
+            if sources is not None and default_source is not None and not mid.is_path:
+                scheme = mid.scheme or default_source
+                if scheme not in known_schemes(sources):
+                    raise ValueError(
+                        f"[{i}].model_id '{m.model_id}': source scheme '{scheme}' is not "
+                        f"configured (known: {', '.join(known_schemes(sources))})"
+                    )
+            sid = mid.served_id(m.served_model_id)
+            if sid in served:
+                raise ValueError(f"[{i}]: served id '{sid}' is listed twice")
+            served.add(sid)
+        return v
+
+    @field_validator("harnesses")
+    @classmethod
+    def _harnesses(cls, v: list[HarnessEntry] | None) -> list[HarnessEntry] | None:
+        for entry in v or []:
+            if entry.name not in KNOWN_HARNESSES:
+                log.warning(
+                    "neuron config: unknown harness '%s' in [[harnesses]] ignored "
+                    "(known: torch, candle, llamacpp)",
+                    entry.name,
+                )
+        return v
+
+    def enabled_harnesses(self) -> set[str] | None:
+        """Harnesses `[[harnesses]]` enables (`candle` = `torch`), or None for "all available"."""
+        if self.harnesses is None:
+            return None
+        return {KNOWN_HARNESSES[h.name] for h in self.harnesses if h.name in KNOWN_HARNESSES}
+
+
+def load_neuron_settings(
+    path: Path | None, *, explicit: bool, environ: Mapping[str, str] | None = None
+) -> NeuronConfig:
+    """Read neuron.toml (+ env overrides).
+
+    An explicit path that doesn't exist is an error (the CLI exits 2); a missing default runs
+    on defaults.
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None and path.exists():
+        data = read_toml(path)
+    elif path is not None and explicit:
+        raise ConfigError(f"{path}: config file not found")
+    elif path is not None:
+        log.warning("config %s not found; running with defaults", path)
+    rest = {k: v for k, v in env.items() if k != "NEURON_TOKEN"}
+    apply_env(data, ENV_PREFIX, rest)
+    if env.get("NEURON_TOKEN"):
+        auth = data.get("auth")
+        if not isinstance(auth, dict):
+            auth = data["auth"] = {}
+        auth["token"] = env["NEURON_TOKEN"]
+    source = str(path) if path is not None and path.exists() else "neuron config"
+    return validate(NeuronConfig, data, source)

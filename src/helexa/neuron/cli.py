@@ -1,0 +1,133 @@
+"""`neuron`: run the node daemon, or print what hardware it would report (contract §2.24)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from helexa import logs
+from helexa.config.loader import ConfigError
+from helexa.config.neuron import DEFAULT_PATH, NeuronConfig, load_neuron_settings
+from helexa.version import version_line
+
+LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+CONFIG_HELP = (
+    "neuron.toml to read (default: $NEURON_CONFIG, then /etc/neuron/neuron.toml). "
+    "Env vars NEURON_KEY / NEURON_SECTION__KEY override any key; NEURON_TOKEN is [auth] token."
+)
+
+
+def _version(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_line("neuron"))
+        ctx.exit(0)
+
+
+def _settings(config_path: Path | None) -> NeuronConfig:
+    """An explicit path (flag or $NEURON_CONFIG) must exist; a missing default runs on
+    defaults. Config errors exit 2."""
+    env_path = os.environ.get("NEURON_CONFIG")
+    explicit = config_path is not None or bool(env_path)
+    path = config_path or Path(env_path or DEFAULT_PATH)
+    try:
+        return load_neuron_settings(path, explicit=explicit)
+    except ConfigError as e:
+        click.echo(f"neuron: config error: {e}", err=True)
+        sys.exit(2)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=(
+        "Example:\n\n\b\n  neuron serve --config /etc/neuron/neuron.toml\n"
+        "  neuron discover | jq '.devices'"
+    ),
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version,
+    help="Print the version and git sha, then exit.",
+)
+def main() -> None:
+    """neuron: the per-GPU-host daemon of helexa.
+
+    It reports the host's devices, loads and unloads models on request (one worker process per
+    model, PyTorch + transformers), and serves OpenAI-compatible inference for cortex.
+    """
+
+
+@main.command(
+    epilog=(
+        "Example:\n\n\b\n  neuron serve --config ./neuron.toml --log-level debug\n"
+        "  NEURON_LISTEN=127.0.0.1:13131 NEURON_TOKEN=secret neuron serve"
+    )
+)
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=CONFIG_HELP
+)
+@click.option(
+    "--log-level",
+    type=LEVELS,
+    default="info",
+    show_default=True,
+    help="Log verbosity (logs go to stderr).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Human lines or one JSON object per line.",
+)
+def serve(config_path: Path | None, log_level: str, log_format: str) -> None:
+    """Run the daemon: HTTP listener, then pre-warm of [[default_models]].
+
+    SIGTERM or Ctrl-C refuses new requests (503), lets in-flight ones finish for up to
+    shutdown_grace_secs, stops every worker and exits 0.
+    """
+    logs.setup(log_level, log_format)
+    cfg = _settings(config_path)
+    from helexa.neuron.serve import serve as run
+
+    _install_uvloop()
+    try:
+        asyncio.run(run(cfg))
+    except OSError as e:
+        click.echo(f"neuron: cannot listen on {cfg.listen}: {e}", err=True)
+        sys.exit(1)
+
+
+@main.command(epilog="Example:\n\n\b\n  neuron discover --config /etc/neuron/neuron.toml")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=CONFIG_HELP
+)
+def discover(config_path: Path | None) -> None:
+    """Print what GET /discovery would answer (devices, CUDA, limits) as indented JSON."""
+    logs.setup("warning")
+    cfg = _settings(config_path)
+    from helexa.neuron.discovery import discover as probe
+
+    out = probe(cfg).model_dump()
+    if out.get("cuda_unavailable_reason") is None:
+        out.pop("cuda_unavailable_reason", None)
+    click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""The worker's load spec and what it reads from a model directory, without importing torch.
+
+The daemon resolves a model id to a local directory (hub snapshot or path) and sends it in the
+`load` frame; everything here can be checked before the worker pays for `import torch`, so a bad
+spec fails in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("helexa.neuron.engine")
+
+QUANTS = ("bf16", "fp16", "fp32")
+# Quant strings the torch harness will accept in W2 (torchao int8/int4) or never (GGUF types).
+_LATER_QUANTS = {"int8", "int4", "q4k", "q5k", "q6k", "q8_0"}
+# GGUF tensor types (Q4_K_M, Q8_0, IQ2_XS, F16, ...): upper case, as llama.cpp names them.
+_GGUF_TYPE = re.compile(r"^(I?Q[1-8](_[0-9A-Z]+)*|F16|BF16|F32)$")
+_TEST_FAULTS_ENV = "HELEXA_TEST_FAULTS"
+
+
+class LoadError(Exception):
+    """A load failure as the `load_failed` frame carries it (§2.7 status and code)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, extras: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extras = extras or {}
+
+    def frame(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ev": "load_failed",
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+        }
+        if self.extras:
+            out["extras"] = self.extras
+        return out
+
+
+def load_failed(served_id: str, exc: BaseException) -> LoadError:
+    """The catch-all 500 with the §2.7 message."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    msg = f"loading '{served_id}' failed: {type(exc).__name__}: {detail}"
+    return LoadError(500, "load_failed", msg)
+
+
+@dataclass(slots=True)
+class FaultPlan:
+    """Fault injection for tests; honoured only when HELEXA_TEST_FAULTS=1 in the worker's env.
+
+    Steps count per request from 0 (the token sampled from the prefill logits).
+    """
+
+    non_finite_at_step: int | None = None  # poison the logits → `fault` frame, exit 1
+    exit_at_step: int | None = None  # SIGKILL itself mid-stream (a crash, no frame)
+    arm_file: str | None = None  # if set, step faults fire only while this file exists,
+    # and firing deletes it: one-shot across restarts
+    load_delay_secs: float = 0.0  # sleep before loading (to observe `loading`)
+    step_delay_secs: float = 0.0  # sleep before every decode step (slow streams)
+    script_text: str | None = None  # every request "samples" these tokens, then EOS
+    script_ids: list[int] | None = None
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> FaultPlan:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise LoadError(400, "invalid_value", f"unknown test_faults keys: {sorted(unknown)}")
+        return cls(**dict(d))
+
+
+@dataclass(slots=True)
+class LoadSpec:
+    """The `spec` of the `load` frame (documented in protocol.py)."""
+
+    path: str
+    served_id: str
+    quant: str | None = None
+    device: str = "cpu"
+    devices: list[int] = field(default_factory=lambda: [0])
+    max_prompt_tokens: int | None = None
+    max_output_tokens: int | None = None
+    static_cache: bool | None = None
+    compile: bool = False
+    test_faults: FaultPlan | None = None
+
+    @classmethod
+    def from_frame(
+        cls, spec: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> LoadSpec:
+        env = os.environ if environ is None else environ
+        if not isinstance(spec, Mapping):
+            raise LoadError(400, "invalid_value", "load spec must be an object")
+        path = spec.get("path")
+        served = spec.get("served_id") or path
+        if not isinstance(path, str) or not path:
+            raise LoadError(400, "invalid_value", "load spec needs a 'path'")
+        faults = None
+        raw_faults = spec.get("test_faults")
+        if raw_faults and env.get(_TEST_FAULTS_ENV) == "1":
+            faults = FaultPlan.parse(raw_faults)
+        devices = spec.get("devices") or [0]
+        out = cls(
+            path=path,
+            served_id=str(served),
+            quant=spec.get("quant"),
+            device=str(spec.get("device") or "cpu"),
+            devices=[int(d) for d in devices],
+            max_prompt_tokens=_opt_int(spec, "max_prompt_tokens"),
+            max_output_tokens=_opt_int(spec, "max_output_tokens"),
+            static_cache=spec.get("static_cache"),
+            compile=bool(spec.get("compile", False)),
+            test_faults=faults,
+        )
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """The cheap checks, before torch is imported."""
+        q = self.quant
+        if q is not None:
+            if _GGUF_TYPE.match(q):
+                raise LoadError(
+                    400, "unsupported_quant", f"quant '{q}' is a GGUF type; use harness 'llamacpp'"
+                )
+            if q in _LATER_QUANTS:
+                raise LoadError(
+                    400,
+                    "unsupported_quant",
+                    f"quant '{q}' is not supported by harness 'torch' yet; use 'bf16'",
+                )
+            if q not in QUANTS:
+                raise LoadError(
+                    400, "unsupported_quant", f"quant '{q}' is not supported by harness 'torch'"
+                )
+        if self.device not in ("cpu", "cuda"):
+            raise LoadError(400, "invalid_devices", f"device kind '{self.device}' is not known")
+        p = Path(self.path)
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise LoadError(
+                404,
+                "model_source_not_found",
+                f"model '{self.served_id}' was not found at {self.path}",
+            )
+
+
+def _opt_int(spec: Mapping[str, Any], key: str) -> int | None:
+    v = spec.get(key)
+    return None if v is None else int(v)
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class Pooling:
+    """Sentence-embedding pooling: modes in sentence-transformers' concatenation order."""
+
+    modes: tuple[str, ...] = ("lasttoken",)
+    normalize: bool = True
+
+
+_ST_MODES = (
+    ("pooling_mode_cls_token", "cls"),
+    ("pooling_mode_max_tokens", "max"),
+    ("pooling_mode_mean_tokens", "mean"),
+    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+    ("pooling_mode_weightedmean_tokens", "weightedmean"),
+    ("pooling_mode_lasttoken", "lasttoken"),
+)
+_MODE_ALIASES = {
+    "mean_tokens": "mean",
+    "cls_token": "cls",
+    "max_tokens": "max",
+    "last": "lasttoken",
+}
+
+
+class ModelDir:
+    """The JSON files of a hub-style model directory that the engine needs."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = _read_json(self.path / "config.json")
+        self.generation_config = _read_json(self.path / "generation_config.json")
+        self.tokenizer_config = _read_json(self.path / "tokenizer_config.json")
+
+    def weight_bytes(self) -> int:
+        return sum(
+            f.stat().st_size
+            for pat in ("*.safetensors", "*.bin")
+            for f in self.path.glob(pat)
+            if f.is_file()
+        )
+
+    def sentence_pooling(self) -> Pooling | None:
+        """The sentence-transformers pooling when modules.json lists a Pooling module."""
+        modules = self.path / "modules.json"
+        if not modules.is_file():
+            return None
+        try:
+            entries = json.loads(modules.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entries, list):
+            return None
+        pool_dir: str | None = None
+        normalize = False
+        for e in entries:
+            if not isinstance(e, dict):
+                continue
+            kind = str(e.get("type", ""))
+            if kind.endswith(".Pooling"):
+                pool_dir = str(e.get("path", ""))
+            elif kind.endswith(".Normalize"):
+                normalize = True
+            elif not kind.endswith(".Transformer"):
+                log.warning("sentence-transformers module %s is not applied", kind)
+        if pool_dir is None:
+            return None
+        cfg = _read_json(self.path / pool_dir / "config.json")
+        modes: list[str] = []
+        if isinstance(cfg.get("pooling_mode"), str):
+            m = cfg["pooling_mode"]
+            modes.append(_MODE_ALIASES.get(m, m))
+        else:
+            modes = [name for key, name in _ST_MODES if cfg.get(key)]
+        return Pooling(tuple(modes or ["mean"]), normalize)
+
+    def eos_ids(self, token_to_id: Any) -> list[int]:
+        """generation_config eos ids ∪ config eos ids ∪ the tokenizer's eos token."""
+        ids: set[int] = set()
+        text_cfg = self.config.get("text_config")
+        for src in (
+            self.generation_config,
+            self.config,
+            text_cfg if isinstance(text_cfg, dict) else {},
+        ):
+            v = src.get("eos_token_id")
+            if isinstance(v, int):
+                ids.add(v)
+            elif isinstance(v, list):
+                ids.update(x for x in v if isinstance(x, int))
+        eos = self.tokenizer_config.get("eos_token")
+        if isinstance(eos, dict):
+            eos = eos.get("content")
+        if isinstance(eos, str) and eos:
+            tid = token_to_id(eos)
+            if isinstance(tid, int):
+                ids.add(tid)
+        return sorted(ids)

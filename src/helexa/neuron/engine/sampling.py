@@ -1,0 +1,198 @@
+"""Per-request sampling (§2.15): penalties, temperature, top-k, top-p, min-p, seeded draws.
+
+The filters follow transformers' logits processors exactly (same order, same tie rules), so a
+request means the same thing here as in `generate`: repetition penalty over prompt + output,
+then the OpenAI presence/frequency penalties over the output, temperature, top-k, top-p, min-p.
+Temperature 0 is greedy (argmax after the penalties).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+)
+# What generation_config.json may set; OpenAI-style penalties are not part of it.
+_GENCFG_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+class SamplingError(ValueError):
+    """A sampling field with a wrong type or range; `field` names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"'{field}' {problem}")
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+def defaults_from_generation_config(gencfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's own defaults. An explicit `do_sample: false` means greedy by default."""
+    out = {k: gencfg[k] for k in _GENCFG_FIELDS if gencfg.get(k) is not None}
+    if gencfg.get("do_sample") is False:
+        out["temperature"] = 0.0
+    return out
+
+
+def _num(field: str, v: Any, *, integer: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise SamplingError(field, "must be a number")
+    if integer and not (isinstance(v, int) or float(v).is_integer()):
+        raise SamplingError(field, "must be an integer")
+    if not math.isfinite(v):
+        raise SamplingError(field, "must be finite")
+    return float(v)
+
+
+def resolve(
+    requested: Mapping[str, Any] | None, defaults: Mapping[str, Any] | None = None
+) -> SamplingParams:
+    """Request fields over the model's generation_config over the built-in defaults.
+
+    A field that is absent or null falls through; a bad value raises SamplingError.
+    """
+    merged: dict[str, Any] = dict(defaults or {})
+    for k, v in (requested or {}).items():
+        if k in FIELDS and v is not None:
+            merged[k] = v
+    t = _num("temperature", merged.get("temperature", 1.0))
+    if t < 0:
+        raise SamplingError("temperature", "must be >= 0")
+    top_p = _num("top_p", merged.get("top_p", 1.0))
+    if not 0 < top_p <= 1:
+        raise SamplingError("top_p", "must be in (0, 1]")
+    top_k = _num("top_k", merged.get("top_k", 0), integer=True)
+    if top_k < 0:
+        raise SamplingError("top_k", "must be >= 0")
+    min_p = _num("min_p", merged.get("min_p", 0.0))
+    if not 0 <= min_p <= 1:
+        raise SamplingError("min_p", "must be in [0, 1]")
+    rep = _num("repetition_penalty", merged.get("repetition_penalty", 1.0))
+    if rep <= 0:
+        raise SamplingError("repetition_penalty", "must be > 0")
+    pres = _num("presence_penalty", merged.get("presence_penalty", 0.0))
+    freq = _num("frequency_penalty", merged.get("frequency_penalty", 0.0))
+    seed = merged.get("seed")
+    if seed is not None:
+        seed = int(_num("seed", seed, integer=True))
+    return SamplingParams(t, top_p, int(top_k), min_p, rep, pres, freq, seed)
+
+
+def apply_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """transformers TopKLogitsWarper: keep the k best (ties at the k-th value kept too)."""
+    k = min(k, scores.shape[-1])
+    kth = torch.topk(scores, k)[0][..., -1, None]
+    return scores.masked_fill(scores < kth, -math.inf)
+
+
+def apply_top_p(scores: torch.Tensor, p: float) -> torch.Tensor:
+    """transformers TopPLogitsWarper: drop the low tail whose mass is <= 1 - p; keep >= 1."""
+    sorted_logits, sorted_idx = torch.sort(scores, descending=False)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cum <= (1 - p)
+    remove_sorted[..., -1:] = False
+    remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+    return scores.masked_fill(remove, -math.inf)
+
+
+def apply_min_p(scores: torch.Tensor, min_p: float) -> torch.Tensor:
+    """transformers MinPLogitsWarper: drop tokens below min_p x the top probability."""
+    probs = torch.softmax(scores, dim=-1)
+    threshold = min_p * probs.amax(dim=-1, keepdim=True)
+    return scores.masked_fill(probs < threshold, -math.inf)
+
+
+class Sampler:
+    """One request's sampler: its penalty state and its own RNG (so seeds are per request)."""
+
+    def __init__(
+        self,
+        params: SamplingParams,
+        *,
+        vocab_size: int,
+        device: torch.device,
+        prompt_ids: list[int],
+    ) -> None:
+        self.params = params
+        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(self.seed)
+        self.seen: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+        if params.repetition_penalty != 1.0:
+            self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            ids = [i for i in prompt_ids if 0 <= i < vocab_size]
+            if ids:
+                self.seen[torch.tensor(ids, device=device)] = True
+        if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
+            self.counts = torch.zeros(vocab_size, dtype=torch.float32, device=device)
+
+    def process(self, logits: torch.Tensor) -> torch.Tensor:
+        """Penalties and filters applied to fp32 logits of shape (vocab,); returns new scores."""
+        p = self.params
+        scores = logits
+        if self.seen is not None:
+            penalised = torch.where(
+                scores > 0, scores / p.repetition_penalty, scores * p.repetition_penalty
+            )
+            scores = torch.where(self.seen, penalised, scores)
+        if self.counts is not None:
+            scores = (
+                scores
+                - p.frequency_penalty * self.counts
+                - p.presence_penalty * (self.counts > 0).to(scores.dtype)
+            )
+        if p.greedy:
+            return scores
+        if p.temperature != 1.0:
+            scores = scores / p.temperature
+        if p.top_k > 0:
+            scores = apply_top_k(scores, p.top_k)
+        if p.top_p < 1.0:
+            scores = apply_top_p(scores, p.top_p)
+        if p.min_p > 0.0:
+            scores = apply_min_p(scores, p.min_p)
+        return scores
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token as a 0-d int64 tensor (no host sync here)."""
+        scores = self.process(logits)
+        if self.params.greedy:
+            return torch.argmax(scores)
+        probs = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probs, 1, generator=self.generator)[0]
+
+    def observe(self, token: int) -> None:
+        """Record a generated token for the penalties."""
+        if self.seen is not None and 0 <= token < self.seen.shape[0]:
+            self.seen[token] = True
+        if self.counts is not None and 0 <= token < self.counts.shape[0]:
+            self.counts[token] += 1

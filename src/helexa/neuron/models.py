@@ -1,0 +1,789 @@
+"""The models a neuron knows: load, unload, recovery and activation (contract §2.6-§2.12).
+
+Every state change of a model goes through the `Registry`, on the event loop. Loads are
+single-flight per served id (a second caller joins the operation under way) and run one at a
+time, in order, behind one FIFO lock; a load runs in its own task, so a client that goes away
+never cancels it. A worker fault turns into a recovery task that is also the model's current
+operation, so `/models/load` joins a recovery the same way it joins a load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from helexa.neuron.admission import Admission
+from helexa.neuron.metrics import NeuronMetrics
+from helexa.neuron.sources import ResolvedSpec, default_quant, resolve_spec
+from helexa.neuron.supervisor import LoadFailed, Supervisor, WorkerCrashed, WorkerHandle
+from helexa.wire.errors import ApiError
+from helexa.wire.modelid import ModelId, parse_model_id
+from helexa.wire.neuron import ModelSpec
+
+log = logging.getLogger("helexa.neuron.models")
+
+LOADED, LOADING, RECOVERING, UNLOADED, FAILED = (
+    "loaded",
+    "loading",
+    "recovering",
+    "unloaded",
+    "failed",
+)
+HARNESSES = ("torch",)
+RESTART_BACKOFF = (1.0, 5.0, 15.0)
+UNLOAD_GRACE = 30.0
+
+
+# -- the load request -------------------------------------------------------------------------
+
+
+def parse_spec(body: Mapping[str, Any]) -> ModelSpec:
+    if "model_id" not in body:
+        raise ApiError(400, "missing_model_field", "missing 'model_id' field in request body")
+    try:
+        return ModelSpec.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = str(err["loc"][0]) if err["loc"] else "model_id"
+        raise ApiError(
+            400, "invalid_value", f"'{param}' {err['msg'].lower()}", param=param
+        ) from None
+
+
+# -- devices, as the registry needs them --------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DeviceView:
+    """One device's identity and free memory right now (from discovery / health)."""
+
+    index: int
+    kind: str  # "cuda" | "cpu"
+    total_mb: int | None = None
+    free_mb: int | None = None
+    compute_capability: str | None = None
+
+
+DevicesFn = Callable[[], Awaitable[list[DeviceView]]]
+ResolveFn = Callable[[ModelId, Callable[[int | None, int | None], None]], Path]
+EstimateFn = Callable[[Path, str], "int | None"]
+TokenizerFn = Callable[[Path], Any]
+
+
+# -- records --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelRecord:
+    id: str
+    source: str
+    spec: ModelSpec
+    admission: Admission
+    status: str = LOADING
+    info: dict[str, Any] = field(default_factory=dict)
+    restarts: int = 0
+    error: str | None = None
+    progress: dict[str, Any] | None = None
+    loaded_at: int | None = None
+    last_used_at: int | None = None
+    harness: str = "torch"
+    quant: str | None = None
+    devices: list[int] = field(default_factory=list)
+    kind: str = "cpu"
+    path: Path | None = None
+    tokenizer: Any = None
+    handle: WorkerHandle | None = None
+    draining: bool = False
+    test_faults: Any = None
+    op: asyncio.Task[dict[str, Any]] | None = None
+    unload_op: asyncio.Task[dict[str, Any]] | None = None
+
+    @property
+    def serving(self) -> bool:
+        return self.status == LOADED and not self.draining and self.handle is not None
+
+    def memory_mb(self) -> int | None:
+        """Measured memory: the worker's RSS on CPU, what the worker reported on CUDA."""
+        if self.status != LOADED or self.handle is None:
+            return None
+        if self.kind == "cpu":
+            rss = self.handle.rss_mb()
+            if rss is not None:
+                return rss
+        v = self.info.get("vram_used_mb")
+        return int(v) if isinstance(v, (int, float)) else None
+
+
+@dataclass
+class Activation:
+    """The start-time pre-warm of `[[default_models]]` (§2.5, §2.12)."""
+
+    state: str = "ready"
+    pending: list[str] = field(default_factory=list)
+    in_progress: str | None = None
+    completed: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def as_api(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "pending": list(self.pending),
+            "in_progress": self.in_progress,
+            "completed": list(self.completed),
+            "failed": list(self.failed),
+        }
+
+
+@dataclass
+class _Snapshot:
+    """What a record looked like before a load, restored when that load fails cleanly."""
+
+    existed: bool
+    values: dict[str, Any]
+
+
+_SNAP_FIELDS = ("status", "spec", "source", "error", "progress", "harness", "quant", "devices")
+
+
+# -- error constructors (§2.7, §2.8, §2.15, §2.21) ------------------------------------------------
+
+
+def not_known(model: str) -> ApiError:
+    return ApiError(404, "model_not_found", f"model '{model}' is not known to this neuron")
+
+
+def not_loaded(model: str) -> ApiError:
+    return ApiError(404, "model_not_found", f"model '{model}' is not loaded on this neuron")
+
+
+def not_ready(model: str, status: str) -> ApiError:
+    return ApiError(
+        503,
+        "model_not_ready",
+        f"model '{model}' is {status} on this neuron; retry shortly",
+        retry_after=2,
+    )
+
+
+def still_loading(model: str) -> ApiError:
+    return ApiError(
+        409,
+        "model_loading",
+        f"model '{model}' is still loading; retry when the load completes",
+        retry_after=5,
+    )
+
+
+def load_failed(model: str, detail: str) -> ApiError:
+    msg = (
+        detail
+        if detail.startswith(f"loading '{model}' failed")
+        else (f"loading '{model}' failed: {detail}")
+    )
+    return ApiError(500, "load_failed", msg)
+
+
+def insufficient_memory(model: str, required: int, free: int, devices: Sequence[int]) -> ApiError:
+    devs = ",".join(str(d) for d in devices)
+    return ApiError(
+        507,
+        "insufficient_memory",
+        f"model '{model}' needs about {required} MB but only {free} MB is free on device(s) {devs}",
+        extras={"required_mb": required, "free_mb": free},
+    )
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+# -- the registry ---------------------------------------------------------------------------------
+
+
+class Registry:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        *,
+        resolve_source: ResolveFn,
+        tokenizer_for: TokenizerFn,
+        devices: DevicesFn,
+        estimate_mb: EstimateFn | None = None,
+        metrics: NeuronMetrics | None = None,
+        sources: Mapping[str, str] | None = None,
+        default_source: str = "huggingface",
+        harnesses: Sequence[str] = HARNESSES,
+        max_prompt_tokens: int = 16384,
+        max_output_tokens: int = 8192,
+        admission_defaults: tuple[int, int, float] = (1, 16, 120.0),
+        restart_backoff: Sequence[float] = RESTART_BACKOFF,
+        unload_grace: float = UNLOAD_GRACE,
+    ) -> None:
+        self.supervisor = supervisor
+        self.resolve_source = resolve_source
+        self.tokenizer_for = tokenizer_for
+        self.devices = devices
+        self.estimate_mb = estimate_mb
+        self.metrics = metrics or NeuronMetrics()
+        self.sources = dict(sources or {})
+        self.default_source = default_source
+        self.harnesses = tuple(harnesses)
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_output_tokens = max_output_tokens
+        self.admission_defaults = admission_defaults
+        self.restart_backoff = tuple(restart_backoff)
+        self.unload_grace = unload_grace
+        self.records: dict[str, ModelRecord] = {}
+        self.device_count = 1
+        self.activation = Activation()
+        self._load_lock = asyncio.Lock()  # FIFO: at most one load (or restart) at a time
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # -- views ------------------------------------------------------------------------------------
+
+    def limit(self, rec: ModelRecord) -> dict[str, int]:
+        total = self.max_prompt_tokens + self.max_output_tokens
+        mpe = rec.info.get("max_position_embeddings")
+        context = min(int(mpe), total) if isinstance(mpe, int) and mpe > 0 else total
+        output = min(self.max_output_tokens, context)
+        return {"context": context, "input": context - output, "output": output}
+
+    def model_info(self, rec: ModelRecord) -> dict[str, Any]:
+        tok = rec.tokenizer
+        caps = rec.info.get("capabilities") or ["text"]
+        out: dict[str, Any] = {
+            "id": rec.id,
+            "source": rec.source,
+            "harness": rec.info.get("harness") or rec.harness,
+            "quant": rec.info.get("quant") or rec.quant,
+            "status": rec.status,
+            "devices": list(rec.devices),
+            "vram_used_mb": rec.memory_mb(),
+            "capabilities": list(caps),
+            "limit": self.limit(rec),
+            "tool_call": bool(getattr(tok, "tool_call", False)),
+            "reasoning": bool(getattr(tok, "reasoning", False)),
+            "loaded_at": rec.loaded_at,
+            "last_used_at": rec.last_used_at,
+            "restarts": rec.restarts,
+            "max_in_flight": rec.admission.max_in_flight,
+            "max_queue_depth": rec.admission.max_queue_depth,
+            "max_wait_secs": rec.admission.max_wait_secs,
+        }
+        if rec.status == LOADING:
+            out["progress"] = rec.progress or {
+                "phase": "load",
+                "done_bytes": None,
+                "total_bytes": None,
+            }
+        if rec.status == FAILED:
+            out["error"] = rec.error
+        return out
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return [self.model_info(self.records[k]) for k in sorted(self.records)]
+
+    def health_models(self) -> list[dict[str, Any]]:
+        out = []
+        for k in sorted(self.records):
+            rec = self.records[k]
+            out.append(
+                {
+                    "id": rec.id,
+                    "status": rec.status,
+                    "in_flight": rec.admission.in_flight,
+                    "queue_depth": rec.admission.queue_depth,
+                }
+            )
+        return out
+
+    def openai_models(self) -> dict[str, Any]:
+        data = [
+            {"id": r.id, "object": "model", "created": r.loaded_at or 0, "owned_by": "helexa"}
+            for k, r in sorted(self.records.items())
+            if r.status == LOADED
+        ]
+        return {"object": "list", "data": data}
+
+    def workers_rss_mb(self) -> int:
+        """Summed RSS of CPU workers: the `vram_used_mb` of the cpu device (§2.5)."""
+        total = 0
+        for rec in self.records.values():
+            if rec.kind == "cpu" and rec.handle is not None:
+                total += rec.handle.rss_mb() or 0
+        return total
+
+    def degraded(self) -> bool:
+        return any(r.status in (FAILED, RECOVERING) for r in self.records.values())
+
+    def gauge_rows(self) -> list[tuple[str, int, int, int | None]]:
+        return [
+            (r.id, r.admission.in_flight, r.admission.queue_depth, r.memory_mb())
+            for r in self.records.values()
+        ]
+
+    # -- inference lookups ------------------------------------------------------------------------
+
+    def serving(self, model: str) -> ModelRecord:
+        """The record behind an inference request, or the §2.15 404 / 503."""
+        rec = self.records.get(model)
+        if rec is None or rec.status in (UNLOADED, FAILED):
+            raise not_loaded(model)
+        if rec.draining:
+            raise not_ready(model, "unloading")
+        if rec.status != LOADED:
+            raise not_ready(model, rec.status)
+        return rec
+
+    def touch(self, rec: ModelRecord) -> None:
+        rec.last_used_at = _now()
+
+    # -- load -------------------------------------------------------------------------------------
+
+    def _new_admission(self, model: str, spec: ModelSpec) -> Admission:
+        d_if, d_qd, d_wait = self.admission_defaults
+        metrics = self.metrics
+        return Admission(
+            model,
+            spec.max_in_flight or d_if,
+            d_qd if spec.max_queue_depth is None else spec.max_queue_depth,
+            spec.max_wait_secs or d_wait,
+            on_reject=lambda reason: metrics.rejections(model, reason).inc(),
+        )
+
+    def _configure_admission(self, rec: ModelRecord) -> None:
+        d_if, d_qd, d_wait = self.admission_defaults
+        s = rec.spec
+        rec.admission.configure(
+            s.max_in_flight or d_if,
+            d_qd if s.max_queue_depth is None else s.max_queue_depth,
+            s.max_wait_secs or d_wait,
+        )
+
+    def _served_id(self, spec: ModelSpec) -> str:
+        """The served id a spec names: only the id grammar is checked here."""
+        mid = parse_model_id(spec.model_id, self.sources, self.default_source)
+        return mid.served_id(spec.served_model_id)
+
+    def _resolve(self, spec: ModelSpec) -> ResolvedSpec:
+        """Every §2.7 check that needs no I/O, in the table's order."""
+        return resolve_spec(
+            spec,
+            sources=self.sources,
+            default_source=self.default_source,
+            harnesses=self.harnesses,
+            device_count=self.device_count,
+        )
+
+    async def refresh_devices(self) -> list[DeviceView]:
+        devices = await self.devices()
+        self.device_count = max(1, len(devices))
+        return devices
+
+    async def load(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """`POST /models/load` (§2.7): the reply body, or an ApiError."""
+        spec = parse_spec(body)
+        faults = body.get("test_faults")
+        rec = self.records.get(spec.served_model_id or spec.model_id)
+        reuse = rec is not None and set(body) <= {"model_id"} and spec.model_id == rec.id
+        if rec is None:
+            rec = self.records.get(self._served_id(spec))
+        if rec is not None:
+            if rec.unload_op is not None:
+                await self._join(rec.unload_op, rec.id)
+            if rec.op is not None:
+                if not reuse and spec != rec.spec:
+                    log.warning("load of %s joins the operation under way; spec ignored", rec.id)
+                return await self._join(rec.op, rec.id)
+            if rec.status == LOADED:
+                return self._loaded_reply(rec, already=True)
+            if reuse:
+                spec = rec.spec
+        return await self._join(self.start_load(spec, test_faults=faults), spec.model_id)
+
+    def start_load(
+        self,
+        spec: ModelSpec,
+        on_start: Callable[[], None] | None = None,
+        test_faults: Any = None,
+    ) -> asyncio.Task[dict[str, Any]]:
+        """Validate, register the model as loading and queue its load (or join the one under
+        way). The returned task runs whether or not anyone waits for it."""
+        rs = self._resolve(spec)
+        served = rs.served_id
+        rec = self.records.get(served)
+        if rec is not None and rec.op is not None:
+            return rec.op
+        if rec is not None and rec.status == LOADED:
+            return asyncio.ensure_future(_value(self._loaded_reply(rec, already=True)))
+        snap = _Snapshot(rec is not None, {})
+        if rec is None:
+            rec = ModelRecord(served, rs.source_str, spec, self._new_admission(served, spec))
+        else:
+            snap.values = {k: getattr(rec, k) for k in _SNAP_FIELDS}
+        rec.status, rec.spec, rec.source, rec.progress = LOADING, spec, rs.source_str, None
+        if test_faults is not None:
+            rec.test_faults = test_faults
+        self.records[served] = rec
+        task = asyncio.create_task(self._load_op(rec, rs, snap, on_start), name=f"load:{served}")
+        rec.op = task
+        self._keep(task)
+        return task
+
+    async def _join(self, op: asyncio.Future[dict[str, Any]], model: str) -> dict[str, Any]:
+        """Wait for an operation someone else may also wait for; our cancellation leaves it be."""
+        await asyncio.wait({op})
+        if op.cancelled():
+            raise not_ready(model, "unloaded")
+        return op.result()
+
+    async def _load_op(
+        self,
+        rec: ModelRecord,
+        rs: ResolvedSpec,
+        snap: _Snapshot,
+        on_start: Callable[[], None] | None,
+    ) -> dict[str, Any]:
+        try:
+            async with self._load_lock:
+                if on_start is not None:
+                    on_start()
+                started = time.monotonic()
+                try:
+                    await self._do_load(rec, rs)
+                except ApiError as e:
+                    if e.code == "load_failed":
+                        self._fail(rec, e.message)
+                    else:
+                        self._restore(rec, snap)
+                    raise
+                except asyncio.CancelledError:
+                    self._restore(rec, snap)
+                    raise
+                except Exception as e:  # anything unplanned is a load failure with its text
+                    log.exception("loading %s failed", rec.id)
+                    err = load_failed(rec.id, f"{type(e).__name__}: {e}")
+                    self._fail(rec, err.message)
+                    raise err from None
+                secs = time.monotonic() - started
+            self.metrics.load_duration(rec.id).observe(secs)
+            rec.restarts = 0
+            log.info("loaded %s in %.1fs on %s %s", rec.id, secs, rec.kind, rec.devices)
+            reply = self._loaded_reply(rec, already=False)
+            reply["load_secs"] = round(secs, 3)
+            return reply
+        finally:
+            rec.op = None
+
+    async def _do_load(self, rec: ModelRecord, rs: ResolvedSpec) -> None:
+        rec.progress = {"phase": "download", "done_bytes": None, "total_bytes": None}
+
+        def on_download(done: int | None, total: int | None) -> None:
+            rec.progress = {"phase": "download", "done_bytes": done, "total_bytes": total}
+
+        path = await asyncio.to_thread(self.resolve_source, rs.source, on_download)
+        chosen = self._choose_devices(rs.devices, await self.refresh_devices())
+        kind = chosen[0].kind if chosen else "cpu"
+        indexes = [d.index for d in chosen] or [0]
+        quant = rs.quant or default_quant(kind, chosen[0].compute_capability if chosen else None)
+        if self.estimate_mb is not None:
+            required = await asyncio.to_thread(self.estimate_mb, path, quant)
+            free = _free_mb(chosen)
+            if required is not None and free is not None and required > free:
+                raise insufficient_memory(rec.id, required, free, indexes)
+        rec.progress = {"phase": "load", "done_bytes": None, "total_bytes": None}
+        tokenizer = await asyncio.to_thread(self.tokenizer_for, path)
+        rec.harness, rec.quant, rec.devices, rec.kind, rec.path = (
+            rs.harness,
+            quant,
+            indexes,
+            kind,
+            path,
+        )
+        rec.tokenizer = tokenizer
+        handle, info = await self._start_worker(rec)
+        rec.handle, rec.info = handle, info
+        rec.status, rec.error, rec.progress = LOADED, None, None
+        rec.loaded_at = _now()
+        rec.draining = False
+        self._configure_admission(rec)
+        rec.admission.resume()
+
+    def _worker_spec(self, rec: ModelRecord) -> dict[str, Any]:
+        """The engine's LoadSpec (see helexa.neuron.engine.protocol)."""
+        spec: dict[str, Any] = {
+            "path": str(rec.path),
+            "served_id": rec.id,
+            "source": rec.source,
+            "harness": rec.harness,
+            "quant": rec.quant,
+            "device": rec.kind,
+            "devices": list(rec.devices),
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "max_output_tokens": self.max_output_tokens,
+        }
+        if rec.test_faults is not None:
+            spec["test_faults"] = rec.test_faults  # honoured only with HELEXA_TEST_FAULTS=1
+        return spec
+
+    async def _start_worker(self, rec: ModelRecord) -> tuple[WorkerHandle, dict[str, Any]]:
+        """Spawn and load; worker failures become the §2.7 errors."""
+        handle = self.supervisor.handle(
+            rec.id, self._worker_spec(rec), rec.devices, rec.kind, on_fault=self._on_fault
+        )
+
+        def on_progress(frame: dict[str, Any]) -> None:
+            rec.progress = {
+                "phase": frame.get("phase") or "load",
+                "done_bytes": frame.get("done_bytes"),
+                "total_bytes": frame.get("total_bytes"),
+            }
+
+        try:
+            info = await handle.start(on_progress)
+        except LoadFailed as e:
+            if e.status == 507 or e.code == "insufficient_memory":
+                if {"required_mb", "free_mb"} <= set(e.extras):
+                    raise ApiError(507, "insufficient_memory", e.message, extras=e.extras) from None
+                raise await self._oom(rec) from None
+            if e.status == 500 or e.code == "load_failed":
+                raise load_failed(rec.id, e.message) from None
+            raise ApiError(e.status, e.code, e.message) from None
+        except WorkerCrashed as e:
+            raise load_failed(rec.id, f"WorkerCrashed: {e.detail}") from None
+        except OSError as e:
+            raise load_failed(rec.id, f"{type(e).__name__}: {e}") from None
+        return handle, info
+
+    async def _oom(self, rec: ModelRecord) -> ApiError:
+        """An out-of-memory while loading is a 507 with what we know of need and room."""
+        devices = [d for d in await self.devices() if d.index in rec.devices]
+        free = _free_mb(devices) or 0
+        required = None
+        if self.estimate_mb is not None and rec.path is not None:
+            with contextlib.suppress(Exception):
+                required = await asyncio.to_thread(self.estimate_mb, rec.path, rec.quant or "")
+        return insufficient_memory(rec.id, required or free + 1, free, rec.devices)
+
+    @staticmethod
+    def _choose_devices(asked: list[int] | None, devices: list[DeviceView]) -> list[DeviceView]:
+        by_index = {d.index: d for d in devices}
+        if asked:
+            return [by_index[i] for i in asked if i in by_index]
+        if not devices:
+            return []
+        if devices[0].kind == "cpu":
+            return [devices[0]]
+        return [max(devices, key=lambda d: (d.free_mb or 0, -d.index))]
+
+    def _loaded_reply(self, rec: ModelRecord, already: bool) -> dict[str, Any]:
+        return {
+            "status": "loaded",
+            "model": rec.id,
+            "already_loaded": already,
+            "vram_used_mb": rec.memory_mb(),
+            "devices": list(rec.devices),
+        }
+
+    def _restore(self, rec: ModelRecord, snap: _Snapshot) -> None:
+        """A load that failed for a reason other than load_failed leaves no trace."""
+        if not snap.existed:
+            if self.records.get(rec.id) is rec:
+                del self.records[rec.id]
+            return
+        for k, v in snap.values.items():
+            setattr(rec, k, v)
+
+    def _fail(self, rec: ModelRecord, error: str) -> None:
+        rec.status, rec.error, rec.progress = FAILED, error, None
+        rec.handle = None
+        rec.admission.fail_waiters(not_ready(rec.id, FAILED))
+
+    # -- recovery (§2.11) -------------------------------------------------------------------------
+
+    def _on_fault(self, handle: WorkerHandle, err: WorkerCrashed) -> None:
+        rec = self.records.get(handle.model_id)
+        if rec is None or rec.handle is not handle or self._closing:
+            return
+        if rec.draining:  # being unloaded anyway: nothing to recover
+            rec.handle = None
+            return
+        log.warning("model %s is recovering after a worker %s", rec.id, err.reason)
+        reason = err.reason if err.reason in ("non_finite", "cuda_error") else "crash"
+        self.metrics.restarts(rec.id, reason).inc()  # §2.22 labels: a hang counts as a crash
+        rec.status, rec.handle = RECOVERING, None
+        rec.admission.pause()
+        task = asyncio.create_task(self._recover(rec, err), name=f"recover:{rec.id}")
+        rec.op = task
+        self._keep(task)
+
+    async def _recover(self, rec: ModelRecord, err: WorkerCrashed) -> dict[str, Any]:
+        last = f"worker {err.reason}: {err.detail}"
+        attempt = 0
+        try:
+            for attempt, delay in enumerate(self.restart_backoff, 1):
+                await asyncio.sleep(delay)
+                async with self._load_lock:
+                    if rec.status != RECOVERING:
+                        raise not_ready(rec.id, rec.status)
+                    try:
+                        started = time.monotonic()
+                        handle, info = await self._start_worker(rec)
+                    except ApiError as e:
+                        last = e.message
+                        log.warning("restart %d of %s failed: %s", attempt, rec.id, e.message[:512])
+                        continue
+                    rec.handle, rec.info = handle, info
+                    rec.status, rec.error = LOADED, None
+                    rec.loaded_at = _now()
+                    rec.restarts += 1
+                    rec.admission.resume()
+                    secs = time.monotonic() - started
+                    log.info("model %s restarted (restart %d) in %.1fs", rec.id, rec.restarts, secs)
+                    reply = self._loaded_reply(rec, already=False)
+                    reply["load_secs"] = round(secs, 3)
+                    return reply
+            log.error("model %s failed after %d restarts: %s", rec.id, attempt, last[:512])
+            self._fail(rec, last)
+            raise load_failed(rec.id, last)
+        finally:
+            rec.op = None
+
+    # -- unload (§2.8) ----------------------------------------------------------------------------
+
+    async def unload(self, model: str, force: bool = False) -> dict[str, Any]:
+        rec = self.records.get(model)
+        if rec is None:
+            raise not_known(model)
+        if rec.status == LOADING:
+            raise still_loading(model)
+        if rec.unload_op is None:
+            task = asyncio.create_task(self._unload_op(rec, force), name=f"unload:{model}")
+            rec.unload_op = task
+            self._keep(task)
+        elif force:
+            await self._stop_worker(rec)  # speeds up a graceful unload under way
+        return await self._join(rec.unload_op, model)
+
+    async def _unload_op(self, rec: ModelRecord, force: bool) -> dict[str, Any]:
+        try:
+            freed: int | None = None
+            if rec.status in (RECOVERING, FAILED):
+                if rec.op is not None:
+                    rec.op.cancel()
+                    await asyncio.wait({rec.op})
+            elif rec.status == LOADED:
+                rec.draining = True
+                rec.admission.fail_waiters(not_ready(rec.id, "unloading"))
+                if not force:
+                    await rec.admission.wait_idle(self.unload_grace)
+                freed = rec.memory_mb()
+                await self._stop_worker(rec)
+            rec.admission.fail_waiters(not_ready(rec.id, UNLOADED))
+            rec.status, rec.handle, rec.draining, rec.progress = UNLOADED, None, False, None
+            rec.error = None
+            log.info("unloaded %s (freed %s MB)", rec.id, freed)
+            return {"status": "unloaded", "model": rec.id, "freed_mb": freed}
+        finally:
+            rec.unload_op = None
+
+    async def _stop_worker(self, rec: ModelRecord) -> None:
+        handle = rec.handle
+        if handle is not None:
+            await handle.stop()
+
+    # -- activation (§2.12) -----------------------------------------------------------------------
+
+    def activate(self, entries: Sequence[Mapping[str, Any] | ModelSpec]) -> asyncio.Task[None]:
+        """Register every default model as loading and pre-warm them one after another."""
+        act = self.activation
+        jobs: list[tuple[str, asyncio.Task[dict[str, Any]]]] = []
+        for entry in entries:
+            body = entry.model_dump(exclude_none=True) if isinstance(entry, ModelSpec) else entry
+            ident = str(body.get("served_model_id") or body.get("model_id") or "")
+            try:
+                spec = parse_spec(body)
+                ident = self._served_id(spec)
+                act.pending.append(ident)
+
+                def started(ident: str = ident) -> None:
+                    if ident in act.pending:
+                        act.pending.remove(ident)
+                    act.in_progress = ident
+
+                jobs.append((ident, self.start_load(spec, on_start=started)))
+            except ApiError as e:
+                if ident in act.pending:
+                    act.pending.remove(ident)
+                act.failed.append({"model_id": ident, "error": e.message})
+        if jobs:
+            act.state = "pre_warming"
+        task = asyncio.create_task(self._activation(jobs), name="activation")
+        self._keep(task)
+        return task
+
+    async def _activation(self, jobs: list[tuple[str, asyncio.Task[dict[str, Any]]]]) -> None:
+        act = self.activation
+        for ident, op in jobs:
+            try:
+                await self._join(op, ident)
+            except ApiError as e:
+                act.failed.append({"model_id": ident, "error": e.message})
+            else:
+                act.completed.append(ident)
+            if ident in act.pending:
+                act.pending.remove(ident)
+            if act.in_progress == ident:
+                act.in_progress = None
+        act.state = "ready"
+        if jobs:
+            log.info("activation done: %d loaded, %d failed", len(act.completed), len(act.failed))
+
+    # -- shutdown ---------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop every worker (SIGTERM drain step 3); recoveries and loads are abandoned."""
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        stops = [r.handle.stop() for r in self.records.values() if r.handle is not None]
+        if stops:
+            await asyncio.gather(*stops, return_exceptions=True)
+        for rec in self.records.values():
+            if rec.handle is not None:
+                rec.status, rec.handle = UNLOADED, None
+
+    def _keep(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(_forget(self._tasks))
+
+
+def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: nobody may be waiting any more
+
+    return done
+
+
+async def _value(reply: dict[str, Any]) -> dict[str, Any]:
+    return reply
+
+
+def _free_mb(devices: list[DeviceView]) -> int | None:
+    frees = [d.free_mb for d in devices]
+    if not frees or any(f is None for f in frees):
+        return None
+    return sum(f for f in frees if f is not None)

@@ -1,0 +1,487 @@
+"""OpenAI Responses on the neuron (contract §2.19): request → chat, and the reply and its events.
+
+Pure. A Responses request becomes a `ChatRequest` (so the daemon renders and generates it like
+any chat), plus the fields the reply object echoes. Replies are built from the same parser
+events as chat, so reasoning and tool calls come out of one parse.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from helexa.neuron.openai_api import (
+    ChatRequest,
+    Usage,
+    check_format,
+    check_part,
+    invalid_value,
+    parse_sampling,
+    require_model,
+    unsupported_parameter,
+)
+from helexa.neuron.parse import ContentDelta, Event, OutputParser, ReasoningDelta, ToolCall, new_id
+from helexa.wire import sse
+from helexa.wire.errors import ApiError
+
+PREVIOUS_RESPONSE_UNSUPPORTED = (
+    "previous_response_id is not supported: this server does not store responses"
+)
+_TEXT_PARTS = ("input_text", "output_text")
+_MESSAGE_ROLES = ("user", "assistant", "system", "developer")
+_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+
+
+@dataclass(slots=True)
+class ResponsesRequest:
+    """`chat` is what to render and generate; the rest is echoed in the reply object."""
+
+    chat: ChatRequest
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    parallel_tool_calls: bool = True
+    temperature: float | None = None
+    top_p: float | None = None
+    tool_choice: Any = "auto"
+    tools: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.chat.model
+
+    @property
+    def stream(self) -> bool:
+        return self.chat.stream
+
+
+# -- request ------------------------------------------------------------------------------------
+
+
+def _text_of(content: Any, where: str, model: str, vision: bool) -> str | list[dict[str, Any]]:
+    """Message content: a string, or parts (text parts joined with "\\n" unless there's an
+    image, which needs the parts form)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise invalid_value(where, "must be a string or an array of content parts")
+    allowed = (*_TEXT_PARTS, "input_image", "refusal")
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        kind = check_part(part, f"{where}[{j}]", model, vision, allowed)
+        if kind in _TEXT_PARTS:
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "refusal":
+            refusal = part.get("refusal")
+            if isinstance(refusal, str):
+                parts.append({"type": "text", "text": refusal})
+        else:
+            url = part.get("image_url")
+            if not isinstance(url, str):
+                raise invalid_value(f"{where}[{j}].image_url", "must be a string")
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+    if all(p["type"] == "text" for p in parts):
+        return "\n".join(p["text"] for p in parts)
+    return parts
+
+
+def _string(item: dict[str, Any], key: str, where: str) -> str:
+    v = item.get(key)
+    if not isinstance(v, str) or not v:
+        raise invalid_value(f"{where}.{key}", "must be a non-empty string")
+    return v
+
+
+def _arguments(v: Any, where: str) -> str:
+    if isinstance(v, dict):
+        return orjson.dumps(v).decode()
+    if isinstance(v, str):
+        try:
+            if isinstance(orjson.loads(v), dict):
+                return v
+        except orjson.JSONDecodeError:
+            pass
+    raise invalid_value(where, "must be a string holding a JSON object")
+
+
+def input_messages(body: dict[str, Any], model: str, vision: bool = False) -> list[dict[str, Any]]:
+    """`instructions` + `input` → chat messages (§2.19 mapping)."""
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise invalid_value("instructions", "must be a string")
+        messages.append({"role": "system", "content": instructions})
+    items = body.get("input")
+    if isinstance(items, str):
+        messages.append({"role": "user", "content": items})
+        return messages
+    if not isinstance(items, list) or not items:
+        raise invalid_value("input", "must be a string or a non-empty array of items")
+    for i, item in enumerate(items):
+        at = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise invalid_value(at, "must be an object")
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in _MESSAGE_ROLES:
+                raise invalid_value(f"{at}.role", "must be one of " + ", ".join(_MESSAGE_ROLES))
+            content = _text_of(item.get("content"), f"{at}.content", model, vision)
+            messages.append({"role": role, "content": content})
+        elif kind == "function_call":
+            call = {
+                "id": _string(item, "call_id", at),
+                "type": "function",
+                "function": {
+                    "name": _string(item, "name", at),
+                    "arguments": _arguments(item.get("arguments"), f"{at}.arguments"),
+                },
+            }
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            if not isinstance(output, str):
+                output = _text_of(output, f"{at}.output", model, False)
+            messages.append(
+                {"role": "tool", "tool_call_id": _string(item, "call_id", at), "content": output}
+            )
+        elif kind == "reasoning":
+            continue
+        elif kind == "item_reference":
+            raise unsupported_parameter(
+                "input", "item_reference is not supported: this server does not store responses"
+            )
+        else:
+            raise invalid_value(f"{at}.type", "must be one of " + ", ".join(_ITEM_TYPES))
+    return messages
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    """Flat function tools → chat-form tools. (The nested chat form is accepted too.)"""
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise invalid_value("tools", "must be an array")
+    out: list[dict[str, Any]] = []
+    for i, t in enumerate(tools):
+        if not isinstance(t, dict):
+            raise invalid_value(f"tools[{i}]", "must be an object")
+        kind = t.get("type")
+        if kind != "function":
+            raise unsupported_parameter(
+                "tools", f"tool type '{kind}' is not supported; only 'function' tools are"
+            )
+        src = t["function"] if isinstance(t.get("function"), dict) else t
+        name = src.get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid_value(f"tools[{i}].name", "must be a non-empty string")
+        fn: dict[str, Any] = {"name": name}
+        if isinstance(src.get("description"), str):
+            fn["description"] = src["description"]
+        params = src.get("parameters")
+        if params is not None:
+            if not isinstance(params, dict):
+                raise invalid_value(f"tools[{i}].parameters", "must be an object")
+            fn["parameters"] = params
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tool_choice(choice: Any) -> str | dict[str, Any] | None:
+    """Responses `tool_choice` → the chat form."""
+    if choice is None:
+        return None
+    if choice in ("none", "auto", "required"):
+        return str(choice)
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = choice.get("name")
+        if isinstance(name, str) and name:
+            return {"type": "function", "function": {"name": name}}
+    raise invalid_value(
+        "tool_choice", "must be 'none', 'auto', 'required' or {\"type\": \"function\", \"name\": …}"
+    )
+
+
+def parse_responses(body: dict[str, Any], *, vision: bool = False) -> ResponsesRequest:
+    """Check a `/v1/responses` body. Ignored: `store`, `metadata`, `reasoning`, `truncation`,
+    `user`."""
+    model = require_model(body)
+    if body.get("previous_response_id") is not None:
+        raise unsupported_parameter("previous_response_id", PREVIOUS_RESPONSE_UNSUPPORTED)
+    text = body.get("text")
+    if isinstance(text, dict):
+        check_format(text.get("format"), "text.format")
+    messages = input_messages(body, model, vision)
+    tools = _tools(body.get("tools"))
+    choice = _tool_choice(body.get("tool_choice"))
+    ptc = body.get("parallel_tool_calls")
+    if ptc is not None and not isinstance(ptc, bool):
+        raise invalid_value("parallel_tool_calls", "must be a boolean")
+    max_out = body.get("max_output_tokens")
+    if max_out is not None and (
+        not isinstance(max_out, int) or isinstance(max_out, bool) or max_out < 1
+    ):
+        raise invalid_value("max_output_tokens", "must be an integer >= 1")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise invalid_value("stream", "must be a boolean")
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise invalid_value("chat_template_kwargs", "must be an object")
+    sampling = parse_sampling(body, full=False)
+    chat = ChatRequest(
+        model=model,
+        messages=messages,
+        tools=tools if tools and choice != "none" else None,
+        tool_choice=choice,
+        parallel_tool_calls=ptc,
+        chat_template_kwargs=kwargs or {},
+        sampling=sampling,
+        max_tokens=max_out,
+        stream=bool(stream),
+    )
+    return ResponsesRequest(
+        chat=chat,
+        instructions=body.get("instructions"),
+        max_output_tokens=max_out,
+        parallel_tool_calls=True if ptc is None else ptc,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        tool_choice=body.get("tool_choice") if body.get("tool_choice") is not None else "auto",
+        tools=body.get("tools") or [],
+    )
+
+
+# -- reply --------------------------------------------------------------------------------------
+
+
+def response_object(
+    req: ResponsesRequest,
+    *,
+    id: str,
+    created_at: int,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: Usage | None,
+) -> dict[str, Any]:
+    """The response object of §2.19, for any status (`in_progress`, `completed`, `incomplete`)."""
+    return {
+        "id": id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "incomplete_details": ({"reason": "max_output_tokens"} if status == "incomplete" else None),
+        "model": req.model,
+        "error": None,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "parallel_tool_calls": req.parallel_tool_calls,
+        "temperature": 1.0 if req.temperature is None else req.temperature,
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+        "tool_choice": req.tool_choice,
+        "tools": req.tools,
+        "store": False,
+        "metadata": {},
+        "output": output,
+        "usage": usage.responses() if usage is not None else None,
+    }
+
+
+def reasoning_item(id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    content = [{"type": "reasoning_text", "text": text}] if status == "completed" else []
+    return {"type": "reasoning", "id": id, "summary": [], "content": content, "status": status}
+
+
+def message_item(id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    content = (
+        [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []
+    )
+    return {"type": "message", "id": id, "role": "assistant", "status": status, "content": content}
+
+
+def function_call_item(id: str, call: ToolCall, status: str = "completed") -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": id,
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments if status == "completed" else "",
+        "status": status,
+    }
+
+
+def output_items(parser: OutputParser) -> list[dict[str, Any]]:
+    """reasoning, message, function_call…: each only when it has content."""
+    items: list[dict[str, Any]] = []
+    if parser.reasoning:
+        items.append(reasoning_item(new_id("rs_"), parser.reasoning))
+    if parser.content:
+        items.append(message_item(new_id("msg_"), parser.content))
+    items.extend(function_call_item(new_id("fc_"), c) for c in parser.tool_calls)
+    return items
+
+
+def response_body(
+    req: ResponsesRequest,
+    parser: OutputParser,
+    usage: Usage,
+    *,
+    id: str | None = None,
+    created_at: int | None = None,
+) -> dict[str, Any]:
+    """The non-streaming reply from a finished parser."""
+    return response_object(
+        req,
+        id=id or new_id("resp_"),
+        created_at=created_at if created_at is not None else int(time.time()),
+        status="incomplete" if parser.hit_cap else "completed",
+        output=output_items(parser),
+        usage=usage,
+    )
+
+
+class ResponsesStream:
+    """Parser events → the §2.19 event sequence, `sequence_number` counting from 0.
+
+    `start()` (created, in_progress), `events(...)` per parser batch, then `finish(...)` (closes
+    the open item, then `response.completed`, always last) or `error(err)` on a fault. A change
+    of kind (reasoning ↔ text) opens a new item; each tool call is one whole item.
+    """
+
+    __slots__ = ("_kind", "_open", "_text", "created_at", "done", "id", "output", "req", "seq")
+
+    def __init__(
+        self, req: ResponsesRequest, *, id: str | None = None, created_at: int | None = None
+    ) -> None:
+        self.req = req
+        self.id = id or new_id("resp_")
+        self.created_at = created_at if created_at is not None else int(time.time())
+        self.seq = 0
+        self.output: list[dict[str, Any]] = []  # finished items, in order
+        self._kind: str | None = None  # "reasoning" | "message" while an item is open
+        self._open: dict[str, Any] = {}
+        self._text: list[str] = []
+        self.done = False
+
+    def _ev(self, name: str, obj: dict[str, Any]) -> bytes:
+        data = {"type": name, **obj, "sequence_number": self.seq}
+        self.seq += 1
+        return sse.event_frame(name, orjson.dumps(data))
+
+    def _response(self, status: str, usage: Usage | None) -> dict[str, Any]:
+        return response_object(
+            self.req,
+            id=self.id,
+            created_at=self.created_at,
+            status=status,
+            output=list(self.output),
+            usage=usage,
+        )
+
+    def start(self) -> bytes:
+        r = self._response("in_progress", None)
+        return self._ev("response.created", {"response": r}) + self._ev(
+            "response.in_progress", {"response": r}
+        )
+
+    def events(self, events: Iterable[Event]) -> bytes:
+        out: list[bytes] = []
+        for ev in events:
+            if isinstance(ev, ReasoningDelta):
+                self._delta("reasoning", ev.text, out)
+            elif isinstance(ev, ContentDelta):
+                self._delta("message", ev.text, out)
+            else:
+                self._close(out)
+                self._call(ev, out)
+        return b"".join(out)
+
+    def _delta(self, kind: str, text: str, out: list[bytes]) -> None:
+        if self._kind != kind:
+            self._close(out)
+            self._opened(kind, out)
+        self._text.append(text)
+        idx = len(self.output)
+        name = (
+            "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
+        )
+        ref = {"item_id": self._open["id"], "output_index": idx, "content_index": 0}
+        if kind == "reasoning":
+            out.append(self._ev(name, {**ref, "delta": text}))
+        else:  # `logprobs` beyond §2.19: the SDK's event type requires it
+            out.append(self._ev(name, {**ref, "delta": text, "logprobs": []}))
+
+    def _opened(self, kind: str, out: list[bytes]) -> None:
+        idx = len(self.output)
+        if kind == "reasoning":
+            item = reasoning_item(new_id("rs_"), "", "in_progress")
+        else:
+            item = message_item(new_id("msg_"), "", "in_progress")
+        self._kind, self._open, self._text = kind, item, []
+        out.append(self._ev("response.output_item.added", {"output_index": idx, "item": item}))
+        if kind == "message":
+            part = {"type": "output_text", "text": "", "annotations": []}
+            ref = {"item_id": item["id"], "output_index": idx, "content_index": 0}
+            out.append(self._ev("response.content_part.added", {**ref, "part": part}))
+
+    def _close(self, out: list[bytes]) -> None:
+        if self._kind is None:
+            return
+        idx = len(self.output)
+        text = "".join(self._text)
+        item_id = self._open["id"]
+        ref = {"item_id": item_id, "output_index": idx, "content_index": 0}
+        if self._kind == "reasoning":
+            out.append(self._ev("response.reasoning_text.done", {**ref, "text": text}))
+            item = reasoning_item(item_id, text)
+        else:
+            part = {"type": "output_text", "text": text, "annotations": []}
+            done = {**ref, "text": text, "logprobs": []}
+            out.append(self._ev("response.output_text.done", done))
+            out.append(self._ev("response.content_part.done", {**ref, "part": part}))
+            item = message_item(item_id, text)
+        out.append(self._ev("response.output_item.done", {"output_index": idx, "item": item}))
+        self.output.append(item)
+        self._kind, self._open, self._text = None, {}, []
+
+    def _call(self, call: ToolCall, out: list[bytes]) -> None:
+        idx = len(self.output)
+        item_id = new_id("fc_")
+        added = function_call_item(item_id, call, "in_progress")
+        out.append(self._ev("response.output_item.added", {"output_index": idx, "item": added}))
+        ref = {"item_id": item_id, "output_index": idx}
+        out.append(
+            self._ev("response.function_call_arguments.delta", {**ref, "delta": call.arguments})
+        )
+        out.append(
+            self._ev("response.function_call_arguments.done", {**ref, "arguments": call.arguments})
+        )
+        item = function_call_item(item_id, call)
+        out.append(self._ev("response.output_item.done", {"output_index": idx, "item": item}))
+        self.output.append(item)
+
+    def finish(self, hit_cap: bool, usage: Usage) -> bytes:
+        """Close the open item and send `response.completed` (status `incomplete` on a cap)."""
+        if self.done:
+            return b""
+        out: list[bytes] = []
+        self._close(out)
+        status = "incomplete" if hit_cap else "completed"
+        out.append(self._ev("response.completed", {"response": self._response(status, usage)}))
+        self.done = True
+        return b"".join(out)
+
+    def error(self, err: ApiError) -> bytes:
+        """A mid-stream fault: one `error` event; the stream then ends (no `[DONE]`)."""
+        if self.done:
+            return b""
+        self.done = True
+        return self._ev("error", {"code": err.code, "message": err.message, "param": err.param})

@@ -1,0 +1,568 @@
+"""From a load spec to a local model directory (contract §2.7, §2.14).
+
+Two jobs, both before any worker starts so a bad request fails fast and cheaply:
+
+- `resolve_spec` checks a ModelSpec (id grammar, source scheme, harness, quant, devices,
+  tensor_parallel) and returns the effective values, raising the exact §2.7 errors;
+- `fetch_model` turns the id into a directory: an absolute path as is, a hub repo through
+  `huggingface_hub.snapshot_download` of only the files the engine needs, into the HF cache.
+
+Also `estimate_weight_mb` for the 507 pre-check. Everything here is blocking (hub I/O, file
+reads): the daemon calls it through `asyncio.to_thread`. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helexa.wire.errors import ApiError
+from helexa.wire.modelid import DEFAULT_SOURCE, ModelId, parse_model_id
+from helexa.wire.neuron import ModelSpec
+
+log = logging.getLogger("helexa.neuron.sources")
+
+HF_DEFAULT_ENDPOINT = "https://huggingface.co"
+HARNESS_ALIASES = {"candle": "torch"}
+TORCH_QUANTS = ("bf16", "fp16", "fp32")
+_QUANT_SYNONYMS = {
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp16": "fp16",
+    "f16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "fp32": "fp32",
+    "f32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
+}
+# The original's catalogue quant strings (torchao in W2) and the W2 names themselves.
+_LATER_QUANTS = {"q4k", "q5k", "q6k", "q8_0", "int8", "int4"}
+_GGUF_TYPE = re.compile(
+    r"^(?:I?Q\d(?:_[A-Z0-9]+)*|TQ\d_\d|BF16|F16|F32|F64|MXFP4(?:_MOE)?)$", re.IGNORECASE
+)
+
+# What the engine needs from a repo: metadata first, then the weights it names (§2.14).
+META_PATTERNS = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "additional_chat_templates/*.jinja",
+    "*.safetensors.index.json",
+    "modules.json",
+    "config_sentence_transformers.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+]
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+ProgressFn = Callable[[int | None, int | None], None]
+"""`progress(done_bytes, total_bytes)`; called from hub worker threads, so it must be
+thread-safe (e.g. assign to a record, or `loop.call_soon_threadsafe`)."""
+
+
+# ---- spec validation (§2.7, §2.14) -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSpec:
+    """A validated load request. `quant` None means "choose by device" (`default_quant`);
+    `devices` None means "the device with the most free memory"."""
+
+    spec: ModelSpec
+    source: ModelId  # scheme filled in (or a path)
+    served_id: str
+    harness: str
+    quant: str | None
+    devices: list[int] | None
+
+    @property
+    def source_str(self) -> str:
+        """ModelInfo `source`: `scheme:org/name` or the path."""
+        return self.source.qualified()
+
+
+def resolve_spec(
+    spec: ModelSpec,
+    *,
+    sources: Mapping[str, str],
+    default_source: str = DEFAULT_SOURCE,
+    harnesses: Sequence[str] = ("torch",),
+    device_count: int = 1,
+) -> ResolvedSpec:
+    """Check everything that can be checked without I/O, in the order of the §2.7 table."""
+    mid = parse_model_id(spec.model_id, sources, default_source)
+    harness_asked = spec.harness
+    if mid.is_path and mid.path is not None and mid.path.lower().endswith(".gguf"):
+        harness_asked = "llamacpp"  # a GGUF file needs llamacpp [W2]
+    harness = check_harness(harness_asked, harnesses)
+    quant = check_quant(spec.quant, harness)
+    devices = check_devices(spec.devices, device_count)
+    check_tensor_parallel(spec.tensor_parallel)
+    return ResolvedSpec(
+        spec=spec,
+        source=mid.with_default_scheme(default_source),
+        served_id=mid.served_id(spec.served_model_id),
+        harness=harness,
+        quant=quant,
+        devices=devices,
+    )
+
+
+def check_harness(harness: str | None, available: Sequence[str]) -> str:
+    """The effective harness (`candle` is `torch`); `400 unsupported_harness` if not here."""
+    name = HARNESS_ALIASES.get(harness or "torch", harness or "torch")
+    if name not in available:
+        shown = ", ".join(available) or "none"
+        raise ApiError(
+            400,
+            "unsupported_harness",
+            f"harness '{harness or name}' is not available on this neuron (available: {shown})",
+        )
+    return name
+
+
+def check_quant(quant: str | None, harness: str = "torch") -> str | None:
+    """Normalise a quant for `harness`, or `400 unsupported_quant` with the §2.14 message."""
+    if quant is None or quant == "":
+        return None
+    if harness == "torch":
+        if quant.lower() in _QUANT_SYNONYMS:
+            return _QUANT_SYNONYMS[quant.lower()]
+        if quant in _LATER_QUANTS:
+            msg = f"quant '{quant}' is not supported by harness 'torch' yet; use 'bf16'"
+        elif _GGUF_TYPE.match(quant):
+            msg = f"quant '{quant}' is a GGUF type; use harness 'llamacpp'"
+        else:
+            msg = f"quant '{quant}' is not supported by harness 'torch'"
+        raise ApiError(400, "unsupported_quant", msg)
+    return quant
+
+
+def default_quant(kind: str, compute_capability: str | None) -> str:
+    """bf16 on CUDA >= 8.0, fp16 on older CUDA, fp32 on CPU (§2.14)."""
+    if kind != "cuda":
+        return "fp32"
+    try:
+        major = int((compute_capability or "0").split(".")[0])
+    except ValueError:
+        major = 0
+    return "bf16" if major >= 8 else "fp16"
+
+
+def check_devices(devices: Sequence[int] | None, device_count: int) -> list[int] | None:
+    """Indices must exist here; duplicates collapse; empty means "choose for me"."""
+    if not devices:
+        return None
+    out: list[int] = []
+    for i in devices:
+        if not 0 <= i < device_count:
+            raise ApiError(400, "invalid_devices", f"device index {i} does not exist on this host")
+        if i not in out:
+            out.append(i)
+    return out
+
+
+def check_tensor_parallel(tp: int | None) -> None:
+    if tp is not None and tp > 1:
+        raise ApiError(
+            400,
+            "unsupported_parameter",
+            "tensor_parallel > 1 is not supported yet",
+            param="tensor_parallel",
+        )
+
+
+# ---- fetching ----------------------------------------------------------------------------------
+
+
+def endpoint_for(
+    scheme: str, sources: Mapping[str, str], environ: Mapping[str, str] | None = None
+) -> str:
+    """The HF-compatible base URL of a scheme; `huggingface` is HF_ENDPOINT or huggingface.co
+    unless `[sources]` names it."""
+    env = os.environ if environ is None else environ
+    if scheme in sources:
+        return sources[scheme].rstrip("/")
+    if scheme == DEFAULT_SOURCE:
+        return (env.get("HF_ENDPOINT") or HF_DEFAULT_ENDPOINT).rstrip("/")
+    raise ApiError(400, "unknown_source", f"model source scheme '{scheme}' is not configured")
+
+
+def cache_dir_for(scheme: str, cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The hub cache is keyed by repo only, so every non-HF source gets its own subfolder:
+    `helexa:Qwen/X` and `Qwen/X` may be different bytes."""
+    if cache_dir is None:
+        from huggingface_hub import constants
+
+        base = Path(constants.HF_HUB_CACHE)
+    else:
+        base = Path(cache_dir).expanduser()
+    return base if scheme == DEFAULT_SOURCE else base / f"source--{scheme}"
+
+
+def _truthy(v: str | None) -> bool:
+    return (v or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def fetch_model(
+    mid: ModelId,
+    *,
+    sources: Mapping[str, str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    progress: ProgressFn | None = None,
+    label: str | None = None,
+) -> Path:
+    """A local directory holding the model: the path itself, or a hub snapshot.
+
+    `mid` must be resolved (scheme set, see `ResolvedSpec.source`). `label` (default: the id as
+    the client wrote it) is what messages quote. Errors: 404 `model_source_not_found` (missing
+    path, unknown repo, or not cached while offline / the hub is unreachable), 502
+    `download_failed`.
+    """
+    label = label or mid.label
+    if mid.path is not None:
+        return _local_dir(mid.path, label)
+    hub = _Hub(mid, label, sources, cache_dir, environ)
+    started = time.monotonic()
+    root = hub.snapshot(META_PATTERNS)
+    if not (root / "config.json").is_file():
+        raise hub.ctx.not_found(f"{hub.endpoint}/{mid.repo} (the repo has no config.json)")
+    weights = weight_patterns(root)
+    reporter = _Reporter(label, progress)
+    root = hub.snapshot(weights, _progress_class(reporter))
+    reporter.finish(_dir_bytes(root, weights))
+    log.info("model %s ready at %s (%.1fs)", label, root, time.monotonic() - started)
+    return root
+
+
+def fetch_tokenizer(
+    mid: ModelId,
+    *,
+    sources: Mapping[str, str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    label: str | None = None,
+) -> Path:
+    """Like `fetch_model` but only the metadata (config, tokenizer, chat template): enough for
+    `/tokenize` on a model that isn't loaded, never the weights (§2.10)."""
+    label = label or mid.label
+    if mid.path is not None:
+        return _local_dir(mid.path, label)
+    hub = _Hub(mid, label, sources, cache_dir, environ)
+    root = hub.snapshot(META_PATTERNS)
+    if not (root / "tokenizer.json").is_file():
+        raise hub.ctx.not_found(f"{hub.endpoint}/{mid.repo} (the repo has no tokenizer.json)")
+    return root
+
+
+class _Hub:
+    """One repo on one HF-compatible endpoint, with the env's offline mode and token."""
+
+    def __init__(
+        self,
+        mid: ModelId,
+        label: str,
+        sources: Mapping[str, str],
+        cache_dir: str | os.PathLike[str] | None,
+        environ: Mapping[str, str] | None,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        scheme = mid.scheme or DEFAULT_SOURCE
+        self.mid = mid
+        self.endpoint = endpoint_for(scheme, sources, env)
+        self.cache = cache_dir_for(scheme, cache_dir)
+        self.offline = _truthy(env.get("HF_HUB_OFFLINE")) or _hub_offline_constant()
+        self.token = env.get("HF_TOKEN") or None
+        self.ctx = _FetchContext(mid, label, self.endpoint, self.cache, self.offline)
+
+    def snapshot(self, patterns: list[str], tqdm_class: type | None = None) -> Path:
+        import huggingface_hub
+
+        kwargs: dict[str, Any] = {}
+        if tqdm_class is not None:
+            kwargs["tqdm_class"] = tqdm_class
+        try:
+            path = huggingface_hub.snapshot_download(
+                self.mid.repo,
+                endpoint=self.endpoint,
+                cache_dir=str(self.cache),
+                token=self.token,
+                allow_patterns=patterns,
+                local_files_only=self.offline,
+                **kwargs,
+            )
+        except Exception as e:
+            raise self.ctx.map_error(e) from e
+        return Path(path)
+
+
+def weight_patterns(root: Path) -> list[str]:
+    """The shards an index names, else every top-level `*.safetensors`."""
+    index = root / SAFETENSORS_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("%s is unreadable; fetching every *.safetensors", index)
+    return ["*.safetensors"]
+
+
+def _local_dir(path: str, label: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise _not_found(label, path)
+    if p.is_file():
+        raise _not_found(label, f"{path} (expected a model directory)")
+    if not (p / "config.json").is_file():
+        raise _not_found(label, f"{path} (no config.json there)")
+    return p
+
+
+def _not_found(label: str, where: str) -> ApiError:
+    return ApiError(404, "model_source_not_found", f"model '{label}' was not found at {where}")
+
+
+def _hub_offline_constant() -> bool:
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - the neuron extra ships it
+        return False
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def _is_network_error(e: BaseException) -> bool:
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    return type(e).__module__.split(".")[0] in {"httpx", "httpx2", "requests", "urllib3"}
+
+
+class _FetchContext:
+    """Turns huggingface_hub's exceptions into the §2.7 replies."""
+
+    def __init__(self, mid: ModelId, label: str, endpoint: str, cache: Path, offline: bool):
+        self.mid, self.label, self.endpoint, self.cache, self.offline = (
+            mid,
+            label,
+            endpoint,
+            cache,
+            offline,
+        )
+
+    def not_found(self, where: str) -> ApiError:
+        return _not_found(self.label, where)
+
+    def how_to_fix(self) -> str:
+        return (
+            "download it on a connected machine (`HF_ENDPOINT="
+            f"{self.endpoint} hf download {self.mid.repo} --cache-dir {self.cache}`) and copy "
+            "that cache here, or set model_id to a local model directory"
+        )
+
+    def failed(self, reason: str) -> ApiError:
+        return ApiError(
+            502,
+            "download_failed",
+            f"downloading '{self.label}' from {self.endpoint} failed: {reason}",
+        )
+
+    def map_error(self, e: Exception) -> ApiError:
+        from huggingface_hub import errors as hf
+
+        if isinstance(e, ApiError):
+            return e
+        if isinstance(e, hf.GatedRepoError):
+            return self.failed("the repo is gated; accept its terms on the hub and set HF_TOKEN")
+        if isinstance(e, (hf.RepositoryNotFoundError, hf.RevisionNotFoundError)):
+            return self.not_found(self.endpoint)
+        if isinstance(e, hf.RemoteEntryNotFoundError):
+            return self.not_found(f"{self.endpoint}/{self.mid.repo} (a file is missing)")
+        offline = self.offline or isinstance(e, hf.OfflineModeIsEnabled)
+        cause = e.__cause__
+        if isinstance(e, (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled)):
+            if offline:
+                return self.not_found(
+                    f"{self.cache} (HF_HUB_OFFLINE is set and it is not cached; "
+                    f"{self.how_to_fix()})"
+                )
+            if isinstance(cause, hf.HfHubHTTPError):
+                return self.failed(_http_reason(cause))
+            return self.not_found(
+                f"{self.cache} ({self.endpoint} is unreachable and it is not cached; "
+                f"{self.how_to_fix()})"
+            )
+        if isinstance(e, hf.HfHubHTTPError):
+            return self.failed(_http_reason(e))
+        if _is_network_error(e) or isinstance(e, OSError):
+            return self.failed(f"{type(e).__name__}: {str(e)[:200]}")
+        raise e
+
+
+def _http_reason(e: Exception) -> str:
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return f"HTTP {status}: {first}" if status else first
+
+
+# ---- progress ----------------------------------------------------------------------------------
+
+
+class _Reporter:
+    """Forwards byte progress to the caller and logs a line every few seconds."""
+
+    LOG_EVERY_SECS = 5.0
+
+    def __init__(self, label: str, progress: ProgressFn | None) -> None:
+        self.label = label
+        self.progress = progress
+        self.lock = threading.Lock()
+        self.last_log = 0.0
+        self.seen = False
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.seen = True
+        if self.progress is not None:
+            self.progress(done, total)
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last_log < self.LOG_EVERY_SECS:
+                return
+            self.last_log = now
+        log.info("downloading %s: %s of %s", self.label, _mb(done), _mb(total))
+
+    def finish(self, total: int) -> None:
+        if self.progress is not None:
+            self.progress(total, total)
+        if self.seen:
+            log.info("downloaded %s: %s", self.label, _mb(total))
+
+
+def _mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**20:.1f} MB"
+
+
+def _progress_class(report: Callable[[int, int | None], None]) -> type:
+    """A tqdm class for `snapshot_download(tqdm_class=...)` that never draws and reports the
+    aggregated bytes bar (huggingface_hub >= 1.0 names it `huggingface_hub.snapshot_download`;
+    older versions only give a files-count bar, which is ignored)."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class _Bar(hf_tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._hx_track = kwargs.get("name") == "huggingface_hub.snapshot_download"
+            self._hx_done = int(kwargs.get("initial") or 0)
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self._hx_track and n:
+                self._hx_done += int(n)
+                total = getattr(self, "total", None)
+                report(self._hx_done, int(total) if total else None)
+            return super().update(n)
+
+    return _Bar
+
+
+def _dir_bytes(root: Path, patterns: list[str]) -> int:
+    total = 0
+    for pat in patterns:
+        for f in root.glob(pat):
+            if f.is_file():
+                total += f.stat().st_size
+    return total
+
+
+# ---- memory estimate (§2.7 507 pre-check) ------------------------------------------------------
+
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
+_FLOATS = {"F64", "F32", "F16", "BF16"}
+QUANT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a .safetensors file (tensor name → dtype, shape, offsets)."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path}: not a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100 * 2**20:
+            raise ValueError(f"{path}: safetensors header of {n} bytes is implausible")
+        header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: safetensors header is not an object")
+    header.pop("__metadata__", None)
+    return header
+
+
+def weight_files(root: Path) -> list[Path]:
+    index = root / SAFETENSORS_INDEX
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [root / n for n in names if (root / n).is_file()]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+    return sorted(p for p in root.glob("*.safetensors") if p.is_file())
+
+
+def estimate_weight_bytes(root: Path, quant: str) -> int:
+    """Weight bytes once loaded as `quant`: float tensors are rescaled to its width, others
+    keep their stored size. Without safetensors, the size of *.bin/*.pt files."""
+    width = QUANT_BYTES.get(quant, 2)
+    files = weight_files(root)
+    if not files:
+        return sum(p.stat().st_size for g in ("*.bin", "*.pt") for p in root.glob(g))
+    total = 0
+    for f in files:
+        for info in read_safetensors_header(f).values():
+            dtype = info.get("dtype", "")
+            start, end = info.get("data_offsets", (0, 0))
+            if dtype in _FLOATS:
+                total += math.prod(info.get("shape", [])) * width
+            else:
+                total += end - start
+    return total
+
+
+def estimate_weight_mb(root: str | os.PathLike[str], quant: str) -> int:
+    """The 507 pre-check figure: weights at `quant` plus 10 %, in MB (rounded up)."""
+    return math.ceil(estimate_weight_bytes(Path(root), quant) * 1.1 / 2**20)

@@ -1,0 +1,519 @@
+"""Worker processes: one per loaded model, spoken to in frames over a socketpair (§2.11).
+
+A `WorkerHandle` starts the process, sends the `load` frame and waits for `ready`, then
+demultiplexes the worker's frames by request id into one queue per request. Whatever way the
+worker goes away (EOF, exit, a `fault` frame, or silence while requests wait), every request in
+flight fails with `WorkerCrashed` and the owner's `on_fault` callback runs once, so recovery has
+one entry point. The daemon never imports torch: the worker is a separate interpreter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shlex
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from helexa.neuron.engine.protocol import ProtocolError, encode, read_frame
+
+log = logging.getLogger("helexa.neuron.supervisor")
+
+WORKER_CMD_ENV = "HELEXA_NEURON_WORKER_CMD"  # tests point this at a fake worker
+DEFAULT_STOP_GRACE = 10.0
+DEFAULT_STALL_SECS = 300.0
+_REQUEST_EVENTS = frozenset({"delta", "done", "error", "embedding", "pong"})
+
+
+class WorkerError(Exception):
+    """Base of everything a worker can do to a request besides answering it."""
+
+
+class WorkerCrashed(WorkerError):
+    """The worker died or faulted; `reason` is crash | non_finite | cuda_error | hang."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class WorkerStopped(WorkerError):
+    """The worker was stopped on purpose (unload, shutdown) while the request ran."""
+
+
+class LoadFailed(WorkerError):
+    """The worker answered `load_failed`: its status, code and message go to the client."""
+
+    def __init__(
+        self, status: int, code: str, message: str, extras: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extras = extras or {}
+
+
+class RequestFailed(WorkerError):
+    """The worker refused or failed one request (`error` frame) but is itself fine."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+def _request_failed(frame: dict[str, Any]) -> RequestFailed:
+    param = frame.get("param")
+    return RequestFailed(
+        str(frame.get("code") or "internal_error"),
+        str(frame.get("message") or ""),
+        param if isinstance(param, str) else None,
+    )
+
+
+def default_worker_cmd() -> list[str]:
+    """The real engine, unless $HELEXA_NEURON_WORKER_CMD names another program (tests)."""
+    override = os.environ.get(WORKER_CMD_ENV, "").strip()
+    if override:
+        return shlex.split(override)
+    return [sys.executable, "-m", "helexa.neuron.engine.worker"]
+
+
+def visible_devices(devices: Sequence[int], parent: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for a worker: our indexes are those torch sees in this process,
+    so map them through our own CUDA_VISIBLE_DEVICES when it is set."""
+    if parent is None or not parent.strip():
+        return ",".join(str(d) for d in devices)
+    ours = [p.strip() for p in parent.split(",") if p.strip()]
+    return ",".join(ours[d] if 0 <= d < len(ours) else str(d) for d in devices)
+
+
+def rss_mb(pid: int) -> int | None:
+    """Resident memory of a process in MB (from /proc), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+OnFault = Callable[["WorkerHandle", WorkerCrashed], None]
+OnProgress = Callable[[dict[str, Any]], None]
+CudaEnv = Callable[[list[int], str], dict[str, str]]
+"""`cuda_env(devices, kind)`: the CUDA_VISIBLE_DEVICES (etc.) a worker for those devices needs."""
+
+
+class WorkerHandle:
+    """One worker process and the requests in flight on it."""
+
+    def __init__(
+        self,
+        model_id: str,
+        spec: dict[str, Any],
+        *,
+        cmd: Sequence[str],
+        env: Mapping[str, str],
+        on_fault: OnFault | None = None,
+        stop_grace: float = DEFAULT_STOP_GRACE,
+        stall_secs: float | None = DEFAULT_STALL_SECS,
+    ) -> None:
+        self.model_id = model_id
+        self.spec = spec
+        self.cmd = list(cmd)
+        self.env = dict(env)
+        self.on_fault = on_fault
+        self.stop_grace = stop_grace
+        self.stall_secs = stall_secs
+        self.proc: asyncio.subprocess.Process | None = None
+        self.info: dict[str, Any] = {}
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[str, asyncio.Queue[Any]] = {}
+        self._ids = itertools.count(1)
+        self._monitor: asyncio.Task[None] | None = None
+        self._read_task: asyncio.Task[None] | None = None
+        self._fault: tuple[str, str] | None = None
+        self._stopping = False
+        self._ended = asyncio.Event()
+        self.last_frame_at = time.monotonic()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and not self._ended.is_set() and not self._stopping
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def rss_mb(self) -> int | None:
+        return rss_mb(self.proc.pid) if self.proc is not None else None
+
+    async def start(self, on_progress: OnProgress | None = None) -> dict[str, Any]:
+        """Spawn, send `load`, wait for `ready`. Raises LoadFailed or WorkerCrashed; either way
+        the process is gone when it raises."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            fd = child.fileno()
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.cmd,
+                "--fd",
+                str(fd),
+                pass_fds=(fd,),
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        log.info("worker for %s started (pid %d)", self.model_id, self.proc.pid)
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(
+                sock=parent, limit=1 << 20
+            )
+            self._writer.write(encode({"op": "load", "spec": self.spec}))
+            await self._writer.drain()
+            self.info = await self._await_ready(on_progress)
+        except BaseException:
+            await self._kill()
+            self._ended.set()
+            raise
+        self.last_frame_at = time.monotonic()
+        self._read_task = asyncio.create_task(
+            self._read_loop(), name=f"worker-read:{self.model_id}"
+        )
+        self._monitor = asyncio.create_task(self._watch(), name=f"worker-watch:{self.model_id}")
+        return self.info
+
+    async def _await_ready(self, on_progress: OnProgress | None) -> dict[str, Any]:
+        assert self._reader is not None and self.proc is not None
+        while True:
+            try:
+                frame = await read_frame(self._reader)
+            except (ProtocolError, OSError, ValueError) as e:
+                frame, problem = None, f"{type(e).__name__}: {e}"
+            else:
+                problem = ""
+            if frame is None:
+                rc = await self._wait_exit(5.0)
+                detail = f"the worker exited with code {rc} before it was ready"
+                if self._fault is not None:
+                    detail = f"{self._fault[0]}: {self._fault[1]}"
+                raise WorkerCrashed(self._fault[0] if self._fault else "crash", problem or detail)
+            ev = frame.get("ev")
+            if ev == "ready":
+                info = frame.get("info")
+                return info if isinstance(info, dict) else {}
+            if ev == "progress":
+                if on_progress is not None:
+                    on_progress(frame)
+            elif ev == "load_failed":
+                status = frame.get("status")
+                extras = frame.get("extras")
+                raise LoadFailed(
+                    status if isinstance(status, int) else 500,
+                    str(frame.get("code") or "load_failed"),
+                    str(frame.get("message") or "the worker could not load the model"),
+                    extras if isinstance(extras, dict) else None,
+                )
+            elif ev == "fault":
+                self._fault = (str(frame.get("kind") or "crash"), str(frame.get("detail") or ""))
+            else:
+                log.debug("worker for %s sent %r before ready", self.model_id, ev)
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        reader = self._reader
+        pending = self._pending
+        try:
+            while True:
+                frame = await read_frame(reader)
+                if frame is None:
+                    return
+                self.last_frame_at = time.monotonic()
+                ev = frame.get("ev")
+                if ev in _REQUEST_EVENTS:
+                    q = pending.get(frame.get("id"))  # type: ignore[arg-type]
+                    if q is not None:
+                        q.put_nowait(frame)
+                elif ev == "fault":
+                    self._fault = (
+                        str(frame.get("kind") or "crash"),
+                        str(frame.get("detail") or ""),
+                    )
+                    log.error(
+                        "worker for %s reported a fault: %s %s",
+                        self.model_id,
+                        self._fault[0],
+                        self._fault[1][:512],
+                    )
+                    return
+                elif ev != "progress":
+                    log.debug("worker for %s sent unexpected %r", self.model_id, ev)
+        except OSError as e:  # ECONNRESET when the worker dies: _watch reports it
+            log.debug("worker for %s: socket closed: %s", self.model_id, e)
+        except (ProtocolError, ValueError) as e:
+            log.error("worker for %s: broken frame stream: %s", self.model_id, str(e)[:512])
+
+    async def _watch(self) -> None:
+        """Wait for the worker to go away (or stall), then fail what was in flight."""
+        assert self.proc is not None and self._read_task is not None
+        exit_task = asyncio.create_task(self.proc.wait())
+        waits: set[asyncio.Future[Any]] = {self._read_task, exit_task}
+        stall: asyncio.Task[None] | None = None
+        if self.stall_secs:
+            stall = asyncio.create_task(self._stall_watch(self.stall_secs))
+            waits.add(stall)
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            reason, detail = "crash", ""
+            if stall is not None and stall.done():
+                reason, detail = "hang", f"no frame from the worker for {self.stall_secs:g}s"
+            elif exit_task.done() and not self._read_task.done():
+                # Frames it sent before dying are still in the socket: read them first.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._read_task), 1.0)
+            if self._fault is not None:
+                reason, detail = self._fault
+            await self._kill()
+            if not detail:
+                rc = self.proc.returncode
+                detail = f"the worker exited with code {rc}"
+        finally:
+            for t in (exit_task, stall, self._read_task):
+                if t is not None and not t.done():
+                    t.cancel()
+            self._close_socket()
+        stopping = self._stopping
+        err: WorkerError = (
+            WorkerStopped("the worker was stopped") if stopping else WorkerCrashed(reason, detail)
+        )
+        for q in self._pending.values():
+            q.put_nowait(err)
+        self._ended.set()
+        if not stopping:
+            log.error("worker for %s went away (%s): %s", self.model_id, reason, detail[:512])
+            if self.on_fault is not None and isinstance(err, WorkerCrashed):
+                self.on_fault(self, err)
+
+    async def _stall_watch(self, secs: float) -> None:
+        tick = min(secs / 4, 5.0)
+        while True:
+            await asyncio.sleep(tick)
+            if self._pending and time.monotonic() - self.last_frame_at > secs:
+                return
+
+    async def stop(self) -> None:
+        """Unload: `shutdown` frame, SIGTERM, SIGKILL after `stop_grace`; returns once the
+        process has exited (so its memory is free). Requests in flight get WorkerStopped."""
+        if self.proc is None:
+            return
+        self._stopping = True
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                self._send({"op": "shutdown"})
+            if await self._wait_exit(min(1.0, self.stop_grace)) is None:
+                self._signal(signal.SIGTERM)
+                if await self._wait_exit(self.stop_grace) is None:
+                    log.warning("worker for %s ignored SIGTERM; killing it", self.model_id)
+                    await self._kill()
+        if self._monitor is not None:
+            await asyncio.wait({self._monitor})
+        else:
+            self._close_socket()
+            self._ended.set()
+        log.info("worker for %s stopped", self.model_id)
+
+    async def wait_ended(self) -> None:
+        await self._ended.wait()
+
+    def _signal(self, sig: int) -> None:
+        assert self.proc is not None
+        if self.proc.returncode is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)  # its own session: children go too
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    async def _kill(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.returncode is None:
+            self._signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def _wait_exit(self, timeout: float) -> int | None:
+        assert self.proc is not None
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            return None
+
+    def _close_socket(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        if self._writer is None or self._writer.is_closing():
+            raise WorkerCrashed("crash", "the worker's socket is closed")
+        self._writer.write(encode(frame))
+
+    def _open(self) -> tuple[str, asyncio.Queue[Any]]:
+        if not self.alive:
+            raise WorkerStopped("the worker is not running")
+        rid = f"r{next(self._ids)}"
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        if not self._pending:
+            self.last_frame_at = time.monotonic()
+        self._pending[rid] = q
+        return rid, q
+
+    def generate(self, request: dict[str, Any]) -> Generation:
+        """A streamed generation: `async with handle.generate({...}) as gen: async for ev in gen`.
+
+        `request` holds the generate frame's fields besides `op` and `id`. Leaving the block
+        early (client gone) sends `cancel` to the worker."""
+        return Generation(self, request)
+
+    async def _call(self, op: str, fields: dict[str, Any], expect: str) -> dict[str, Any]:
+        rid, q = self._open()
+        try:
+            self._send({"op": op, "id": rid, **fields})
+            item = await q.get()
+        finally:
+            self._pending.pop(rid, None)
+        if isinstance(item, BaseException):
+            raise item
+        if item.get("ev") == "error":
+            raise _request_failed(item)
+        if item.get("ev") != expect:
+            raise RequestFailed("protocol_error", f"expected {expect}, got {item.get('ev')}")
+        return item
+
+    async def embed(self, inputs: list[list[int]]) -> dict[str, Any]:
+        return await self._call("embed", {"inputs": inputs}, "embedding")
+
+    async def ping(self) -> dict[str, Any]:
+        return await self._call("ping", {}, "pong")
+
+
+class Generation:
+    """The daemon's view of one generate request: an async iterator of delta and done frames."""
+
+    __slots__ = ("_handle", "_id", "_q", "_request", "finished")
+
+    def __init__(self, handle: WorkerHandle, request: dict[str, Any]) -> None:
+        self._handle = handle
+        self._request = request
+        self._id = ""
+        self._q: asyncio.Queue[Any] | None = None
+        self.finished = False
+
+    async def __aenter__(self) -> Generation:
+        self._id, self._q = self._handle._open()
+        try:
+            self._handle._send({"op": "generate", "id": self._id, **self._request})
+        except BaseException:
+            self._handle._pending.pop(self._id, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        h = self._handle
+        h._pending.pop(self._id, None)
+        if not self.finished and h.alive:
+            with contextlib.suppress(Exception):
+                h._send({"op": "cancel", "id": self._id})
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self.finished:
+            raise StopAsyncIteration
+        assert self._q is not None
+        item = await self._q.get()
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        ev = item.get("ev")
+        if ev == "done":
+            self.finished = True
+        elif ev == "error":
+            self.finished = True
+            raise _request_failed(item)
+        return item
+
+
+class Supervisor:
+    """Makes WorkerHandles with this neuron's worker command and process settings."""
+
+    def __init__(
+        self,
+        worker_cmd: Sequence[str] | None = None,
+        *,
+        stop_grace: float = DEFAULT_STOP_GRACE,
+        stall_secs: float | None = DEFAULT_STALL_SECS,
+        environ: Mapping[str, str] | None = None,
+        cuda_env: CudaEnv | None = None,
+    ) -> None:
+        self.worker_cmd = list(worker_cmd) if worker_cmd else default_worker_cmd()
+        self.cuda_env = cuda_env
+        self.stop_grace = stop_grace
+        self.stall_secs = stall_secs
+        self.environ = dict(os.environ if environ is None else environ)
+
+    def worker_env(self, devices: Sequence[int], kind: str) -> dict[str, str]:
+        env = dict(self.environ)
+        if self.cuda_env is not None:
+            env.update(self.cuda_env(list(devices), kind))
+        elif kind == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = visible_devices(
+                devices, self.environ.get("CUDA_VISIBLE_DEVICES")
+            )
+        return env
+
+    def handle(
+        self,
+        model_id: str,
+        spec: dict[str, Any],
+        devices: Sequence[int],
+        kind: str,
+        on_fault: OnFault | None = None,
+    ) -> WorkerHandle:
+        return WorkerHandle(
+            model_id,
+            spec,
+            cmd=self.worker_cmd,
+            env=self.worker_env(devices, kind),
+            on_fault=on_fault,
+            stop_grace=self.stop_grace,
+            stall_secs=self.stall_secs,
+        )

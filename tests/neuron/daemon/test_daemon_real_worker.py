@@ -1,0 +1,90 @@
+"""Tier 1: the daemon with the real engine worker on a tiny Qwen3 (CPU, fp32) — load, chat,
+/tokenize agreement, kill -9 and injected non-finite logits mid-stream, unload (§5.13)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from daemon_rig import NeuronFactory, chat_body, sse_data, until
+from daemon_rig import start_neuron as start_neuron  # the fixture
+
+from helexa.neuron.supervisor import Supervisor, rss_mb
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+ENGINE_CMD = [sys.executable, "-m", "helexa.neuron.engine.worker"]
+
+
+async def test_real_worker_lifecycle(
+    start_neuron: NeuronFactory, tiny_qwen3: Path, tmp_path: Path
+) -> None:
+    rig = await start_neuron(tokenizer_for=None, estimate_mb=None)
+    rig.neuron.supervisor.worker_cmd = ENGINE_CMD
+    rig.neuron.supervisor.environ["HELEXA_TEST_FAULTS"] = "1"
+    assert isinstance(rig.neuron.supervisor, Supervisor)
+    arm = tmp_path / "armed"
+    r = await rig.client.post(
+        "/models/load",
+        json={
+            "model_id": str(tiny_qwen3),
+            "served_model_id": "tiny/qwen3",
+            "test_faults": {"non_finite_at_step": 2, "arm_file": str(arm)},
+        },
+    )
+    assert r.status_code == 200, r.text
+    info = await rig.info("tiny/qwen3")
+    assert info["status"] == "loaded" and info["vram_used_mb"] > 0 and info["quant"] == "fp32"
+    pid = rig.registry.records["tiny/qwen3"].handle.pid
+
+    # chat: prompt tokens agree with /tokenize; greedy is reproducible
+    body = chat_body("tiny/qwen3", "Hello", max_tokens=8, temperature=0)
+    count = (await rig.client.post("/tokenize", json=body)).json()["count"]
+    r1 = await rig.client.post("/v1/chat/completions", json=body)
+    r2 = await rig.client.post("/v1/chat/completions", json=body)
+    assert r1.status_code == 200, r1.text
+    assert r1.json()["usage"]["prompt_tokens"] == count == int(r1.headers["x-helexa-prompt-tokens"])
+    assert r1.json()["usage"]["completion_tokens"] == 8
+    assert r1.json()["choices"][0]["message"] == r2.json()["choices"][0]["message"]
+    async with rig.client.stream(
+        "POST", "/v1/chat/completions", json={**body, "stream": True}
+    ) as s:
+        frames = await sse_data(s)
+    assert frames[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert frames[-1] == "[DONE]" and frames[-2]["choices"] == []
+    assert frames[-3]["choices"][0]["finish_reason"] == "length"
+
+    # kill -9 mid-stream → worker_crashed frame, recovering, then loaded with restarts 1
+    slow = {**body, "max_tokens": 200, "stream": True}
+    chunks: list[bytes] = []
+    async with rig.client.stream("POST", "/v1/chat/completions", json=slow) as s:
+        async for chunk in s.aiter_bytes():
+            if not chunks:
+                os.kill(pid, signal.SIGKILL)
+            chunks.append(chunk)
+    rest = b"".join(chunks)
+    assert b"worker_crashed" in rest and rest.endswith(b"data: [DONE]\n\n")
+    await rig.wait_status("tiny/qwen3", "loaded", within=60)
+    assert (await rig.info("tiny/qwen3"))["restarts"] == 1
+    assert rss_mb(pid) is None
+
+    # injected non-finite logits (one-shot) → fault → recovering → served again
+    arm.touch()
+    r = await rig.client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "worker_crashed"
+    await rig.wait_status("tiny/qwen3", "loaded", within=60)
+    assert rig.metric("neuron_worker_restarts_total", model="tiny/qwen3", reason="non_finite") == 1
+    r = await rig.client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200
+    assert (await rig.info("tiny/qwen3"))["restarts"] == 2
+
+    # unload → the worker process is gone, the model is listed as unloaded
+    pid = rig.registry.records["tiny/qwen3"].handle.pid
+    r = await rig.unload("tiny/qwen3")
+    assert r.status_code == 200 and r.json()["freed_mb"] > 0
+    await until(lambda: rss_mb(pid) is None, within=1)
+    assert await rig.status("tiny/qwen3") == "unloaded"

@@ -1,0 +1,191 @@
+"""A real `neuron serve` process with fake workers (§2.12, §2.24): listener before pre-warm,
+SIGTERM drain with streams in flight, exit codes; and `neuron discover` on this host."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from daemon_rig import (
+    AUTH,
+    TOKEN,
+    WORKER_CMD,
+    chat_body,
+    free_port,
+    model_dir,
+    write_tokenizer,
+    write_toml,
+)
+
+from helexa.version import version_line
+
+
+def neuron_exe() -> str:
+    beside = Path(sys.executable).with_name("neuron")
+    found = str(beside) if beside.exists() else shutil.which("neuron")
+    if found is None:
+        pytest.skip("the neuron console script is not installed")
+    return found
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.lower().endswith("_proxy") and not k.startswith("NEURON_")
+    }
+    env["HELEXA_NEURON_WORKER_CMD"] = " ".join(WORKER_CMD)
+    env["CUDA_VISIBLE_DEVICES"] = ""  # this test is about the CPU path, whatever the host
+    env.update(extra)
+    return env
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        neuron_exe(),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env or clean_env(),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_sigterm_drains_streams_then_exits_0(tmp_path: Path) -> None:
+    good = model_dir(tmp_path, "good", {"reply": {"pieces": ["x"] * 10, "delay": 0.08}})
+    write_tokenizer(good)
+    broken = model_dir(tmp_path, "broken", {"load": "load_failed"})
+    write_tokenizer(broken)
+    port = free_port()
+    cfg = tmp_path / "neuron.toml"
+    write_toml(
+        cfg,
+        {
+            "listen": f"127.0.0.1:{port}",
+            "shutdown_grace_secs": 20,
+            "cpu_memory_mb": 8000,
+            "auth": {"token": TOKEN},
+            "admission": {"max_in_flight": 20},
+            "default_models": [{"model_id": str(good)}, {"model_id": str(broken)}],
+        },
+    )
+    proc = await asyncio.create_subprocess_exec(
+        neuron_exe(),
+        "serve",
+        "--config",
+        str(cfg),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30, trust_env=False) as c:
+            deadline = time.monotonic() + 30
+            while True:
+                assert time.monotonic() < deadline, "neuron never became ready"
+                try:
+                    act = (await c.get("/health")).json()["activation"]
+                    if act["state"] == "ready":
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+            assert act["completed"] == ["local/good"]
+            assert act["failed"][0]["model_id"] == "local/broken"
+            first_token = asyncio.Event()
+            started = 0
+
+            async def stream() -> list[bytes]:
+                nonlocal started
+                chunks: list[bytes] = []
+                body = chat_body("local/good", stream=True)
+                async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                    assert r.status_code == 200
+                    async for chunk in r.aiter_bytes():
+                        if not chunks:
+                            started += 1
+                            if started == 20:
+                                first_token.set()
+                        chunks.append(chunk)
+                return chunks
+
+            streams = [asyncio.create_task(stream()) for _ in range(20)]
+            await asyncio.wait_for(first_token.wait(), 20)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            r = await c.post("/v1/chat/completions", json=chat_body("local/good"))
+            assert r.status_code == 503 and r.headers["retry-after"] == "5"
+            assert r.json()["error"]["code"] == "service_unavailable"
+            assert r.json()["error"]["message"] == "neuron is shutting down"
+            results = await asyncio.gather(*streams)
+        for chunks in results:
+            raw = b"".join(chunks)
+            assert raw.endswith(b"data: [DONE]\n\n")
+            assert b"error" not in raw
+            assert raw.count(b'"content":"x"') == 10
+        rc = await asyncio.wait_for(proc.wait(), 30)
+        assert rc == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_discover_prints_one_cpu_device(tmp_path: Path) -> None:
+    cfg = tmp_path / "neuron.toml"
+    write_toml(cfg, {"cpu_memory_mb": 1234})
+    rc, out, _ = await run_cli("discover", "--config", str(cfg))
+    assert rc == 0
+    disc = json.loads(out)
+    assert disc["devices"] == [
+        {
+            "index": 0,
+            "kind": "cpu",
+            "name": "cpu",
+            "vram_total_mb": 1234,
+            "compute_capability": None,
+        }
+    ]
+    assert out.startswith("{\n  ")  # indented
+
+
+async def test_cli_version_help_and_config_errors(tmp_path: Path) -> None:
+    rc, out, _ = await run_cli("--version")
+    assert rc == 0 and out.strip() == version_line("neuron")
+    rc, out, _ = await run_cli("--help")
+    assert rc == 0 and "serve" in out and "discover" in out and "Example" in out
+    rc, out, _ = await run_cli("serve", "--help")
+    assert rc == 0 and "--config" in out and "--log-level" in out
+    rc, _, err = await run_cli("serve", "--config", str(tmp_path / "missing.toml"))
+    assert rc == 2 and "config error" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("listen = 5\n")
+    rc, _, err = await run_cli("discover", "--config", str(bad))
+    assert rc == 2 and "listen" in err
+    env = clean_env(NEURON_CONFIG=str(tmp_path / "nope.toml"))
+    rc, _, err = await run_cli("discover", env=env)
+    assert rc == 2
+
+
+async def test_cannot_listen_exits_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cfg = tmp_path / "neuron.toml"
+        write_toml(cfg, {"listen": f"127.0.0.1:{port}"})
+        rc, _, err = await run_cli("serve", "--config", str(cfg))
+    assert rc == 1 and "cannot listen" in err
