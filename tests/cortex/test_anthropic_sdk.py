@@ -5,7 +5,7 @@ from __future__ import annotations
 import anthropic
 import pytest
 
-from conftest import CortexFactory
+from rig.cortex_rig import CortexFactory
 from rig.fake_neuron import (
     FakeNeuron,
     content_delta,

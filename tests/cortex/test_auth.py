@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Cortex, CortexFactory
 from helexa.config.cortex import Entitlements
 from helexa.cortex.auth import BudgetError, LocalProvider, Principal
+from rig.cortex_rig import Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron, error_body
 
 CHAT = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}

@@ -13,9 +13,9 @@ import httpx
 import orjson
 import pytest
 
-from conftest import Cortex, CortexFactory
 from helexa import __version__
 from helexa.version import version_line
+from rig.cortex_rig import Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron
 
 

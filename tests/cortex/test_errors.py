@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from conftest import Cortex, CortexFactory
+from rig.cortex_rig import Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron, error_body, model_info
 
 CHAT = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}

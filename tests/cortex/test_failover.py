@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from conftest import NODE_TOKEN, Cortex, CortexFactory
 from helexa.cortex.router import rewrite_loopback
+from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron
 
 CHAT = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}

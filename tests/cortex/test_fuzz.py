@@ -18,7 +18,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CortexFactory
+from rig.cortex_rig import CortexFactory
 from rig.fake_neuron import FakeNeuron
 
 ROUTES = (

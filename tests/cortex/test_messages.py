@@ -18,8 +18,8 @@ import httpx
 import orjson
 import pytest
 
-from conftest import NODE_TOKEN, Cortex, CortexFactory
 from helexa.cortex import messages as messages_mod
+from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import (
     MOCK_TEXT,
     FakeNeuron,

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import NODE_TOKEN, Cortex, CortexFactory
 from helexa.cortex.observer import TAIL_CAP, TokenObserver, last_count_for
+from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron, error_body, model_info
 
 CHAT = [{"role": "user", "content": "hi"}]

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import openai
 
-from conftest import Cortex, CortexFactory
+from rig.cortex_rig import Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron, default_discovery, error_body, model_info
 
 LOCATION_KEYS = {"node", "status", "vram_used_mb", "healthy"}

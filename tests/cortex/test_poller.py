@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from conftest import NODE_TOKEN, Cortex, CortexFactory
+from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron, default_discovery, error_body, model_info
 
 

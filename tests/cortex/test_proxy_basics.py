@@ -8,7 +8,7 @@ import re
 import httpx
 import openai
 
-from conftest import Cortex, CortexFactory
+from rig.cortex_rig import Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron
 
 CHAT = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}

@@ -9,8 +9,8 @@ import httpx
 import orjson
 import pytest
 
-from conftest import Cortex, CortexFactory
 from helexa.cortex.router import rewrite_loopback
+from rig.cortex_rig import Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron, error_body, model_info
 
 CHAT = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from conftest import NODE_TOKEN, free_port, write_toml
+from rig.cortex_rig import NODE_TOKEN, free_port, write_toml
 from rig.fake_neuron import FakeNeuron
 
 CHAT = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}

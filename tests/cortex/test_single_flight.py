@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import NODE_TOKEN, Cortex, CortexFactory
+from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron, JsonDict, error_body, model_info
 
 CAT = "cat-model"

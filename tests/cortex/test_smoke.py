@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 
-from conftest import CortexFactory
+from rig.cortex_rig import CortexFactory
 from rig.fake_neuron import FakeNeuron
 
 

@@ -13,8 +13,8 @@ import httpx
 import openai
 import orjson
 
-from conftest import NODE_TOKEN, Cortex, CortexFactory
 from helexa.cortex.auth import Snapshot
+from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron
 
 CHAT = [{"role": "user", "content": "hi"}]

@@ -362,7 +362,7 @@ async def test_first_frame_waits_for_the_first_token(start_neuron: NeuronFactory
 
 
 async def test_crash_mid_stream_then_recovers(start_neuron: NeuronFactory) -> None:
-    rig = await start_neuron(restart_backoff=(0.2, 0.01, 0.01))
+    rig = await start_neuron(restart_backoff=(1.0, 0.01, 0.01))
     d = await loaded(rig, fake={"reply": {"pieces": ["a", "b", "c"], "crash_after": 2}})
     async with rig.client.stream(
         "POST", "/v1/chat/completions", json=chat_body("local/m", stream=True)

@@ -342,7 +342,7 @@ async def test_graceful_unload_gives_up_after_the_grace(start_neuron: NeuronFact
 
 
 async def test_crash_recovers_with_restarts(start_neuron: NeuronFactory) -> None:
-    rig = await start_neuron(restart_backoff=(0.2, 0.01, 0.01))
+    rig = await start_neuron(restart_backoff=(1.0, 0.01, 0.01))
     d = rig.model("m", {"reply": {"pieces": ["a", "b"], "crash_after": 1}})
     await rig.load(d)
     r = await rig.client.post("/v1/chat/completions", json=chat_body("local/m"))
@@ -421,7 +421,7 @@ async def test_hang_recovers(start_neuron: NeuronFactory) -> None:
 
 
 async def test_sibling_unaffected_by_a_crash(start_neuron: NeuronFactory) -> None:
-    rig = await start_neuron(restart_backoff=(0.3, 0.3, 0.3))
+    rig = await start_neuron(restart_backoff=(2.0, 2.0, 2.0))
     bad = rig.model("bad", {"reply": {"crash_after": 0}})
     good = rig.model("good")
     await rig.load(bad)
@@ -434,7 +434,7 @@ async def test_sibling_unaffected_by_a_crash(start_neuron: NeuronFactory) -> Non
 
 
 async def test_unload_stops_a_recovery(start_neuron: NeuronFactory) -> None:
-    rig = await start_neuron(restart_backoff=(0.3, 0.3, 0.3))
+    rig = await start_neuron(restart_backoff=(2.0, 2.0, 2.0))
     d = rig.model("m", {"reply": {"crash_after": 0}})
     await rig.load(d)
     await rig.client.post("/v1/chat/completions", json=chat_body("local/m"))
@@ -447,7 +447,7 @@ async def test_unload_stops_a_recovery(start_neuron: NeuronFactory) -> None:
 
 
 async def test_load_joins_a_recovery(start_neuron: NeuronFactory) -> None:
-    rig = await start_neuron(restart_backoff=(0.2, 0.01, 0.01))
+    rig = await start_neuron(restart_backoff=(1.0, 0.01, 0.01))
     d = rig.model("m", {"reply": {"crash_after": 0}})
     await rig.load(d)
     await rig.client.post("/v1/chat/completions", json=chat_body("local/m"))
@@ -459,7 +459,7 @@ async def test_load_joins_a_recovery(start_neuron: NeuronFactory) -> None:
 
 
 async def test_queued_requests_wait_through_a_recovery(start_neuron: NeuronFactory) -> None:
-    rig = await start_neuron(restart_backoff=(0.2, 0.01, 0.01))
+    rig = await start_neuron(restart_backoff=(1.0, 0.01, 0.01))
     d = rig.model("m", {"reply": {"pieces": ["a"] * 5, "delay": 0.02, "crash_after": 3}})
     await rig.load(d)
     first = asyncio.create_task(rig.client.post("/v1/chat/completions", json=chat_body("local/m")))
