@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from helexa.config.catalogue import Catalogue, load_catalogue
-from helexa.config.loader import ConfigError, apply_env, read_toml, validate
+from helexa.config.loader import ConfigError, Section, apply_env, check_listen, read_toml, validate
 
 log = logging.getLogger("helexa.config")
 
@@ -20,18 +20,7 @@ DEFAULT_PATH = Path("/etc/cortex/cortex.toml")
 ENV_PREFIX = "CORTEX_"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-def _check_listen(v: str) -> str:
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got '{v}'")
-    return v
-
-
-class Gateway(_Section):
+class Gateway(Section):
     listen: str = "0.0.0.0:31313"
     metrics_listen: str = "0.0.0.0:31314"
     poll_interval_secs: float = Field(default=5, gt=0)
@@ -42,17 +31,17 @@ class Gateway(_Section):
     max_body_mb: float = Field(default=32, gt=0)
     shutdown_grace_secs: float = Field(default=30, ge=0)
 
-    _listen = field_validator("listen", "metrics_listen")(_check_listen)
+    _listen = field_validator("listen", "metrics_listen")(check_listen)
 
 
-class Eviction(_Section):
+class Eviction(Section):
     strategy: Literal["lru", "priority"] = "lru"
     max_evictions_per_load: int = Field(default=3, ge=0)
     defrag_after_cycles: int = Field(default=50, ge=0)
     idle_check_secs: float = Field(default=5, gt=0)
 
 
-class NeuronConfig(_Section):
+class NeuronConfig(Section):
     name: str
     endpoint: str
     token: str | None = None
@@ -79,12 +68,12 @@ class NeuronConfig(_Section):
         return self
 
 
-class Window(_Section):
+class Window(Section):
     kind: Literal["balance", "rolling"] = "balance"
     seconds: int = Field(default=3600, gt=0)
 
 
-class KeyConfig(_Section):
+class KeyConfig(Section):
     key: str = Field(min_length=1)
     account_id: str = Field(min_length=1)
     key_id: str | None = None
@@ -97,7 +86,7 @@ class KeyConfig(_Section):
         return self.key_id or self.account_id
 
 
-class Entitlements(_Section):
+class Entitlements(Section):
     require_auth: bool = False
     keys: list[KeyConfig] = Field(default_factory=list)
 
@@ -108,7 +97,7 @@ class Entitlements(_Section):
         return self
 
 
-class CortexConfig(_Section):
+class CortexConfig(Section):
     models_config: str = "models.toml"
     gateway: Gateway = Field(default_factory=Gateway)
     eviction: Eviction = Field(default_factory=Eviction)

@@ -10,11 +10,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 log = logging.getLogger("helexa.config")
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """A config table: unknown keys are kept so they can be warned about, not rejected."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def check_listen(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got '{v}'")
+    return v
 
 
 class ConfigError(Exception):

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from helexa.config.loader import ConfigError, apply_env, read_toml, validate
+from helexa.config.loader import ConfigError, Section, apply_env, check_listen, read_toml, validate
 from helexa.wire.errors import ApiError
 from helexa.wire.modelid import DEFAULT_SOURCE, known_schemes, parse_model_id
 from helexa.wire.neuron import ModelSpec
@@ -40,18 +40,7 @@ def default_cpu_memory_mb() -> int:
     return physical_memory_mb() * 3 // 4
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-def _check_listen(v: str) -> str:
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got '{v}'")
-    return v
-
-
-class Auth(_Section):
+class Auth(Section):
     token: str | None = None
 
     @field_validator("token", mode="before")
@@ -63,7 +52,7 @@ class Auth(_Section):
         return v or None
 
 
-class Admission(_Section):
+class Admission(Section):
     max_in_flight: int = Field(default=1, ge=1)
     max_queue_depth: int = Field(default=16, ge=0)
     max_wait_secs: float = Field(default=120, gt=0)
@@ -85,11 +74,11 @@ class DefaultModel(ModelSpec):
         return v
 
 
-class HarnessEntry(_Section):
+class HarnessEntry(Section):
     name: str
 
 
-class NeuronConfig(_Section):
+class NeuronConfig(Section):
     listen: str = "0.0.0.0:13131"
     bind_url: str = "http://localhost:13131"
     sources: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SOURCES))
@@ -106,7 +95,7 @@ class NeuronConfig(_Section):
     harnesses: list[HarnessEntry] | None = None
     harness: dict[str, Any] = Field(default_factory=dict)  # [harness.<name>]: accepted, ignored
 
-    _listen = field_validator("listen")(_check_listen)
+    _listen = field_validator("listen")(check_listen)
 
     @model_validator(mode="before")
     @classmethod

@@ -16,18 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from helexa import logs
+from helexa.cli_common import LEVELS, install_uvloop, version_option
 from helexa.config.cortex import DEFAULT_PATH, load_settings
 from helexa.config.loader import ConfigError
-from helexa.version import version_line
 
 DEFAULT_ENDPOINT = "http://localhost:31313"
-LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
-
-
-def _version(ctx: click.Context, _: click.Parameter, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        click.echo(version_line("cortex"))
-        ctx.exit(0)
 
 
 @click.group(
@@ -37,14 +30,7 @@ def _version(ctx: click.Context, _: click.Parameter, value: bool) -> None:
         "  cortex status --endpoint http://gateway:31313"
     ),
 )
-@click.option(
-    "--version",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_version,
-    help="Print the version and git sha, then exit.",
-)
+@version_option("cortex")
 def main() -> None:
     """cortex: one OpenAI- and Anthropic-compatible API over a fleet of neuron GPU hosts.
 
@@ -97,20 +83,12 @@ def serve(config_path: Path | None, log_level: str, log_format: str) -> None:
         sys.exit(2)
     from helexa.cortex.serve import serve as run
 
-    _install_uvloop()
+    install_uvloop()
     try:
         asyncio.run(run(settings))
     except OSError as e:
         click.echo(f"cortex: cannot listen: {e}", err=True)
         sys.exit(1)
-
-
-def _install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _get(endpoint: str, path: str, api_key: str | None) -> Any:

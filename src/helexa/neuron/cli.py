@@ -11,21 +11,14 @@ import click
 import orjson
 
 from helexa import logs
+from helexa.cli_common import LEVELS, install_uvloop, version_option
 from helexa.config.loader import ConfigError
 from helexa.config.neuron import DEFAULT_PATH, NeuronConfig, load_neuron_settings
-from helexa.version import version_line
 
-LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
 CONFIG_HELP = (
     "neuron.toml to read (default: $NEURON_CONFIG, then /etc/neuron/neuron.toml). "
     "Env vars NEURON_KEY / NEURON_SECTION__KEY override any key; NEURON_TOKEN is [auth] token."
 )
-
-
-def _version(ctx: click.Context, _: click.Parameter, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        click.echo(version_line("neuron"))
-        ctx.exit(0)
 
 
 def _settings(config_path: Path | None) -> NeuronConfig:
@@ -48,14 +41,7 @@ def _settings(config_path: Path | None) -> NeuronConfig:
         "  neuron discover | jq '.devices'"
     ),
 )
-@click.option(
-    "--version",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_version,
-    help="Print the version and git sha, then exit.",
-)
+@version_option("neuron")
 def main() -> None:
     """neuron: the per-GPU-host daemon of helexa.
 
@@ -97,7 +83,7 @@ def serve(config_path: Path | None, log_level: str, log_format: str) -> None:
     cfg = _settings(config_path)
     from helexa.neuron.serve import serve as run
 
-    _install_uvloop()
+    install_uvloop()
     try:
         asyncio.run(run(cfg))
     except OSError as e:
@@ -119,14 +105,6 @@ def discover(config_path: Path | None) -> None:
     if out.get("cuda_unavailable_reason") is None:
         out.pop("cuda_unavailable_reason", None)
     click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
-
-
-def _install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 if __name__ == "__main__":

@@ -196,6 +196,10 @@ class WorkerHandle:
             await self._writer.drain()
             self.info = await self._await_ready(on_progress)
         except BaseException:
+            # Close the transport explicitly: left to the GC, uvloop's transport and the socket
+            # object would each close the fd, and the second close can hit a reused fd number
+            # (an accepted client connection), which then dies with EBADF.
+            self._close_socket()
             await self._kill()
             self._ended.set()
             raise

@@ -33,7 +33,12 @@ async def test_real_worker_lifecycle(
         json={
             "model_id": str(tiny_qwen3),
             "served_model_id": "tiny/qwen3",
-            "test_faults": {"non_finite_at_step": 2, "arm_file": str(arm)},
+            # 10 ms a step: a 200-token stream outlives the kill below even on a loaded box
+            "test_faults": {
+                "non_finite_at_step": 2,
+                "arm_file": str(arm),
+                "step_delay_secs": 0.01,
+            },
         },
     )
     assert r.status_code == 200, r.text

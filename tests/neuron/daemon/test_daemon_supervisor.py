@@ -167,6 +167,19 @@ async def test_load_failed_and_crash_before_ready(tmp_path: Path) -> None:
     assert "code 3" in ei2.value.detail
 
 
+async def test_a_failed_start_closes_its_socket_at_once(tmp_path: Path) -> None:
+    """Left to the GC, the transport and the socket object would each close the fd; the second
+    close then kills whatever reused that fd number (it took down accepted client connections)."""
+    d = model_dir(tmp_path, "m", {"load": "load_failed"})
+    before = len(os.listdir("/proc/self/fd"))
+    h = handle_for(d)
+    with pytest.raises(LoadFailed):
+        await h.start()
+    await asyncio.sleep(0)  # the transport's close callback runs on the next loop turn
+    assert len(os.listdir("/proc/self/fd")) == before
+    del h
+
+
 async def test_progress_frames_reach_the_callback(tmp_path: Path) -> None:
     d = model_dir(tmp_path, "m", {"progress": True})
     h = handle_for(d)

@@ -1,0 +1,40 @@
+"""What every helexa program's CLI shares: `--version`, the event loop, log levels."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from helexa.version import version_line
+
+LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+def version_option(prog: str) -> Callable[[Any], Any]:
+    """`--version` prints `{prog} {version} ({sha})` and exits 0 (contract §1.17)."""
+
+    def show(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(version_line(prog))
+            ctx.exit(0)
+
+    return click.option(
+        "--version",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=show,
+        help="Print the version and git sha, then exit.",
+    )
+
+
+def install_uvloop() -> None:
+    """uvloop where available: cheaper sockets and timers for the servers."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
