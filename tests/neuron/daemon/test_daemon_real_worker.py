@@ -93,3 +93,59 @@ async def test_real_worker_lifecycle(
     assert r.status_code == 200 and r.json()["freed_mb"] > 0
     await until(lambda: rss_mb(pid) is None, within=1)
     assert await rig.status("tiny/qwen3") == "unloaded"
+
+
+async def test_openai_sdk_on_the_real_engine_matches_transformers(
+    start_neuron: NeuronFactory, tiny_qwen3: Path
+) -> None:
+    """The whole neuron path — template, tokenizer, worker loop, detokeniser, parser, SSE —
+    gives the text transformers' own `generate` gives for the same chat, greedy."""
+    openai = pytest.importorskip("openai")
+    import httpx
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rig = await start_neuron(tokenizer_for=None, estimate_mb=None)
+    rig.neuron.supervisor.worker_cmd = ENGINE_CMD
+    r = await rig.client.post(
+        "/models/load", json={"model_id": str(tiny_qwen3), "served_model_id": "tiny/qwen3"}
+    )
+    assert r.status_code == 200, r.text
+    msgs = [{"role": "user", "content": "Read the file /etc/hosts please."}]
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3, dtype=torch.float32).eval()
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    expected = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+    client = openai.AsyncOpenAI(
+        base_url=rig.url + "/v1",
+        api_key="node-secret",
+        http_client=httpx.AsyncClient(trust_env=False),
+        max_retries=0,
+    )
+    async with client:
+        reply = await client.chat.completions.create(
+            model="tiny/qwen3", messages=msgs, max_tokens=12, temperature=0
+        )
+        m = reply.choices[0].message
+        streamed = ""
+        stream = await client.chat.completions.create(
+            model="tiny/qwen3", messages=msgs, max_tokens=12, temperature=0, stream=True
+        )
+        async for chunk in stream:
+            if chunk.choices:
+                streamed += chunk.choices[0].delta.content or ""
+        emb = await client.embeddings.create(model="tiny/qwen3", input=["hello", "world"])
+        resp = await client.responses.create(
+            model="tiny/qwen3", input="Read the file /etc/hosts please.", max_output_tokens=12
+        )
+    assert reply.usage is not None and reply.usage.completion_tokens == out.shape[1] - ids.shape[1]
+    # this seeded model emits no markers for this prompt, so all of it is content
+    assert m.content == expected and streamed == expected
+    assert not (m.model_extra or {}).get("reasoning_content")
+    assert len(emb.data) == 2 and abs(sum(x * x for x in emb.data[0].embedding) - 1) < 1e-4
+    assert resp.status in ("completed", "incomplete")
