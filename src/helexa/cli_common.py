@@ -31,6 +31,24 @@ def version_option(prog: str) -> Callable[[Any], Any]:
     )
 
 
+def log_options(f: Any) -> Any:
+    """`--log-level` and `--log-format`, as every long-running helexa program takes them."""
+    f = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Human lines or one JSON object per line.",
+    )(f)
+    return click.option(
+        "--log-level",
+        type=LEVELS,
+        default="info",
+        show_default=True,
+        help="Log verbosity (logs go to stderr).",
+    )(f)
+
+
 def install_uvloop() -> None:
     """uvloop where available: cheaper sockets and timers for the servers."""
     try:

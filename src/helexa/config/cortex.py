@@ -12,7 +12,15 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from helexa.config.catalogue import Catalogue, load_catalogue
-from helexa.config.loader import ConfigError, Section, apply_env, check_listen, read_toml, validate
+from helexa.config.loader import (
+    ConfigError,
+    Section,
+    apply_env,
+    check_base_url,
+    check_listen,
+    read_toml,
+    validate,
+)
 
 log = logging.getLogger("helexa.config")
 
@@ -54,12 +62,7 @@ class NeuronConfig(Section):
             raise ValueError("must match [A-Za-z0-9._-]+")
         return v
 
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/]+", v):
-            raise ValueError(f"expected an http(s) base URL, got '{v}'")
-        return v.rstrip("/")
+    _endpoint = field_validator("endpoint")(check_base_url)
 
     @model_validator(mode="after")
     def _one_token(self) -> NeuronConfig:

@@ -30,6 +30,12 @@ def check_listen(v: str) -> str:
     return v
 
 
+def check_base_url(v: str) -> str:
+    if not re.match(r"^https?://[^/]+", v):
+        raise ValueError(f"expected an http(s) base URL, got '{v}'")
+    return v.rstrip("/")
+
+
 class ConfigError(Exception):
     """A config problem the operator must fix; CLIs exit 2 with this text."""
 

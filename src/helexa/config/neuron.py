@@ -15,7 +15,15 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from helexa.config.loader import ConfigError, Section, apply_env, check_listen, read_toml, validate
+from helexa.config.loader import (
+    ConfigError,
+    Section,
+    apply_env,
+    check_base_url,
+    check_listen,
+    read_toml,
+    validate,
+)
 from helexa.wire.errors import ApiError
 from helexa.wire.modelid import DEFAULT_SOURCE, known_schemes, parse_model_id
 from helexa.wire.neuron import ModelSpec
@@ -110,12 +118,7 @@ class NeuronConfig(Section):
                 data["listen"] = f"0.0.0.0:{port}"
         return data
 
-    @field_validator("bind_url")
-    @classmethod
-    def _bind_url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/]+", v):
-            raise ValueError(f"expected an http(s) base URL, got '{v}'")
-        return v.rstrip("/")
+    _bind_url = field_validator("bind_url")(check_base_url)
 
     @field_validator("sources", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from helexa import logs
-from helexa.cli_common import LEVELS, install_uvloop, version_option
+from helexa.cli_common import install_uvloop, log_options, version_option
 from helexa.config.cortex import DEFAULT_PATH, load_settings
 from helexa.config.loader import ConfigError
 
@@ -53,20 +53,7 @@ def main() -> None:
     help="cortex.toml to read (default: $CORTEX_CONFIG, then /etc/cortex/cortex.toml). "
     "Env vars CORTEX_SECTION__KEY override any key.",
 )
-@click.option(
-    "--log-level",
-    type=LEVELS,
-    default="info",
-    show_default=True,
-    help="Log verbosity (logs go to stderr).",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Human lines or one JSON object per line.",
-)
+@log_options
 def serve(config_path: Path | None, log_level: str, log_format: str) -> None:
     """Run the gateway: API listener, metrics listener and the neuron poller.
 

@@ -11,7 +11,7 @@ import click
 import orjson
 
 from helexa import logs
-from helexa.cli_common import LEVELS, install_uvloop, version_option
+from helexa.cli_common import install_uvloop, log_options, version_option
 from helexa.config.loader import ConfigError
 from helexa.config.neuron import DEFAULT_PATH, NeuronConfig, load_neuron_settings
 
@@ -59,20 +59,7 @@ def main() -> None:
 @click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=CONFIG_HELP
 )
-@click.option(
-    "--log-level",
-    type=LEVELS,
-    default="info",
-    show_default=True,
-    help="Log verbosity (logs go to stderr).",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Human lines or one JSON object per line.",
-)
+@log_options
 def serve(config_path: Path | None, log_level: str, log_format: str) -> None:
     """Run the daemon: HTTP listener, then pre-warm of [[default_models]].
 
