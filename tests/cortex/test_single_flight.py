@@ -274,9 +274,14 @@ async def test_load_4xx_names_the_neuron_code(
         ),
     )
     r = await chat(cortex)
-    assert_cold_load_failed(
-        r, "neuron returned HTTP 404 (model_source_not_found)", 404, "model_source_not_found"
+    hint = (
+        "; the model's files are not on that host: download them there "
+        f"(e.g. `hf download {CAT}`) or set `path` in models.toml to a local copy"
     )
+    assert_cold_load_failed(
+        r, "neuron returned HTTP 404 (model_source_not_found)" + hint, 404, "model_source_not_found"
+    )
+    assert "/x" not in r.text  # the neuron's own words (its path) never reach the client
 
 
 async def test_load_timeout(start_cortex: CortexFactory, gated: GatedNeuron) -> None:

@@ -40,12 +40,19 @@ def load_spec(profile: ModelProfile, devices: list[int]) -> dict[str, Any]:
     return spec
 
 
-def _reason(e: NeuronCallError, timeout: float) -> str:
+def _reason(e: NeuronCallError, timeout: float, model_id: str) -> str:
     if e.kind == "unreachable":
         return "neuron unreachable"
     if e.kind == "timeout":
         return f"timed out after {timeout:g}s"
-    return f"neuron returned HTTP {e.status} ({e.code or 'no code'})"
+    reason = f"neuron returned HTTP {e.status} ({e.code or 'no code'})"
+    if e.code == "model_source_not_found":
+        # Our own words, not the neuron's (§0.4): an offline host needs the files put there.
+        reason += (
+            f"; the model's files are not on that host: download them there "
+            f"(e.g. `hf download {model_id}`) or set `path` in models.toml to a local copy"
+        )
+    return reason
 
 
 class Lifecycle:
@@ -223,7 +230,7 @@ class Lifecycle:
                 ) from None
 
     def _load_error(self, node: NodeState, model_id: str, e: NeuronCallError) -> ApiError:
-        reason = _reason(e, self.config.gateway.cold_load_timeout_secs)
+        reason = _reason(e, self.config.gateway.cold_load_timeout_secs, model_id)
         return errors.cold_load_failed(model_id, node.name, reason, e.status, e.code)
 
     async def _send_load(self, node: NodeState, model_id: str, spec: dict[str, Any]) -> LoadReply:

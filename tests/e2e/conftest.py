@@ -1,0 +1,63 @@
+"""End-to-end fixtures: tiny models built once per session, and real neuron + cortex stacks.
+
+The SDK stack is session-scoped: the placement module also reads its worker's measured memory
+to size a neuron that can hold only so many models. Other stacks are built in their modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_rig import Cortex, Neuron, Stack, build_tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded tiny Qwen3, built once."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "qa")
+
+
+@pytest.fixture(scope="session")
+def model_copies(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Path:
+    """A folder for copies of the tiny model under other names (served as `local/<name>`)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def sdk_stack(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[Stack]:
+    """One neuron pre-warming `local/qa`, and a cortex in front of it."""
+    root = tmp_path_factory.mktemp("sdk_stack")
+    neuron = Neuron(
+        "n1",
+        root,
+        {
+            "cpu_memory_mb": 8000,
+            "admission": {"max_in_flight": 4, "max_queue_depth": 64},
+            "default_models": [{"model_id": str(tiny_dir)}],
+        },
+    )
+    cortex = Cortex("cortex", root, [neuron])
+    stack = Stack([neuron], cortex)
+    try:
+        neuron.start()
+        cortex.start()
+        neuron.wait_ready()
+        cortex.wait_healthy(1)
+        yield stack
+    except BaseException:
+        print(stack.failure_logs())
+        raise
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_rss_mb(sdk_stack: Stack) -> int:
+    """What one loaded tiny model measures on this host (worker RSS on CPU)."""
+    mb = sdk_stack.neuron.models()["local/qa"]["vram_used_mb"]
+    assert isinstance(mb, int) and mb > 0
+    return mb

@@ -1,0 +1,173 @@
+"""The official openai and anthropic SDKs through a real cortex in front of a real neuron and
+engine worker (issue 5, end to end): every route, and greedy text equal to transformers' own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from e2e_rig import API_KEY, Stack
+
+openai = pytest.importorskip("openai")
+anthropic = pytest.importorskip("anthropic")
+
+MODEL = "local/qa"
+PROMPT = "Read the file /etc/hosts please."
+MSGS: list[Any] = [{"role": "user", "content": PROMPT}]
+N = 12  # this seeded model emits no <think>/<tool_call> markers in its first 12 tokens here
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_dir: Path) -> tuple[str, int]:
+    """transformers' own greedy reply to the chat (text, completion tokens)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    ids: Any = tok.apply_chat_template(MSGS, add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=N, do_sample=False)
+    new = out[0, ids.shape[1] :]
+    return str(tok.decode(new, skip_special_tokens=True)), int(new.shape[0])
+
+
+@pytest.fixture(scope="module")
+def oai(sdk_stack: Stack) -> Iterator[Any]:
+    with openai.OpenAI(
+        base_url=sdk_stack.cortex.base,
+        api_key=API_KEY,
+        http_client=httpx.Client(trust_env=False, timeout=60),
+        max_retries=0,
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def ant(sdk_stack: Stack) -> Iterator[Any]:
+    with anthropic.Anthropic(
+        base_url=sdk_stack.cortex.url, api_key=API_KEY, max_retries=0, timeout=60
+    ) as client:
+        yield client
+
+
+def test_chat_matches_transformers_greedy(oai: Any, expected: tuple[str, int]) -> None:
+    text, n = expected
+    raw = oai.chat.completions.with_raw_response.create(
+        model=MODEL, messages=MSGS, max_tokens=N, temperature=0
+    )
+    assert raw.headers["x-helexa-node"] == "n1"
+    assert raw.headers["x-helexa-model"] == MODEL
+    reply = raw.parse()
+    m = reply.choices[0].message
+    assert m.role == "assistant"
+    assert m.content == text
+    assert not (m.model_extra or {}).get("reasoning_content")
+    assert reply.usage is not None and reply.usage.completion_tokens == n
+    assert reply.model == MODEL
+
+
+def test_streaming_chat_matches_transformers_greedy(oai: Any, expected: tuple[str, int]) -> None:
+    stream = oai.chat.completions.create(
+        model=MODEL,
+        messages=MSGS,
+        max_tokens=N,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert text == expected[0]
+    assert finish == "length"
+    assert usage is not None and usage.completion_tokens == expected[1]
+
+
+def test_completions(oai: Any) -> None:
+    reply = oai.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=5)
+    assert reply.object == "text_completion"
+    assert reply.usage is not None and reply.usage.completion_tokens >= 1
+    assert isinstance(reply.choices[0].text, str)
+    again = oai.completions.create(
+        model=MODEL, prompt="The quick brown fox", max_tokens=5, temperature=0
+    )
+    assert (
+        again.choices[0].text
+        == oai.completions.create(
+            model=MODEL, prompt="The quick brown fox", max_tokens=5, temperature=0
+        )
+        .choices[0]
+        .text
+    )
+
+
+def test_responses_and_streaming_responses(oai: Any, expected: tuple[str, int]) -> None:
+    resp = oai.responses.create(model=MODEL, input=PROMPT, max_output_tokens=N, temperature=0)
+    assert resp.status == "incomplete"  # max_output_tokens reached
+    assert resp.output_text == expected[0]
+    assert resp.usage is not None and resp.usage.output_tokens == expected[1]
+
+    deltas, completed = "", None
+    with oai.responses.stream(
+        model=MODEL, input=PROMPT, max_output_tokens=N, temperature=0
+    ) as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas += event.delta
+        completed = stream.get_final_response()
+    assert deltas == expected[0]
+    assert completed.output_text == expected[0]
+
+
+def test_embeddings(oai: Any) -> None:
+    emb = oai.embeddings.create(model=MODEL, input=["hello", "world"])
+    assert [d.index for d in emb.data] == [0, 1]
+    for d in emb.data:
+        assert abs(sum(x * x for x in d.embedding) - 1) < 1e-4
+    assert emb.data[0].embedding != emb.data[1].embedding
+    assert emb.usage.prompt_tokens > 0
+
+
+def test_models_list(oai: Any) -> None:
+    models = {m.id: m for m in oai.models.list()}
+    assert list(models) == [MODEL]
+    extra = models[MODEL].model_extra or {}
+    assert extra["loaded"] is True
+    assert extra["locations"][0]["node"] == "n1"
+    assert extra["locations"][0]["status"] == "loaded"
+
+
+def test_anthropic_messages(ant: Any, expected: tuple[str, int]) -> None:
+    msg = ant.messages.create(
+        model=MODEL, max_tokens=N, messages=MSGS, extra_body={"temperature": 0}
+    )
+    assert msg.type == "message" and msg.role == "assistant"
+    assert msg.stop_reason == "max_tokens"
+    assert "".join(b.text for b in msg.content if b.type == "text") == expected[0]
+    assert msg.usage.output_tokens == expected[1]
+
+
+def test_anthropic_streaming_messages(ant: Any, expected: tuple[str, int]) -> None:
+    with ant.messages.stream(
+        model=MODEL, max_tokens=N, messages=MSGS, extra_body={"temperature": 0}
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == expected[0]
+    assert final.stop_reason == "max_tokens"
+    assert final.usage.output_tokens == expected[1]
+
+
+def test_count_tokens_agrees_with_usage(ant: Any) -> None:
+    counted = ant.messages.count_tokens(model=MODEL, messages=MSGS)
+    msg = ant.messages.create(model=MODEL, max_tokens=1, messages=MSGS)
+    assert counted.input_tokens == msg.usage.input_tokens > 0
