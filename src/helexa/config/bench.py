@@ -1,0 +1,140 @@
+"""helexa-bench.toml: sweep settings, scenarios, the API listener and targets (contract §3.2)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from helexa.config.loader import (
+    ConfigError,
+    Section,
+    apply_env,
+    check_base_url,
+    check_listen,
+    read_toml,
+    validate,
+)
+
+log = logging.getLogger("helexa.config")
+
+DEFAULT_PATH = Path("/etc/helexa-bench/helexa-bench.toml")
+ENV_PREFIX = "HELEXA_BENCH_"
+
+
+class BenchSection(Section):
+    sweep_interval_secs: float = Field(default=1800, gt=0)
+    samples_per_version: int = Field(default=5, ge=1)
+    iteration_pause_secs: float = Field(default=2, ge=0)
+    request_timeout_secs: float = Field(default=600, gt=0)
+    db_path: str = "/var/lib/helexa-bench/bench.sqlite"
+
+
+class Scenarios(Section):
+    prompt_sizes: list[int] = Field(default_factory=lambda: [128, 4096])
+    max_tokens: int = Field(default=256, ge=1)
+    concurrency: list[int] = Field(default_factory=lambda: [4])
+    cold_load: bool = True
+
+    @field_validator("prompt_sizes", "concurrency")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError("every entry must be a positive integer")
+        if len(set(v)) != len(v):
+            raise ValueError("entries must be unique")
+        return v
+
+
+class Api(Section):
+    enabled: bool = True
+    listen: str = "0.0.0.0:13132"
+
+    _listen = field_validator("listen")(check_listen)
+
+
+class Target(Section):
+    """A server to benchmark: a neuron (build from /version) or any OpenAI-compatible engine
+    (build from the `version` label, models from `models` or its /v1/models)."""
+
+    name: str
+    endpoint: str
+    kind: Literal["neuron", "openai"] = "neuron"
+    token: str | None = None
+    token_env: str | None = None
+    gpu: str | None = None
+    models: list[str] | None = None
+    version: str | None = None
+    api_key: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
+            raise ValueError("must match [A-Za-z0-9._-]+")
+        return v
+
+    _endpoint = field_validator("endpoint")(check_base_url)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Target:
+        if self.token is not None and self.token_env is not None:
+            raise ValueError("set either 'token' or 'token_env', not both")
+        if self.kind == "neuron" and (self.models is not None or self.version is not None):
+            raise ValueError("'models' and 'version' are for kind = \"openai\" targets")
+        return self
+
+    def bearer(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The credential to send: `api_key` (openai), `token`, or `$token_env`."""
+        env = os.environ if environ is None else environ
+        if self.api_key is not None:
+            return self.api_key
+        if self.token_env is not None:
+            return env.get(self.token_env) or None
+        return self.token
+
+
+class BenchConfig(Section):
+    bench: BenchSection = Field(default_factory=BenchSection)
+    scenarios: Scenarios = Field(default_factory=Scenarios)
+    api: Api = Field(default_factory=Api)
+    targets: list[Target] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> BenchConfig:
+        names = [t.name for t in self.targets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate target names: {', '.join(dupes)}")
+        return self
+
+
+def load_bench_config(
+    path: Path | None, *, explicit: bool, environ: Mapping[str, str] | None = None
+) -> BenchConfig:
+    """Read helexa-bench.toml (+ HELEXA_BENCH_ env overrides).
+
+    An explicit path that doesn't exist is an error; a missing default runs on defaults.
+    """
+    env = os.environ if environ is None else environ
+    data: dict = {}
+    if path is not None and path.exists():
+        data = read_toml(path)
+    elif path is not None and explicit:
+        raise ConfigError(f"{path}: config file not found")
+    elif path is not None:
+        log.warning("config %s not found; running with defaults", path)
+    apply_env(data, ENV_PREFIX, env)
+    source = str(path) if path is not None and path.exists() else "helexa-bench config"
+    config = validate(BenchConfig, data, source)
+    for t in config.targets:
+        if t.token_env is not None and not env.get(t.token_env):
+            raise ConfigError(
+                f"{source}: key 'targets.{t.name}.token_env': ${t.token_env} is unset"
+            )
+    return config
