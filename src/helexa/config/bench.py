@@ -12,12 +12,11 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from helexa.config.loader import (
-    ConfigError,
     Section,
-    apply_env,
     check_base_url,
     check_listen,
-    read_toml,
+    read_config,
+    require_token_envs,
     validate,
 )
 
@@ -122,19 +121,9 @@ def load_bench_config(
     An explicit path that doesn't exist is an error; a missing default runs on defaults.
     """
     env = os.environ if environ is None else environ
-    data: dict = {}
-    if path is not None and path.exists():
-        data = read_toml(path)
-    elif path is not None and explicit:
-        raise ConfigError(f"{path}: config file not found")
-    elif path is not None:
-        log.warning("config %s not found; running with defaults", path)
-    apply_env(data, ENV_PREFIX, env)
-    source = str(path) if path is not None and path.exists() else "helexa-bench config"
+    data, source = read_config(
+        path, explicit=explicit, environ=env, prefix=ENV_PREFIX, name="helexa-bench config"
+    )
     config = validate(BenchConfig, data, source)
-    for t in config.targets:
-        if t.token_env is not None and not env.get(t.token_env):
-            raise ConfigError(
-                f"{source}: key 'targets.{t.name}.token_env': ${t.token_env} is unset"
-            )
+    require_token_envs(config.targets, "targets", source, env)
     return config

@@ -13,12 +13,11 @@ from pydantic import Field, field_validator, model_validator
 
 from helexa.config.catalogue import Catalogue, load_catalogue
 from helexa.config.loader import (
-    ConfigError,
     Section,
-    apply_env,
     check_base_url,
     check_listen,
-    read_toml,
+    read_config,
+    require_token_envs,
     validate,
 )
 
@@ -133,21 +132,11 @@ def load_settings(
     An explicit path that doesn't exist is an error; a missing default runs on defaults.
     """
     env = os.environ if environ is None else environ
-    data: dict = {}
-    if path is not None and path.exists():
-        data = read_toml(path)
-    elif path is not None and explicit:
-        raise ConfigError(f"{path}: config file not found")
-    elif path is not None:
-        log.warning("config %s not found; running with defaults", path)
-    apply_env(data, ENV_PREFIX, env)
-    source = str(path) if path is not None and path.exists() else "cortex config"
+    data, source = read_config(
+        path, explicit=explicit, environ=env, prefix=ENV_PREFIX, name="cortex config"
+    )
     config = validate(CortexConfig, data, source)
-    for n in config.neurons:
-        if n.token_env is not None and not env.get(n.token_env):
-            raise ConfigError(
-                f"{source}: key 'neurons.{n.name}.token_env': ${n.token_env} is unset"
-            )
+    require_token_envs(config.neurons, "neurons", source, env)
     models_path = Path(config.models_config)
     if not models_path.is_absolute():
         base = path.parent if path is not None else Path.cwd()

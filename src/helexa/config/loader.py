@@ -62,6 +62,38 @@ def _offending_line(raw: bytes, message: str) -> str:
     return f": `{lines[int(m.group(1)) - 1].strip()[:200]}`"
 
 
+def read_config(
+    path: Path | None, *, explicit: bool, environ: Mapping[str, str], prefix: str, name: str
+) -> tuple[dict[str, Any], str]:
+    """The file's tables overlaid with `PREFIX_…` env vars, and the source name for errors.
+
+    An explicit path that doesn't exist is an error (the CLIs exit 2); a missing default
+    runs on defaults, with a warning.
+    """
+    data: dict[str, Any] = {}
+    exists = path is not None and path.exists()
+    if exists:
+        assert path is not None
+        data = read_toml(path)
+    elif path is not None and explicit:
+        raise ConfigError(f"{path}: config file not found")
+    elif path is not None:
+        log.warning("config %s not found; running with defaults", path)
+    apply_env(data, prefix, environ)
+    return data, str(path) if exists else name
+
+
+def require_token_envs(
+    items: list[Any], table: str, source: str, environ: Mapping[str, str]
+) -> None:
+    """Every `token_env` must name a set variable: a missing secret is a startup error."""
+    for item in items:
+        if item.token_env is not None and not environ.get(item.token_env):
+            raise ConfigError(
+                f"{source}: key '{table}.{item.name}.token_env': ${item.token_env} is unset"
+            )
+
+
 def parse_env_value(raw: str) -> Any:
     """An env value is a TOML value when it parses as one (numbers, bools, arrays, inline
     tables), else a plain string."""

@@ -16,12 +16,10 @@ from typing import Any
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from helexa.config.loader import (
-    ConfigError,
     Section,
-    apply_env,
     check_base_url,
     check_listen,
-    read_toml,
+    read_config,
     validate,
 )
 from helexa.wire.errors import ApiError
@@ -204,19 +202,13 @@ def load_neuron_settings(
     on defaults.
     """
     env = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
-    if path is not None and path.exists():
-        data = read_toml(path)
-    elif path is not None and explicit:
-        raise ConfigError(f"{path}: config file not found")
-    elif path is not None:
-        log.warning("config %s not found; running with defaults", path)
     rest = {k: v for k, v in env.items() if k != "NEURON_TOKEN"}
-    apply_env(data, ENV_PREFIX, rest)
+    data, source = read_config(
+        path, explicit=explicit, environ=rest, prefix=ENV_PREFIX, name="neuron config"
+    )
     if env.get("NEURON_TOKEN"):
         auth = data.get("auth")
         if not isinstance(auth, dict):
             auth = data["auth"] = {}
         auth["token"] = env["NEURON_TOKEN"]
-    source = str(path) if path is not None and path.exists() else "neuron config"
     return validate(NeuronConfig, data, source)
