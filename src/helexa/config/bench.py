@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -12,11 +11,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from helexa.config.loader import (
+    Remote,
     Section,
-    check_base_url,
     check_listen,
     read_config,
     require_token_envs,
+    unique_names,
     validate,
 )
 
@@ -57,33 +57,18 @@ class Api(Section):
     _listen = field_validator("listen")(check_listen)
 
 
-class Target(Section):
+class Target(Remote):
     """A server to benchmark: a neuron (build from /version) or any OpenAI-compatible engine
     (build from the `version` label, models from `models` or its /v1/models)."""
 
-    name: str
-    endpoint: str
     kind: Literal["neuron", "openai"] = "neuron"
-    token: str | None = None
-    token_env: str | None = None
     gpu: str | None = None
     models: list[str] | None = None
     version: str | None = None
     api_key: str | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
-            raise ValueError("must match [A-Za-z0-9._-]+")
-        return v
-
-    _endpoint = field_validator("endpoint")(check_base_url)
-
     @model_validator(mode="after")
     def _consistent(self) -> Target:
-        if self.token is not None and self.token_env is not None:
-            raise ValueError("set either 'token' or 'token_env', not both")
         if self.kind == "neuron" and (self.models is not None or self.version is not None):
             raise ValueError("'models' and 'version' are for kind = \"openai\" targets")
         return self
@@ -106,10 +91,7 @@ class BenchConfig(Section):
 
     @model_validator(mode="after")
     def _unique_targets(self) -> BenchConfig:
-        names = [t.name for t in self.targets]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate target names: {', '.join(dupes)}")
+        unique_names(self.targets, "target")
         return self
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -13,11 +12,12 @@ from pydantic import Field, field_validator, model_validator
 
 from helexa.config.catalogue import Catalogue, load_catalogue
 from helexa.config.loader import (
+    Remote,
     Section,
-    check_base_url,
     check_listen,
     read_config,
     require_token_envs,
+    unique_names,
     validate,
 )
 
@@ -48,26 +48,8 @@ class Eviction(Section):
     idle_check_secs: float = Field(default=5, gt=0)
 
 
-class NeuronConfig(Section):
-    name: str
-    endpoint: str
-    token: str | None = None
-    token_env: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
-            raise ValueError("must match [A-Za-z0-9._-]+")
-        return v
-
-    _endpoint = field_validator("endpoint")(check_base_url)
-
-    @model_validator(mode="after")
-    def _one_token(self) -> NeuronConfig:
-        if self.token is not None and self.token_env is not None:
-            raise ValueError("set either 'token' or 'token_env', not both")
-        return self
+class NeuronConfig(Remote):
+    """A neuron cortex polls and routes to."""
 
 
 class Window(Section):
@@ -108,10 +90,7 @@ class CortexConfig(Section):
 
     @model_validator(mode="after")
     def _unique_neurons(self) -> CortexConfig:
-        names = [n.name for n in self.neurons]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate neuron names: {', '.join(dupes)}")
+        unique_names(self.neurons, "neuron")
         return self
 
 

@@ -6,11 +6,11 @@ import logging
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 log = logging.getLogger("helexa.config")
 
@@ -34,6 +34,41 @@ def check_base_url(v: str) -> str:
     if not re.match(r"^https?://[^/]+", v):
         raise ValueError(f"expected an http(s) base URL, got '{v}'")
     return v.rstrip("/")
+
+
+class Remote(Section):
+    """A server a helexa program calls (a cortex neuron, a bench target): a name, a base URL
+    and an optional bearer token, given inline or as the name of an env var."""
+
+    name: str
+    endpoint: str
+    token: str | None = None
+    token_env: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
+            raise ValueError("must match [A-Za-z0-9._-]+")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        return check_base_url(v)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> Remote:
+        if self.token is not None and self.token_env is not None:
+            raise ValueError("set either 'token' or 'token_env', not both")
+        return self
+
+
+def unique_names(items: Sequence[Remote], what: str) -> None:
+    names = [i.name for i in items]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"duplicate {what} names: {', '.join(dupes)}")
 
 
 class ConfigError(Exception):
