@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,39 +14,20 @@ from bench_data import seed
 
 from helexa.bench.store import Store
 from helexa.version import version_line
+from rig.cli_rig import clean_env as rig_clean_env
+from rig.cli_rig import console_script, run_cli
 
 
 def exe() -> str:
-    beside = Path(sys.executable).with_name("helexa-bench")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("helexa-bench")
-    if found is None:
-        pytest.skip("the helexa-bench console script is not installed")
-    return found
+    return console_script("helexa-bench")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.lower().endswith("_proxy") and not k.startswith("HELEXA_BENCH_")
-    }
-    env.update(COLUMNS="200", NO_COLOR="1", **extra)
-    return env
+    return rig_clean_env(drop_prefixes=("HELEXA_BENCH_",), **extra)
 
 
 async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        exe(),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env or clean_env(),
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(exe(), *args, env=env or clean_env(), timeout=30)
 
 
 def free_port() -> int:
@@ -149,6 +127,19 @@ async def test_missing_explicit_config_and_no_targets(tmp_path: Path) -> None:
     assert rc == 2 and "no [[targets]]" in err
 
 
+async def first_health(
+    client: httpx.AsyncClient, proc: asyncio.subprocess.Process
+) -> httpx.Response:
+    """Poll /api/health until the freshly started API answers (10 s at most)."""
+    for _ in range(200):
+        try:
+            return await client.get("/api/health")
+        except httpx.TransportError:
+            assert proc.returncode is None, "the command exited before serving the API"
+            await asyncio.sleep(0.05)
+    pytest.fail("the API never answered")
+
+
 async def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     cfg = write_config(tmp_path, f'[api]\nlisten = "127.0.0.1:{port}"\n')
@@ -165,15 +156,7 @@ async def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", timeout=5, trust_env=False
         ) as client:
-            for _ in range(200):
-                try:
-                    r = await client.get("/api/health")
-                    break
-                except httpx.TransportError:
-                    assert proc.returncode is None, "serve exited early"
-                    await asyncio.sleep(0.05)
-            else:
-                pytest.fail("serve never answered")
+            r = await first_health(client, proc)
             assert r.json() == {"status": "ok", "runs": 9, "last_run_ts": "2026-01-03T00:00:01Z"}
             summary = (await client.get("/api/summary")).json()
             assert len(summary) == 3
@@ -220,15 +203,7 @@ async def test_run_loop_serves_api_and_stops_on_sigterm(tmp_path: Path) -> None:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", timeout=5, trust_env=False
         ) as client:
-            for _ in range(200):
-                try:
-                    r = await client.get("/api/health")
-                    break
-                except httpx.TransportError:
-                    assert proc.returncode is None, "run exited early"
-                    await asyncio.sleep(0.05)
-            else:
-                pytest.fail("run never served the API")
+            r = await first_health(client, proc)
             assert r.json()["runs"] == 9
     finally:
         proc.send_signal(signal.SIGTERM)

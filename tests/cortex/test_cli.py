@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import shutil
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,42 +11,24 @@ import pytest
 
 from helexa import __version__
 from helexa.version import version_line
+from rig.cli_rig import clean_env as rig_clean_env
+from rig.cli_rig import console_script
+from rig.cli_rig import run_cli as run
 from rig.cortex_rig import Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron
 
 
 def cortex_exe() -> str:
-    beside = Path(sys.executable).with_name("cortex")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("cortex")
-    if found is None:
-        pytest.skip("the cortex console script is not installed")
-    return found
+    return console_script("cortex")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.lower().endswith("_proxy") and k not in ("HELEXA_API_KEY", "CORTEX_CONFIG")
-    }
-    env.update(COLUMNS="200", NO_COLOR="1", **extra)
-    return env
+    return rig_clean_env(drop=("HELEXA_API_KEY", "CORTEX_CONFIG"), **extra)
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run `cortex ARGS` without blocking the loop that serves the gateway under test."""
-    proc = await asyncio.create_subprocess_exec(
-        cortex_exe(),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env or clean_env(),
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run(cortex_exe(), *args, env=env or clean_env(), timeout=30)
 
 
 async def test_version() -> None:

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
 import httpx
-import pytest
 from daemon_rig import (
     AUTH,
     TOKEN,
@@ -26,39 +22,23 @@ from daemon_rig import (
 )
 
 from helexa.version import version_line
+from rig.cli_rig import clean_env as rig_clean_env
+from rig.cli_rig import console_script
+from rig.cli_rig import run_cli as run
 
 
 def neuron_exe() -> str:
-    beside = Path(sys.executable).with_name("neuron")
-    found = str(beside) if beside.exists() else shutil.which("neuron")
-    if found is None:
-        pytest.skip("the neuron console script is not installed")
-    return found
+    return console_script("neuron")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.lower().endswith("_proxy") and not k.startswith("NEURON_")
-    }
-    env["HELEXA_NEURON_WORKER_CMD"] = " ".join(WORKER_CMD)
-    env["CUDA_VISIBLE_DEVICES"] = ""  # this test is about the CPU path, whatever the host
-    env.update(extra)
-    return env
+    # CUDA_VISIBLE_DEVICES="": this test is about the CPU path, whatever the host
+    base = {"HELEXA_NEURON_WORKER_CMD": " ".join(WORKER_CMD), "CUDA_VISIBLE_DEVICES": ""}
+    return rig_clean_env(drop_prefixes=("NEURON_",), **{**base, **extra})
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        neuron_exe(),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env or clean_env(),
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run(neuron_exe(), *args, env=env or clean_env())
 
 
 async def test_sigterm_drains_streams_then_exits_0(tmp_path: Path) -> None:
