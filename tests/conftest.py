@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ async def start_cortex(tmp_path: Path) -> AsyncIterator[CortexFactory]:
 
     neurons maps names to FakeNeuron or URL strings; the first poll round runs unless
     `poll=False`; the background poller never runs unless `background_poll=True`.
+    `middlewares` run before cortex's own on the API app (e.g. a request recorder).
     """
     runners: list[web.AppRunner] = []
     gateways: list[Gateway] = []
@@ -36,6 +37,7 @@ async def start_cortex(tmp_path: Path) -> AsyncIterator[CortexFactory]:
         token: str | None = NODE_TOKEN,
         poll: bool = True,
         background_poll: bool = False,
+        middlewares: Sequence[Any] = (),
     ) -> Cortex:
         d = tmp_path / f"cortex{len(gateways)}"
         d.mkdir()
@@ -70,7 +72,10 @@ async def start_cortex(tmp_path: Path) -> AsyncIterator[CortexFactory]:
         if background_poll:
             gw.poller.start()
         urls = []
-        for app in (make_app(gw), make_metrics_app(gw)):
+        api = make_app(gw)
+        for i, mw in enumerate(middlewares):
+            api.middlewares.insert(i, mw)
+        for app in (api, make_metrics_app(gw)):
             runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)

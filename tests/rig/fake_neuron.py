@@ -200,6 +200,9 @@ class FakeNeuron:
         self.stream_usage: tuple[int, int] | None = (10, 4)
         self.stream_finish_reason: str | None = None  # set → trailing {"delta":{}} finish chunk
         self.stream_script: list[JsonDict | str] | None = None
+        # Set → called with each streaming chat body; a list it returns is that request's script
+        # (None → `stream_script` or the default), so a test can answer by what was asked.
+        self.stream_responder: Callable[[JsonDict], list[JsonDict | str] | None] | None = None
         self.stream_done = True
         self.responses_usage: tuple[int, int] = (5, 5)
         self.embedding_dim = 8
@@ -687,7 +690,10 @@ class FakeNeuron:
             }
 
         script: list[JsonDict | str]
-        if self.stream_script is not None:
+        answer = self.stream_responder(body) if self.stream_responder is not None else None
+        if answer is not None:
+            script = list(answer)
+        elif self.stream_script is not None:
             script = list(self.stream_script)
         else:
             script = [content_delta(f"token{i}") for i in range(self.stream_chunks)]

@@ -184,6 +184,85 @@ def test_system_other_block_types_or_shapes_are_rejected(system: Any) -> None:
     rejects(body(system=system), "system")
 
 
+def test_claude_code_billing_header_block_is_dropped_from_the_system_prompt() -> None:
+    system = [
+        {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.332.9ea;"},
+        {"type": "text", "text": "You are an agent.", "cache_control": {"type": "ephemeral"}},
+    ]
+    assert msgs(system=system)[0] == {"role": "system", "content": "You are an agent."}
+
+
+# -- role: "system" messages (Claude Code sends one after the first user turn) ----------------
+
+
+CLAUDE_CODE_TURNS: list[dict[str, Any]] = [
+    {
+        "role": "user",
+        "content": [{"type": "text", "text": "<reminder>"}, {"type": "text", "text": "go"}],
+    },
+    {
+        "role": "system",
+        "content": [
+            {"type": "text", "text": "# Environment", "cache_control": {"type": "ephemeral"}}
+        ],
+    },
+    {
+        "role": "assistant",
+        "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}],
+    },
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]},
+]
+
+
+def test_late_system_message_stays_in_place_as_a_system_turn() -> None:
+    out = msgs(system="Top.", messages=CLAUDE_CODE_TURNS)
+    assert [m["role"] for m in out] == ["system", "user", "system", "assistant", "tool"]
+    assert out[0]["content"] == "Top."
+    assert out[2] == {"role": "system", "content": "# Environment"}
+
+
+def test_late_system_string_content_and_consecutive_system_turns_merge() -> None:
+    out = msgs(
+        messages=[
+            {"role": "user", "content": "a"},
+            {"role": "system", "content": "one"},
+            {"role": "system", "content": [{"type": "text", "text": "two"}]},
+            {"role": "user", "content": "b"},
+        ]
+    )
+    assert out == [
+        {"role": "user", "content": "a"},
+        {"role": "system", "content": "one\n\ntwo"},
+        {"role": "user", "content": "b"},
+    ]
+
+
+def test_system_messages_before_the_first_turn_join_the_system_prompt() -> None:
+    out = msgs(
+        system="Top.",
+        messages=[{"role": "system", "content": "More."}, {"role": "user", "content": "hi"}],
+    )
+    assert out == [
+        {"role": "system", "content": "Top.\n\nMore."},
+        {"role": "user", "content": "hi"},
+    ]
+    lone = msgs(messages=[{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}])
+    assert lone[0] == {"role": "system", "content": "S"}
+
+
+def test_system_only_conversation_is_rejected() -> None:
+    rejects(body(messages=[{"role": "system", "content": "x"}]), "'user' or 'assistant'")
+
+
+def test_non_text_system_message_blocks_are_refused_in_words_clients_fall_back_on() -> None:
+    image = {"type": "image", "source": {"type": "url", "url": "http://x/y.png"}}
+    detail = rejects(
+        body(messages=[{"role": "user", "content": "a"}, {"role": "system", "content": [image]}])
+    )
+    # Claude Code retries without system messages when it reads both of these.
+    assert "not supported" in detail and "role 'system'" in detail
+
+
 # -- user turns --------------------------------------------------------------------------------
 
 
@@ -669,6 +748,62 @@ def test_thinking_enabled_and_disabled_become_chat_template_kwargs() -> None:
     assert "chat_template_kwargs" not in translate_request(body())
     adaptive = translate_request(body(thinking={"type": "adaptive"}))
     assert adaptive["chat_template_kwargs"] == {"enable_thinking": True}
+
+
+def test_claude_code_thinking_shapes_are_accepted() -> None:
+    for kind in ({"type": "adaptive", "display": "updates"}, {"type": "between_tools"}):
+        out = translate_request(body(thinking=kind))
+        assert out["chat_template_kwargs"] == {"enable_thinking": True}
+
+
+@pytest.mark.parametrize(
+    ("thinking", "effort", "expected"),
+    [
+        (None, "low", False),
+        (None, "medium", True),
+        (None, "high", True),
+        (None, "xhigh", True),
+        (None, "max", True),
+        ({"type": "adaptive"}, "low", False),
+        ({"type": "adaptive"}, "high", True),
+        ({"type": "enabled", "budget_tokens": 1024}, "low", False),
+        ({"type": "disabled"}, "max", False),
+        ({"type": "disabled"}, None, False),
+        ({"type": "adaptive"}, None, True),
+    ],
+)
+def test_output_config_effort_maps_to_the_thinking_switch(
+    thinking: Any, effort: str | None, expected: bool
+) -> None:
+    b = body(output_config={"effort": effort})
+    if thinking is not None:
+        b["thinking"] = thinking
+    assert translate_request(b)["chat_template_kwargs"] == {"enable_thinking": expected}
+    counted = translate_request(
+        {k: v for k, v in b.items() if k != "max_tokens"}, count_tokens=True
+    )
+    assert counted["chat_template_kwargs"] == {"enable_thinking": expected}
+
+
+def test_output_config_without_effort_leaves_thinking_to_the_model() -> None:
+    assert "chat_template_kwargs" not in translate_request(body(output_config={}))
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ("high", "output_config"),
+        ({"effort": "extreme"}, "output_config.effort"),
+        ({"effort": ["high"]}, "output_config.effort"),
+        ({"format": {"type": "json_schema", "schema": {}}}, "not supported"),
+    ],
+)
+def test_bad_or_unsupported_output_config_is_refused(config: Any, fragment: str) -> None:
+    rejects(body(output_config=config), fragment)
+
+
+def test_claude_code_max_tokens_goes_through_unclamped_for_the_neuron_to_clamp() -> None:
+    assert translate_request(body(max_tokens=128000))["max_tokens"] == 128000
 
 
 @pytest.mark.parametrize("thinking", [True, "enabled", {"type": "sometimes"}, {}])

@@ -1,7 +1,14 @@
 """Anthropic Messages request → OpenAI chat request (contract §1.10.1-§1.10.2). Pure.
 
-Only fields the contract maps are copied, so `metadata`, `cache_control` and friends are dropped
-by construction.
+Only fields the contract maps are copied, so `metadata`, `cache_control`, `context_management`
+and friends are dropped by construction.
+
+`role: "system"` messages (Claude Code sends one after the first user turn) become a system
+message at the same position: the prompt prefix before it stays byte-identical, so the
+neuron's prefix cache keeps working, and Qwen3-style templates render a late system turn as
+such. Templates that only take a leading system message are the neuron's to handle (it folds
+late ones into the first when the template rejects them). System messages before the first
+turn join the top-level `system`.
 """
 
 from __future__ import annotations
@@ -44,15 +51,29 @@ def _text_of(block: dict[str, Any], where: str) -> str:
     return _get(block, "text", str, f"{where}: text block without a string 'text'")
 
 
-def _system(system: Any) -> str:
+# Claude Code opens its system prompt with a block `x-anthropic-billing-header: cc_version=…;`
+# whose value changes between sessions. It is metadata for Anthropic's billing, not an
+# instruction, and at the very start of the prompt it would defeat every prefix cache: dropped.
+BILLING_HEADER = "x-anthropic-billing-header:"
+
+
+def _system(system: Any, where: str = "system") -> str:
+    """Top-level `system` or a `role: "system"` message's content: a string or text blocks."""
     if isinstance(system, str):
         return system
-    _require(isinstance(system, list), "'system' must be a string or an array of text blocks")
+    _require(isinstance(system, list), f"'{where}' must be a string or an array of text blocks")
     parts = []
     for i, b in enumerate(system):
-        _require(isinstance(b, dict), f"system[{i}] must be an object")
-        _require(b.get("type") == "text", f"unsupported system block type '{b.get('type')}'")
-        parts.append(_text_of(b, f"system[{i}]"))
+        at = f"{where}[{i}]"
+        _require(isinstance(b, dict), f"{at} must be an object")
+        # Claude Code falls back when told a block is "not supported" in role 'system'.
+        _require(
+            b.get("type") == "text",
+            f"{at}: block type '{b.get('type')}' is not supported in role 'system' content",
+        )
+        text = _text_of(b, at)
+        if not text.startswith(BILLING_HEADER):
+            parts.append(text)
     return "\n\n".join(parts)
 
 
@@ -153,22 +174,61 @@ def _assistant(blocks: list[dict[str, Any]], where: str) -> dict[str, Any]:
     return msg
 
 
-def _merged_turns(messages: Any) -> list[tuple[str, list[dict[str, Any]]]]:
+Turn = tuple[str, list[dict[str, Any]] | str]  # (role, blocks), or ("system", text)
+
+
+def _merged_turns(messages: Any) -> list[Turn]:
     """Validate the turns and merge consecutive turns of the same role, as Anthropic does."""
     _require(
         isinstance(messages, list) and len(messages) > 0, "'messages' must be a non-empty array"
     )
-    turns: list[tuple[str, list[dict[str, Any]]]] = []
+    turns: list[Turn] = []
     for i, m in enumerate(messages):
         _require(isinstance(m, dict), f"messages[{i}] must be an object")
         role = m.get("role")
-        _require(role in ("user", "assistant"), f"messages[{i}].role must be 'user' or 'assistant'")
+        _require(
+            role in ("user", "assistant", "system"),
+            f"messages[{i}].role must be 'user', 'assistant' or 'system'",
+        )
+        prev = turns[-1] if turns and turns[-1][0] == role else None
+        if role == "system":
+            text = _system(m.get("content"), f"messages[{i}].content")
+            if prev is None:
+                turns.append((role, text))
+            else:
+                turns[-1] = (role, f"{prev[1]}\n\n{text}")
+            continue
         blocks = _blocks(m.get("content"), f"messages[{i}]")
-        if turns and turns[-1][0] == role:
-            turns[-1][1].extend(blocks)
-        else:
+        if prev is None:
             turns.append((role, list(blocks)))
+        else:
+            assert isinstance(prev[1], list)
+            prev[1].extend(blocks)
+    _require(
+        any(role != "system" for role, _ in turns),
+        "'messages' needs at least one 'user' or 'assistant' turn",
+    )
     return turns
+
+
+def _chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Top-level `system` and system turns before the first conversation turn open the chat;
+    later system turns stay where they were sent."""
+    turns = _merged_turns(body.get("messages"))
+    first = next(i for i, (role, _) in enumerate(turns) if role != "system")
+    lead = [_system(body["system"])] if body.get("system") is not None else []
+    lead += [str(content) for _, content in turns[:first]]
+    messages: list[dict[str, Any]] = []
+    if lead:
+        messages.append({"role": "system", "content": "\n\n".join(lead)})
+    for i, (role, content) in enumerate(turns[first:], first):
+        if isinstance(content, str):
+            messages.append({"role": "system", "content": content})
+        elif role == "user":
+            messages.extend(_user(content, f"messages[{i}]"))
+        else:
+            messages.append(_assistant(content, f"messages[{i}]"))
+    return messages
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
@@ -209,12 +269,42 @@ def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
         out["parallel_tool_calls"] = False
 
 
-def _thinking(thinking: Any) -> bool:
-    _require(isinstance(thinking, dict), "'thinking' must be an object")
-    kind = thinking.get("type")
-    # "adaptive" (the model decides how much to think) maps to thinking on: ours always decide.
-    _require(kind in ("enabled", "disabled", "adaptive"), f"unsupported thinking type '{kind}'")
-    return kind != "disabled"
+# `output_config.effort` → the model's thinking switch: our models think or don't, so the
+# lowest level turns thinking off and every other level turns it on.
+EFFORT_THINKS = {"low": False, "medium": True, "high": True, "xhigh": True, "max": True}
+
+
+def _enable_thinking(body: dict[str, Any]) -> bool | None:
+    """`thinking` and `output_config.effort` → `enable_thinking`; None when neither is set.
+    Disabled thinking wins; otherwise a given effort decides."""
+    switch: bool | None = None
+    thinking = body.get("thinking")
+    if thinking is not None:
+        _require(isinstance(thinking, dict), "'thinking' must be an object")
+        kind = thinking.get("type")
+        # "adaptive" and "between_tools" leave the amount to the model: thinking on.
+        _require(
+            kind in ("enabled", "disabled", "adaptive", "between_tools"),
+            f"unsupported thinking type '{kind}'",
+        )
+        switch = kind != "disabled"
+    config = body.get("output_config")
+    if config is None:
+        return switch
+    _require(isinstance(config, dict), "'output_config' must be an object")
+    _require(
+        config.get("format") is None,
+        "output_config.format (structured output) is not supported; describe the format "
+        "in the prompt instead",
+    )
+    effort = config.get("effort")
+    if effort is None:
+        return switch
+    _require(
+        isinstance(effort, str) and effort in EFFORT_THINKS,
+        f"output_config.effort must be one of {', '.join(EFFORT_THINKS)}",
+    )
+    return switch if switch is False else EFFORT_THINKS[effort]
 
 
 def translate_request(body: dict[str, Any], *, count_tokens: bool = False) -> dict[str, Any]:
@@ -230,23 +320,16 @@ def translate_request(body: dict[str, Any], *, count_tokens: bool = False) -> di
         mt = _get(body, "max_tokens", int, detail)
         _require(mt >= 1, detail)
         out["max_tokens"] = mt
-    messages: list[dict[str, Any]] = []
-    if body.get("system") is not None:
-        messages.append({"role": "system", "content": _system(body["system"])})
-    for i, (role, blocks) in enumerate(_merged_turns(body.get("messages"))):
-        if role == "user":
-            messages.extend(_user(blocks, f"messages[{i}]"))
-        else:
-            messages.append(_assistant(blocks, f"messages[{i}]"))
-    out["messages"] = messages
+    out["messages"] = _chat_messages(body)
     if body.get("tools") is not None:
         tools = _tools(body["tools"])
         if tools:
             out["tools"] = tools
     if body.get("tool_choice") is not None:
         _tool_choice(body["tool_choice"], out)
-    if body.get("thinking") is not None:
-        out["chat_template_kwargs"] = {"enable_thinking": _thinking(body["thinking"])}
+    thinks = _enable_thinking(body)
+    if thinks is not None:
+        out["chat_template_kwargs"] = {"enable_thinking": thinks}
     if count_tokens:
         return out
     stops = body.get("stop_sequences")
