@@ -107,7 +107,6 @@ async def test_report_env_config_path(tmp_path: Path) -> None:
             '[[targets]]\nname = "x"\nendpoint = "http://y"\n',
             "duplicate target names: x",
         ),
-        ('[[targets]]\nname = "x"\nendpoint = "http://x"\ntoken_env = "NOPE_UNSET"\n', "NOPE"),
     ],
 )
 async def test_config_errors_exit_2(tmp_path: Path, body: str, needle: str) -> None:
@@ -117,6 +116,21 @@ async def test_config_errors_exit_2(tmp_path: Path, body: str, needle: str) -> N
         rc, _, err = await cli(sub, "--config", str(path))
         assert rc == 2, (sub, err)
         assert "config error" in err and needle in err
+
+
+async def test_only_run_needs_the_targets_tokens(tmp_path: Path) -> None:
+    """report and serve read the store and never call a target: an unset token_env is no
+    error for them; run calls the targets and refuses to start without it."""
+    cfg = write_config(
+        tmp_path,
+        '[[targets]]\nname = "alpha"\nendpoint = "http://127.0.0.1:9"\ntoken_env = "NOPE_UNSET"\n',
+    )
+    env = clean_env()  # NOPE_UNSET is not set here
+    rc, out, err = await cli("report", "--config", str(cfg), env=env)
+    assert rc == 0, err
+    assert "bbb2222" in out
+    rc, _, err = await cli("run", "--once", "--config", str(cfg), env=env)
+    assert rc == 2 and "config error" in err and "$NOPE_UNSET is unset" in err
 
 
 async def test_missing_explicit_config_and_no_targets(tmp_path: Path) -> None:

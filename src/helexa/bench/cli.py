@@ -51,11 +51,11 @@ def main() -> None:
     """
 
 
-def _load(config_path: Path | None) -> BenchConfig:
+def _load(config_path: Path | None, *, need_tokens: bool = True) -> BenchConfig:
     explicit = config_path is not None or bool(os.environ.get("HELEXA_BENCH_CONFIG"))
     path = config_path or Path(os.environ.get("HELEXA_BENCH_CONFIG") or DEFAULT_PATH)
     try:
-        return load_bench_config(path, explicit=explicit)
+        return load_bench_config(path, explicit=explicit, need_tokens=need_tokens)
     except ConfigError as e:
         click.echo(f"{PROG}: config error: {e}", err=True)
         sys.exit(2)
@@ -156,7 +156,7 @@ def serve(config_path: Path | None, log_level: str, log_format: str) -> None:
     """Serve the read-only JSON API on [api] listen (no sweeps): /api/health, /api/dimensions,
     /api/summary, /api/series, /api/runs."""
     logs.setup(log_level, log_format)
-    config = _load(config_path)
+    config = _load(config_path, need_tokens=False)
     store = _open_store(config.bench.db_path)
     from helexa.bench.api import start_api
 
@@ -185,7 +185,7 @@ def serve(config_path: Path | None, log_level: str, log_format: str) -> None:
 def report(config_path: Path | None, as_json: bool) -> None:
     """Print the newest build's medians per (target, model, scenario) as a Markdown table, and
     a comparison table where several targets ran the same model and scenario."""
-    config = _load(config_path)
+    config = _load(config_path, need_tokens=False)
     store = _open_store(config.bench.db_path)
     try:
         summary = store.summary()

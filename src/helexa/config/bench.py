@@ -96,16 +96,23 @@ class BenchConfig(Section):
 
 
 def load_bench_config(
-    path: Path | None, *, explicit: bool, environ: Mapping[str, str] | None = None
+    path: Path | None,
+    *,
+    explicit: bool,
+    environ: Mapping[str, str] | None = None,
+    need_tokens: bool = True,
 ) -> BenchConfig:
     """Read helexa-bench.toml (+ HELEXA_BENCH_ env overrides).
 
     An explicit path that doesn't exist is an error; a missing default runs on defaults.
+    `need_tokens=False` for the commands that only read the store (report, serve): they never
+    call a target, so an unset `token_env` is not their problem.
     """
     env = os.environ if environ is None else environ
     data, source = read_config(
         path, explicit=explicit, environ=env, prefix=ENV_PREFIX, name="helexa-bench config"
     )
     config = validate(BenchConfig, data, source)
-    require_token_envs(config.targets, "targets", source, env)
+    if need_tokens:
+        require_token_envs(config.targets, "targets", source, env)
     return config
