@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -241,6 +242,22 @@ def test_no_nvidia_is_a_cpu_host(error: Exception) -> None:
     assert d.cuda_unavailable_reason is None
     assert "cuda_unavailable_reason" not in d.wire()
     assert (d.cuda_version, d.driver_version) == (None, None)
+
+
+def test_repeated_discovery_logs_its_findings_once(caplog: pytest.LogCaptureFixture) -> None:
+    """cortex polls /discovery every minute: a CPU host says "no NVML" once, then only at
+    debug; a broken driver is warned about once too."""
+    caplog.set_level(logging.DEBUG, logger="helexa.neuron")
+    p = probe(FakeNvml([], pynvml.NVMLError_LibraryNotFound()), Smi(None))
+    broken = probe(FakeNvml([], pynvml.NVMLError_NoPermission()), Smi(None))
+    for _ in range(3):
+        p.discover()
+        broken.discover()
+    nvml = [r.levelno for r in caplog.records if "NVML unavailable" in r.getMessage()]
+    assert nvml.count(logging.INFO) == 2  # one per probe
+    assert nvml.count(logging.DEBUG) == 4
+    cuda = [r.levelno for r in caplog.records if "CUDA unavailable" in r.getMessage()]
+    assert cuda == [logging.WARNING, logging.DEBUG, logging.DEBUG]
 
 
 def test_nvml_mismatch() -> None:

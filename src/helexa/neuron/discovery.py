@@ -377,6 +377,13 @@ class DeviceProbe:
         self.source: str | None = None
         self.last: NeuronDiscovery | None = None
         self.nvml_ready = False
+        self._said: set[str] = set()
+
+    def _say(self, level: int, message: str) -> None:
+        """Log a discovery finding at `level` once; it repeats on every discovery (every poll
+        on a CPU host), so later repeats go to debug."""
+        log.log(logging.DEBUG if message in self._said else level, "%s", message)
+        self._said.add(message)
 
     def scan(self) -> GpuScan:
         nvml_reason: str | None = None
@@ -387,7 +394,9 @@ class DeviceProbe:
                 return scan
             except Exception as e:
                 nvml_reason = _nvml_reason(e)
-                log.info("NVML unavailable (%s: %s); trying nvidia-smi", type(e).__name__, e)
+                self._say(
+                    logging.INFO, f"NVML unavailable ({type(e).__name__}: {e}); trying nvidia-smi"
+                )
         scan = smi_scan(self.smi)
         if not scan.gpus and scan.reason is None:
             scan.reason = nvml_reason
@@ -399,7 +408,7 @@ class DeviceProbe:
             self.gpus = visible_gpus(scan.gpus, self.environ.get("CUDA_VISIBLE_DEVICES"))
             self.source = scan.source if self.gpus else None
             if scan.reason:
-                log.warning("CUDA unavailable: %s", scan.reason)
+                self._say(logging.WARNING, f"CUDA unavailable: {scan.reason}")
             if self.gpus:
                 devices = [
                     Device(
