@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 
 from rig.cortex_rig import Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron, default_discovery, error_body, model_info
@@ -29,6 +30,10 @@ async def fetch(cortex: Cortex) -> list[dict[str, Any]]:
 
 def by_id(data: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {e["id"]: e for e in data}
+
+
+def without_created(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k != "created"}
 
 
 def small_discovery(vram_mb: int) -> dict[str, Any]:
@@ -289,5 +294,51 @@ async def test_openai_sdk_lists_models(start_cortex: CortexFactory, fake: FakeNe
         ids = [m.id for m in page.data]
         assert ids == ["cat/a", "helexa/small", "test-model"]
         assert all(m.owned_by == "helexa" and m.object == "model" for m in page.data)
+    finally:
+        await client.close()
+
+
+async def test_retrieve_one_model_ids_with_slashes_and_aliases(
+    start_cortex: CortexFactory, fake: FakeNeuron
+) -> None:
+    fake.models = [model_info("Qwen/Qwen3-0.6B"), model_info("test-model")]
+    models = {
+        "models": [{"id": "local/x", "cost": {"input": 0.0, "output": 0.0}}],
+        "aliases": {"helexa/small": "Qwen/Qwen3-0.6B"},
+    }
+    cortex = await start_cortex({"mock-node": fake}, models=models)
+    listed = by_id(await fetch(cortex))
+    async with httpx.AsyncClient() as c:
+        for mid in ["Qwen/Qwen3-0.6B", "local/x", "helexa/small", "test-model"]:
+            for path in [mid, mid.replace("/", "%2F")]:  # the openai SDK encodes the slash
+                r = await c.get(f"{cortex.base}/models/{path}")
+                assert r.status_code == 200, (path, r.text)
+                assert without_created(r.json()) == without_created(listed[mid])
+        assert listed["helexa/small"]["alias_of"] == "Qwen/Qwen3-0.6B"
+        for unknown in ["nobody/serves", "Qwen", "Qwen/Qwen3-0.6B/extra"]:
+            r = await c.get(f"{cortex.base}/models/{unknown}")
+            assert r.status_code == 404
+            assert r.json()["error"] == {
+                "message": f"model '{unknown}' not found on any node and not in catalogue",
+                "type": "invalid_request_error",
+                "code": "model_not_found",
+                "param": None,
+            }
+
+
+async def test_openai_sdk_retrieves_a_model(start_cortex: CortexFactory, fake: FakeNeuron) -> None:
+    cortex = await start_cortex(
+        {"mock-node": fake},
+        models={"aliases": {"helexa/small": "test-model"}},
+        entitlements={"keys": [{"key": "sk-m", "account_id": "acct"}]},
+    )
+    client = openai.AsyncOpenAI(base_url=cortex.base, api_key="sk-m", max_retries=0)
+    try:
+        m = await client.models.retrieve("helexa/small")
+        assert (m.id, m.object, m.owned_by) == ("helexa/small", "model", "helexa")
+        assert (m.model_extra or {})["alias_of"] == "test-model"
+        with pytest.raises(openai.NotFoundError) as exc:
+            await client.models.retrieve("helexa/none")
+        assert exc.value.code == "model_not_found"
     finally:
         await client.close()

@@ -703,12 +703,13 @@ class FakeNeuron:
         prompt = self.usage[0]
         if self.stream_usage is not None:
             prompt, comp = self.stream_usage
-            usage = {
-                "prompt_tokens": prompt,
-                "completion_tokens": comp,
-                "total_tokens": prompt + comp,
-            }
-            frames.append(_data(chunk({"choices": [], "usage": usage})))
+            if _wants_usage(body):
+                usage = {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": comp,
+                    "total_tokens": prompt + comp,
+                }
+                frames.append(_data(chunk({"choices": [], "usage": usage})))
         if self.stream_done:
             frames.append(b"data: [DONE]\n\n")
         return await self._send_sse(request, frames, prompt_tokens=prompt, paced=len(script))
@@ -748,12 +749,13 @@ class FakeNeuron:
         prompt = self.usage[0]
         if self.stream_usage is not None:
             prompt, comp = self.stream_usage
-            usage = {
-                "prompt_tokens": prompt,
-                "completion_tokens": comp,
-                "total_tokens": prompt + comp,
-            }
-            frames.append(_data(obj([], usage=usage)))
+            if _wants_usage(body):
+                usage = {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": comp,
+                    "total_tokens": prompt + comp,
+                }
+                frames.append(_data(obj([], usage=usage)))
         if self.stream_done:
             frames.append(b"data: [DONE]\n\n")
         return await self._send_sse(request, frames, prompt_tokens=prompt, paced=self.stream_chunks)
@@ -956,6 +958,12 @@ def _resp_message(text: str, status: str) -> JsonDict:
         "status": status,
         "content": content,
     }
+
+
+def _wants_usage(body: JsonDict) -> bool:
+    """Like the neuron (and OpenAI): the usage chunk only with `stream_options.include_usage`."""
+    opts = body.get("stream_options")
+    return isinstance(opts, dict) and opts.get("include_usage") is True
 
 
 def _body(request: web.Request) -> JsonDict:

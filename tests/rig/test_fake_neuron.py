@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from typing import Any
 
 import aiohttp
 import pytest
@@ -67,7 +68,8 @@ async def test_chat_non_stream_echoes_model_and_request_id() -> None:
 async def test_chat_stream_chunks_usage_done() -> None:
     async with FakeNeuron() as n, aiohttp.ClientSession() as s:
         n.stream_delay = 0.01
-        body = {"model": "test-model", "stream": True, "messages": []}
+        body: dict[str, Any] = {"model": "test-model", "stream": True, "messages": []}
+        body["stream_options"] = {"include_usage": True}
         async with s.post(f"{n.url}/v1/chat/completions", json=body) as r:
             assert r.headers["content-type"] == "text/event-stream"
             assert r.headers["cache-control"] == "no-cache"
@@ -80,6 +82,13 @@ async def test_chat_stream_chunks_usage_done() -> None:
         ]
         assert chunks[4]["choices"] == []
         assert chunks[4]["usage"]["completion_tokens"] == 4
+        assert len(chunks) == 5
+
+        del body["stream_options"]  # like the neuron: no usage chunk unless asked
+        async with s.post(f"{n.url}/v1/chat/completions", json=body) as r:
+            data = _data_lines(await r.text())
+        assert data[-1] == "[DONE]" and len(data) == 5
+        assert all(json.loads(d)["choices"] for d in data[:-1])
 
 
 async def test_stream_script_and_override() -> None:

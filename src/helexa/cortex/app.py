@@ -18,8 +18,9 @@ from helexa.cortex import errors, messages
 from helexa.cortex.auth import BudgetError, bearer_token
 from helexa.cortex.context import RequestContext, request_id_from
 from helexa.cortex.gateway import Gateway
-from helexa.cortex.models_view import build_models
+from helexa.cortex.models_view import build_models, model_entry
 from helexa.cortex.neuron_client import NeuronCallError
+from helexa.cortex.stream_usage import ask_upstream
 from helexa.translate.request import TranslationError, translate_request
 from helexa.version import build_info
 from helexa.wire.errors import ApiError
@@ -188,7 +189,9 @@ async def inference(request: web.Request) -> web.StreamResponse:
     model = obj.get("model")
     if not isinstance(model, str) or not model:
         raise errors.missing_model()
-    await _route(gw, ctx, model, len(body), obj)
+    size = len(body)  # the client's body is what budgets estimate from
+    ctx.strip_usage, body = ask_upstream(request.path, obj, body)
+    await _route(gw, ctx, model, size, obj)
     if model != ctx.model:
         obj["model"] = ctx.model
         body = orjson.dumps(obj)
@@ -240,6 +243,15 @@ async def version(request: web.Request) -> web.Response:
 async def models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     return json_response(build_models(gw.fleet, gw.catalogue))
+
+
+async def model_view(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    model_id = request.match_info["id"]
+    entry = model_entry(gw.fleet, gw.catalogue, model_id)
+    if entry is None:
+        raise errors.model_not_found(model_id)
+    return json_response(entry)
 
 
 async def fleet_view(request: web.Request) -> web.Response:
@@ -329,6 +341,7 @@ def make_app(gw: Gateway) -> web.Application:
     r.add_post("/v1/messages", anthropic_messages)
     r.add_post("/v1/messages/count_tokens", anthropic_count_tokens)
     r.add_get("/v1/models", models)
+    r.add_get("/v1/models/{id:.+}", model_view)
     r.add_get("/health", health)
     r.add_get("/", health)
     r.add_get("/version", version)

@@ -34,6 +34,7 @@ class RequestContext:
     model: str | None = None
     node: NodeState | None = None
     cold_start: bool = False
+    strip_usage: bool = False  # cortex asked for the usage chunk; the client did not
     dispatched: bool = False
     reservation: Reservation | None = None
     status: int = 0

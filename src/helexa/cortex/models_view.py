@@ -102,6 +102,11 @@ def build_models(fleet: Fleet, catalogue: Catalogue) -> dict[str, Any]:
     return {"object": "list", "data": [entries[k] for k in sorted(entries)]}
 
 
+def model_entry(fleet: Fleet, catalogue: Catalogue, model_id: str) -> dict[str, Any] | None:
+    """`GET /v1/models/{id}`: the same entry `/v1/models` lists, aliases included."""
+    return next((e for e in build_models(fleet, catalogue)["data"] if e["id"] == model_id), None)
+
+
 def warn_dangling_aliases(catalogue: Catalogue) -> None:
     known = {m.id for m in catalogue.models}
     for alias, target in catalogue.aliases.items():

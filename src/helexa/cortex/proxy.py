@@ -23,6 +23,7 @@ from helexa.cortex.metrics import CortexMetrics
 from helexa.cortex.observer import TokenObserver
 from helexa.cortex.poller import Poller
 from helexa.cortex.router import NodeUnreachable, Router
+from helexa.cortex.stream_usage import UsageStripper
 from helexa.wire import sse
 
 log = logging.getLogger("helexa.cortex.proxy")
@@ -158,7 +159,7 @@ class Proxy:
             if not streaming and clen is not None and clen <= WHOLE_BODY_MAX:
                 return await self._whole(upstream, observer, ctx, headers)
             resp = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
-            if clen is not None:
+            if clen is not None and not (streaming and ctx.strip_usage):
                 resp.content_length = clen
             await resp.prepare(request)
             try:
@@ -218,10 +219,17 @@ class Proxy:
     ) -> None:
         feed = observer.feed
         write = resp.write
+        strip = UsageStripper() if ctx.strip_usage and observer.streaming else None
         try:
             async for chunk in upstream.content.iter_any():
                 feed(chunk)
+                if strip is not None:
+                    chunk = strip.feed(chunk)
+                    if not chunk:
+                        continue
                 await write(chunk)
+            if strip is not None and (rest := strip.flush()):
+                await write(rest)
         except TimeoutError:
             secs = self.gw.request_timeout_secs
             await self._fail_midstream(
