@@ -511,8 +511,11 @@ def _embedding_only(rec: ModelRecord) -> bool:
 
 
 def _limits(neuron: Neuron, rec: ModelRecord) -> oa.Limits:
-    lim = neuron.registry.limit(rec)
-    return oa.Limits(lim["context"], lim["output"], neuron.cfg.max_prompt_tokens)
+    """The advertised `limit` is a split a client can count on; a request still gets all the
+    room its own prompt leaves, up to max_output_tokens."""
+    context = neuron.registry.limit(rec)["context"]
+    output = min(neuron.cfg.max_output_tokens, context)
+    return oa.Limits(context, output, neuron.cfg.max_prompt_tokens)
 
 
 def _lookup(request: web.Request, body: dict[str, Any]) -> tuple[Neuron, ModelRecord, str]:

@@ -78,6 +78,17 @@ EstimateFn = Callable[[Path, str], "int | None"]
 TokenizerFn = Callable[[Path], Any]
 
 
+def token_limit(mpe: Any, max_prompt: int, max_output: int) -> dict[str, int]:
+    """A model's `limit`, split so a client can rely on it: `input` prompt tokens still leave
+    room for `output` generated ones (input + output <= context). When the model's context is
+    shorter than the two caps together, the output cap gets at most half of it, so neither
+    side is 0 (an 8k model with the default caps: 4096 + 4096)."""
+    total = max_prompt + max_output
+    context = min(int(mpe), total) if isinstance(mpe, int) and mpe > 0 else total
+    output = min(max_output, max(context // 2, context - max_prompt))
+    return {"context": context, "input": min(max_prompt, context - output), "output": output}
+
+
 # -- records --------------------------------------------------------------------------------------
 
 
@@ -251,11 +262,9 @@ class Registry:
     # -- views ------------------------------------------------------------------------------------
 
     def limit(self, rec: ModelRecord) -> dict[str, int]:
-        total = self.max_prompt_tokens + self.max_output_tokens
-        mpe = rec.info.get("max_position_embeddings")
-        context = min(int(mpe), total) if isinstance(mpe, int) and mpe > 0 else total
-        output = min(self.max_output_tokens, context)
-        return {"context": context, "input": context - output, "output": output}
+        return token_limit(
+            rec.info.get("max_position_embeddings"), self.max_prompt_tokens, self.max_output_tokens
+        )
 
     def model_info(self, rec: ModelRecord) -> dict[str, Any]:
         tok = rec.tokenizer

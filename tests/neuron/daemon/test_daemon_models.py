@@ -37,7 +37,7 @@ async def test_load_then_models_shows_it(start_neuron: NeuronFactory) -> None:
     assert info["source"] == str(d)
     assert info["harness"] == "torch" and info["quant"] == "fp32"  # CPU default
     assert info["capabilities"] == ["text"]
-    assert info["limit"] == {"context": 4096, "input": 0, "output": 4096}
+    assert info["limit"] == {"context": 4096, "input": 2048, "output": 2048}
     assert info["tool_call"] is True and info["reasoning"] is True
     assert info["restarts"] == 0 and info["loaded_at"] > 0
     assert (info["max_in_flight"], info["max_queue_depth"], info["max_wait_secs"]) == (1, 16, 120)
