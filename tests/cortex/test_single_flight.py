@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from helexa.wire.advice import get_model_advice
 from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron, JsonDict, error_body, model_info
 
@@ -274,10 +275,8 @@ async def test_load_4xx_names_the_neuron_code(
         ),
     )
     r = await chat(cortex)
-    hint = (
-        "; the model's files are not on that host: download them there "
-        f"(e.g. `hf download {CAT}`) or set `path` in models.toml to a local copy"
-    )
+    hint = f"; the model's files are not on that host: {get_model_advice(CAT)}"
+    assert f"`hf download {CAT}`" in hint
     assert_cold_load_failed(
         r, "neuron returned HTTP 404 (model_source_not_found)" + hint, 404, "model_source_not_found"
     )

@@ -27,6 +27,7 @@ from helexa.neuron.sources import (
     fetch_model,
     fetch_tokenizer,
 )
+from helexa.wire.advice import get_model_advice
 from helexa.wire.errors import ApiError
 from helexa.wire.modelid import parse_model_id
 
@@ -272,6 +273,8 @@ def test_offline_not_cached(hub: FakeHub, tmp_path: Path) -> None:
     assert "HF_HUB_OFFLINE is set" in e.message
     assert "hf download Qwen/Tiny" in e.message
     assert "local model directory" in e.message
+    # the same words cortex and `helexa up` use
+    assert get_model_advice("Qwen/Tiny", cache_dir=str(tmp_path / "cache")) in e.message
 
 
 def test_repo_not_found(hub: FakeHub, tmp_path: Path) -> None:

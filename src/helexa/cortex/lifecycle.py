@@ -16,6 +16,7 @@ from helexa.cortex.metrics import CortexMetrics
 from helexa.cortex.neuron_client import NeuronCallError, NeuronClient
 from helexa.cortex.placement import Candidate, evaluate, is_feasible_on, rank, required_mb
 from helexa.cortex.poller import Poller
+from helexa.wire.advice import get_model_advice
 from helexa.wire.errors import ApiError
 from helexa.wire.neuron import LoadReply
 
@@ -48,10 +49,7 @@ def _reason(e: NeuronCallError, timeout: float, model_id: str) -> str:
     reason = f"neuron returned HTTP {e.status} ({e.code or 'no code'})"
     if e.code == "model_source_not_found":
         # Our own words, not the neuron's (§0.4): an offline host needs the files put there.
-        reason += (
-            f"; the model's files are not on that host: download them there "
-            f"(e.g. `hf download {model_id}`) or set `path` in models.toml to a local copy"
-        )
+        reason += f"; the model's files are not on that host: {get_model_advice(model_id)}"
     return reason
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helexa.wire.advice import get_model_advice
 from helexa.wire.errors import ApiError
 from helexa.wire.modelid import DEFAULT_SOURCE, ModelId, parse_model_id
 from helexa.wire.neuron import ModelSpec
@@ -374,11 +375,8 @@ class _FetchContext:
         return _not_found(self.label, where)
 
     def how_to_fix(self) -> str:
-        return (
-            "download it on a connected machine (`HF_ENDPOINT="
-            f"{self.endpoint} hf download {self.mid.repo} --cache-dir {self.cache}`) and copy "
-            "that cache here, or set model_id to a local model directory"
-        )
+        endpoint = None if self.endpoint == HF_DEFAULT_ENDPOINT else self.endpoint
+        return get_model_advice(self.mid.repo, cache_dir=str(self.cache), endpoint=endpoint)
 
     def failed(self, reason: str) -> ApiError:
         return ApiError(
