@@ -112,7 +112,7 @@ def test_chat_all_fields() -> None:
             stream_options={"include_usage": False},
             chat_template_kwargs={"enable_thinking": False},
             tools=tools,
-            tool_choice="required",
+            tool_choice="auto",
             parallel_tool_calls=False,
             n=1,
             logprobs=False,
@@ -133,7 +133,8 @@ def test_chat_all_fields() -> None:
     }
     assert r.stop == ["\n\n", "END"] and r.max_tokens == 20 and r.stream
     assert r.chat_template_kwargs == {"enable_thinking": False}
-    assert r.tools == tools and r.parse_tools and r.tool_choice == "required"
+    assert r.tools == tools and r.parse_tools and r.tool_choice == "auto"
+    assert r.include_usage is False
     assert r.parallel_tool_calls is False
 
 
@@ -384,8 +385,6 @@ TOOLS = [{"type": "function", "function": {"name": "Read"}}]
     [
         (TOOLS, None, True),
         (TOOLS, "auto", True),
-        (TOOLS, "required", True),
-        (TOOLS, {"type": "function", "function": {"name": "Read"}}, True),
         (TOOLS, "none", False),
         ([], "auto", False),
         (None, None, False),
@@ -423,11 +422,26 @@ def test_tools_validation(tools: Any, param: str, problem: str) -> None:
     )
 
 
-@pytest.mark.parametrize("choice", ["any", {"type": "function"}, {"type": "tool", "name": "x"}, 3])
+@pytest.mark.parametrize("choice", ["any", 3])
 def test_bad_tool_choice(choice: Any) -> None:
     e = err(parse_chat, chat(tools=TOOLS, tool_choice=choice))
-    assert (e.code, e.param) == ("invalid_value", "tool_choice")
-    assert e.message.startswith("'tool_choice' must be 'none', 'auto', 'required' or")
+    assert_err(e, 400, "invalid_value", "tool_choice", "'tool_choice' must be 'none' or 'auto'")
+
+
+@pytest.mark.parametrize(
+    "choice",
+    ["required", {"type": "function", "function": {"name": "Read"}}, {"type": "function"}],
+)
+def test_forced_tool_choice_is_refused_until_it_can_be_enforced(choice: Any) -> None:
+    e = err(parse_chat, chat(tools=TOOLS, tool_choice=choice))
+    assert_err(
+        e,
+        400,
+        "unsupported_parameter",
+        "tool_choice",
+        "'tool_choice' 'required' or a named tool is not supported yet (tool use can't be"
+        " enforced); use 'auto'",
+    )
 
 
 # -- caps ---------------------------------------------------------------------------------------
@@ -596,14 +610,36 @@ def test_chat_stream_frames_exact() -> None:
         + HEAD.encode()
         + b',"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls","stop_reason":null}]}\n\n'
     )
-    assert s.usage(Usage(12, 9, 5)) == (
+    # no `stream_options.include_usage`: no usage chunk, and no `usage` key anywhere (OpenAI's)
+    assert s.usage(Usage(12, 9, 5)) == b""
+    assert s.end("stop", "###", Usage(1, 2)) == s.final("stop", "###") + b"data: [DONE]\n\n"
+    assert s.events([]) == b""
+
+
+def test_chat_stream_usage_only_when_asked() -> None:
+    """With `include_usage`, OpenAI's shape: `"usage": null` on every chunk, then a chunk with
+    `choices: []` and the usage, then `[DONE]`."""
+    s = ChatStream(MODEL, include_usage=True, id="chatcmpl-s", created=7)
+    assert (
+        s.first()
+        == b"data: {"
+        + HEAD.encode()
+        + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":null}\n\n'
+    )
+    assert s.events([ContentDelta("Hi")]).endswith(b'"finish_reason":null}],"usage":null}\n\n')
+    usage = (
         b"data: {"
         + HEAD.encode()
         + b',"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21,'
         b'"completion_tokens_details":{"reasoning_tokens":5},"prompt_tokens_details":{"cached_tokens":0}}}\n\n'
     )
-    assert s.end("stop", "###", Usage(1, 2)).endswith(b"data: [DONE]\n\n")
-    assert s.events([]) == b""
+    assert s.usage(Usage(12, 9, 5)) == usage
+    assert s.end("stop", None, Usage(12, 9, 5)) == s.final("stop") + usage + b"data: [DONE]\n\n"
+    chunks = frames(s.first() + s.events([ContentDelta("Hi")]) + s.end("stop", None, Usage(1, 2)))
+    for c in chunks[:-1]:
+        ChatCompletionChunk.model_validate(c)
+    assert [c["usage"] for c in chunks[:-2]] == [None, None, None]
+    assert chunks[-2]["usage"]["total_tokens"] == 3 and chunks[-2]["choices"] == []
 
 
 def test_chat_stream_grammar_from_a_parse() -> None:
@@ -612,7 +648,7 @@ def test_chat_stream_grammar_from_a_parse() -> None:
     text = '<think>why</think>\n\nOK. <tool_call>{"name":"a","arguments":{"x":1}}</tool_call>\n<tool_call>{"name":"b"}</tool_call>\n'
     n = iter(range(100))
     p = OutputParser(True, False, True, new_call_id=lambda: f"call_{next(n)}")
-    s = ChatStream(MODEL)
+    s = ChatStream(MODEL, include_usage=True)
     raw = s.first()
     for ch in text:
         raw += s.events(p.feed(ch, 1))
@@ -773,12 +809,18 @@ def test_completion_reply_and_stream() -> None:
     assert s.end("stop", Usage(2, 1)) == (
         head
         + b'[{"index":0,"text":"","logprobs":null,"finish_reason":"stop"}]}\n\n'
+        + b"data: [DONE]\n\n"
+    )
+    asked = CompletionStream(MODEL, include_usage=True, id="cmpl-s", created=5)
+    assert asked.end("stop", Usage(2, 1)) == (
+        head
+        + b'[{"index":0,"text":"","logprobs":null,"finish_reason":"stop"}],"usage":null}\n\n'
         + head
         + b'[],"usage":{"prompt_tokens":2,"completion_tokens":1,"total_tokens":3}}\n\n'
         + b"data: [DONE]\n\n"
     )
     # the SDK's type insists on a finish_reason (it never validates stream chunks): the last two
-    for f in frames(s.text("a") + s.end("stop", Usage(2, 1)))[-3:-1]:
+    for f in frames(asked.text("a") + asked.end("stop", Usage(2, 1)))[-3:-1]:
         Completion.model_validate(f)
 
 

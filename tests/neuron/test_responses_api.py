@@ -15,9 +15,9 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from helexa.neuron.openai_api import Usage, worker_crashed
+from helexa.neuron.params import PREVIOUS_RESPONSE_UNSUPPORTED
 from helexa.neuron.parse import ContentDelta, OutputParser, ReasoningDelta, ToolCall
 from helexa.neuron.responses_api import (
-    PREVIOUS_RESPONSE_UNSUPPORTED,
     ResponsesStream,
     parse_responses,
     response_body,
@@ -80,13 +80,14 @@ def test_string_input_and_defaults() -> None:
     assert r.chat.messages == [{"role": "user", "content": "hi"}]
     assert r.chat.tools is None and r.chat.max_tokens is None and r.chat.stop == []
     assert r.chat.sampling.to_wire() == {}
-    assert (r.instructions, r.max_output_tokens, r.parallel_tool_calls, r.tool_choice, r.tools) == (
-        None,
-        None,
-        True,
-        "auto",
-        [],
-    )
+    echo = r.echo
+    assert (
+        echo["instructions"],
+        echo["max_output_tokens"],
+        echo["parallel_tool_calls"],
+        echo["tool_choice"],
+        echo["tools"],
+    ) == (None, None, True, "auto", [])
 
 
 def test_ignored_fields() -> None:
@@ -141,7 +142,7 @@ def test_items_to_chat_messages() -> None:
         {"type": "function_call_output", "call_id": "call_3", "output": ""},
     ]
     r = parse_responses(body(input=items, instructions="You are helpful."))
-    assert r.instructions == "You are helpful."
+    assert r.echo["instructions"] == "You are helpful."
     assert r.chat.messages == [
         {"role": "system", "content": "You are helpful."},
         {"role": "developer", "content": "be terse"},
@@ -189,11 +190,7 @@ def test_tools_and_choice_mapping() -> None:
             "strict": True,
         }
     ]
-    r = parse_responses(
-        body(
-            tools=tools, tool_choice={"type": "function", "name": "Read"}, parallel_tool_calls=False
-        )
-    )
+    r = parse_responses(body(tools=tools, tool_choice="auto", parallel_tool_calls=False))
     assert r.chat.tools == [
         {
             "type": "function",
@@ -204,14 +201,11 @@ def test_tools_and_choice_mapping() -> None:
             },
         }
     ]
-    assert r.chat.parse_tools and r.chat.tool_choice == {
-        "type": "function",
-        "function": {"name": "Read"},
-    }
-    assert r.tools == tools and r.tool_choice == {"type": "function", "name": "Read"}
-    assert r.parallel_tool_calls is False and r.chat.parallel_tool_calls is False
+    assert r.chat.parse_tools and r.chat.tool_choice == "auto"
+    assert r.echo["tools"] == [{**tools[0], "strict": True}] and r.echo["tool_choice"] == "auto"
+    assert r.echo["parallel_tool_calls"] is False and r.chat.parallel_tool_calls is False
     off = parse_responses(body(tools=tools, tool_choice="none"))
-    assert off.chat.tools is None and not off.chat.parse_tools and off.tool_choice == "none"
+    assert off.chat.tools is None and not off.chat.parse_tools and off.echo["tool_choice"] == "none"
 
 
 def test_sampling_and_caps() -> None:
@@ -223,13 +217,16 @@ def test_sampling_and_caps() -> None:
             stream=True,
             chat_template_kwargs={"enable_thinking": True},
             top_k=5,
+            presence_penalty=0.5,
         )
     )
     assert r.chat.sampling.to_wire() == {
         "temperature": 0.2,
         "top_p": 0.9,
+        "presence_penalty": 0.5,
     }  # top_k is not a Responses field
-    assert r.chat.max_tokens == 64 == r.max_output_tokens and r.stream
+    assert r.echo["presence_penalty"] == 0.5 and r.echo["frequency_penalty"] == 0.0
+    assert r.chat.max_tokens == 64 == r.echo["max_output_tokens"] and r.stream
     assert r.chat.chat_template_kwargs == {"enable_thinking": True}
 
 
@@ -357,7 +354,33 @@ def test_previous_response_id() -> None:
             {"tool_choice": "any"},
             "invalid_value",
             "tool_choice",
-            "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", \"name\": …}",
+            "'tool_choice' must be 'none' or 'auto'",
+        ),
+        (
+            {"tool_choice": "required"},
+            "unsupported_parameter",
+            "tool_choice",
+            "'tool_choice' 'required' or a named tool is not supported yet (tool use can't be enforced); use 'auto'",
+        ),
+        (
+            {"tool_choice": {"type": "function", "name": "Read"}},
+            "unsupported_parameter",
+            "tool_choice",
+            "'tool_choice' 'required' or a named tool is not supported yet (tool use can't be enforced); use 'auto'",
+        ),
+        (
+            {"text": {"verbosity": "low"}},
+            "unsupported_parameter",
+            "text.verbosity",
+            "'text.verbosity' other than 'medium' is not supported",
+        ),
+        ({"metadata": []}, "invalid_value", "metadata", "'metadata' must be an object"),
+        ({"reasoning": "high"}, "invalid_value", "reasoning", "'reasoning' must be an object"),
+        (
+            {"reasoning": {"effort": "extreme"}},
+            "invalid_value",
+            "reasoning.effort",
+            "'reasoning.effort' must be one of none, minimal, low, medium, high, xhigh, max",
         ),
         (
             {"tools": [{"type": "function"}]},
@@ -438,6 +461,7 @@ def test_response_object_items_in_order() -> None:
     )
     r = response_body(req, p, Usage(12, 30, 5), id="resp_x", created_at=1763800000)
     out = r.pop("output")
+    assert isinstance(r.pop("completed_at"), int)
     assert r == {
         "id": "resp_x",
         "object": "response",
@@ -446,15 +470,36 @@ def test_response_object_items_in_order() -> None:
         "incomplete_details": None,
         "model": MODEL,
         "error": None,
+        "previous_response_id": None,
         "instructions": None,
-        "max_output_tokens": None,
-        "parallel_tool_calls": True,
-        "temperature": 1.0,
-        "top_p": 1.0,
+        "tools": [
+            {
+                "type": "function",
+                "name": "Read",
+                "description": None,
+                "parameters": {},
+                "strict": None,
+            }
+        ],
         "tool_choice": "auto",
-        "tools": [{"type": "function", "name": "Read", "parameters": {}}],
+        "truncation": "disabled",
+        "parallel_tool_calls": True,
+        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "top_p": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "top_logprobs": 0,
+        "temperature": 1.0,
+        "reasoning": None,
+        "user": None,
+        "max_output_tokens": None,
+        "max_tool_calls": None,
         "store": False,
+        "background": False,
+        "service_tier": "default",
         "metadata": {},
+        "safety_identifier": None,
+        "prompt_cache_key": None,
         "usage": {
             "input_tokens": 12,
             "input_tokens_details": {"cached_tokens": 0},
@@ -503,10 +548,17 @@ def test_response_items_only_when_present_and_default_id() -> None:
 def test_cap_gives_incomplete() -> None:
     req = parse_responses(body())
     r = response_body(req, parsed("<think>still going", cap=True), Usage(1, 9, 9))
-    assert r["status"] == "incomplete"
+    assert r["status"] == "incomplete" and r["completed_at"] is None
     assert r["incomplete_details"] == {"reason": "max_output_tokens"}
-    assert [i["type"] for i in r["output"]] == ["reasoning"]
+    assert [(i["type"], i["status"]) for i in r["output"]] == [("reasoning", "incomplete")]
     sdk_ok(r)
+    cut = response_body(req, parsed("<think>ok</think>Once upon", cap=True), Usage(1, 9, 2))
+    assert [(i["type"], i["status"]) for i in cut["output"]] == [
+        ("reasoning", "completed"),
+        ("message", "incomplete"),
+    ]
+    assert cut["output"][1]["content"][0]["text"] == "Once upon"
+    sdk_ok(cut)
 
 
 # -- streaming ----------------------------------------------------------------------------------
@@ -679,12 +731,15 @@ def test_stream_text_only_and_incomplete() -> None:
         "response.output_item.added",
         "response.content_part.added",
     ]
-    assert names[-1] == "response.completed"
+    assert names[-2:] == ["response.output_item.done", "response.incomplete"]
+    assert evs[-2][1]["item"]["status"] == "incomplete"
     final = evs[-1][1]["response"]
     assert final["status"] == "incomplete" and final["incomplete_details"] == {
         "reason": "max_output_tokens"
     }
-    assert [o["type"] for o in final["output"]] == ["message"]
+    assert [(o["type"], o["status"]) for o in final["output"]] == [("message", "incomplete")]
+    assert final["output"][0]["content"][0]["text"] == "Hello"
+    sdk_ok(evs[-1][1])
 
 
 def test_stream_empty_output() -> None:
@@ -723,6 +778,8 @@ def test_stream_error_event() -> None:
     assert raw == (
         b'event: error\ndata: {"type":"error","code":"worker_crashed","message":"model worker for '
         b'\'Qwen/Qwen3-8B\' crashed during the request; it is being restarted","param":null,'
+        b'"error":{"type":"api_error","code":"worker_crashed","message":"model worker for '
+        b'\'Qwen/Qwen3-8B\' crashed during the request; it is being restarted","param":null},'
         b'"sequence_number":5}\n\n'
     )
     sdk_ok(orjson.loads(raw.split(b"data: ", 1)[1]))

@@ -554,9 +554,9 @@ class Sink:
 
 
 class ChatSink(Sink):
-    def __init__(self, model: str, parser: OutputParser) -> None:
+    def __init__(self, model: str, parser: OutputParser, include_usage: bool) -> None:
         super().__init__(model, parser)
-        self.stream = oa.ChatStream(model)
+        self.stream = oa.ChatStream(model, include_usage=include_usage)
 
     def start(self) -> bytes:
         return self.stream.first()
@@ -578,9 +578,9 @@ class ChatSink(Sink):
 
 
 class CompletionSink(Sink):
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, include_usage: bool) -> None:
         super().__init__(model, None)
-        self.stream = oa.CompletionStream(model)
+        self.stream = oa.CompletionStream(model, include_usage=include_usage)
 
     def delta(self, text: str, tokens: int) -> bytes:
         if not text:
@@ -786,6 +786,7 @@ async def _chat_like(
         reasoning=bool(getattr(tok, "reasoning", False)),
         start_in_reasoning=bool(tok.prompt_opens_think(text)),
         tools_enabled=tools,
+        single_call=chat.parallel_tool_calls is False,
     )
     frame = {
         "prompt_ids": ids,
@@ -801,7 +802,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     neuron, rec, model = _lookup(request, body)
     chat = oa.parse_chat(body)
-    return await _chat_like(request, neuron, rec, model, chat, lambda p: ChatSink(model, p))
+    return await _chat_like(
+        request, neuron, rec, model, chat, lambda p: ChatSink(model, p, chat.include_usage)
+    )
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
@@ -835,7 +838,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         "stop": req.stop,
         "hold": [],
     }
-    return await _generate(request, neuron, rec, frame, len(ids), CompletionSink(model), req.stream)
+    sink = CompletionSink(model, req.include_usage)
+    return await _generate(request, neuron, rec, frame, len(ids), sink, req.stream)
 
 
 async def embeddings(request: web.Request) -> web.Response:

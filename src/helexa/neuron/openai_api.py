@@ -19,6 +19,15 @@ from typing import Any
 
 import orjson
 
+from helexa.neuron.params import (
+    CHAT_REFUSED,
+    COMPLETIONS_REFUSED,
+    Refused,
+    invalid_value,
+    refuse,
+    thinking_kwargs,
+    unsupported_parameter,
+)
 from helexa.neuron.parse import ContentDelta, Event, OutputParser, ReasoningDelta, ToolCall, new_id
 from helexa.wire import sse
 from helexa.wire.errors import ApiError
@@ -59,14 +68,6 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 # -- errors (§2.15, §2.21) ----------------------------------------------------------------------
-
-
-def invalid_value(param: str, problem: str) -> ApiError:
-    return ApiError(400, "invalid_value", f"'{param}' {problem}", param=param)
-
-
-def unsupported_parameter(param: str, message: str) -> ApiError:
-    return ApiError(400, "unsupported_parameter", message, param=param)
 
 
 def unsupported_content(message: str) -> ApiError:
@@ -203,14 +204,16 @@ class Sampling:
 
 
 def parse_sampling(body: dict[str, Any], *, full: bool = True) -> Sampling:
-    """Sampling fields with their §2.15 ranges. `full=False` reads only temperature and top_p
-    (the Responses request has no others)."""
+    """Sampling fields with their §2.15 ranges. `full=False` reads only temperature, top_p and
+    the penalties (the Responses request has no others)."""
     s = Sampling(
         temperature=_number(body, "temperature", 0, 2, "must be a number between 0 and 2"),
         top_p=_number(
             body, "top_p", 0, 1, "must be a number greater than 0 and at most 1", lo_open=True
         ),
     )
+    for key in ("presence_penalty", "frequency_penalty"):
+        setattr(s, key, _number(body, key, -2, 2, "must be a number between -2 and 2"))
     if not full:
         return s
     top_k = body.get("top_k")
@@ -222,8 +225,6 @@ def parse_sampling(body: dict[str, Any], *, full: bool = True) -> Sampling:
     s.repetition_penalty = _number(
         body, "repetition_penalty", 0, math.inf, "must be a number greater than 0", lo_open=True
     )
-    for key in ("presence_penalty", "frequency_penalty"):
-        setattr(s, key, _number(body, key, -2, 2, "must be a number between -2 and 2"))
     seed = body.get("seed")
     if seed is not None:
         if not _is_int(seed) or not -(2**63) <= seed < 2**64:
@@ -250,21 +251,21 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     return mct if mct is not None else mt
 
 
-def _check_unsupported(body: dict[str, Any]) -> None:
-    """The W1 gaps of §2.15 shared by chat and completions."""
+def _check_unsupported(body: dict[str, Any], table: tuple[Refused, ...]) -> None:
+    """The fields we don't implement (params.py), after `n`'s type check."""
     n = body.get("n")
-    if n is not None:
-        if not _is_int(n):
-            raise invalid_value("n", "must be an integer")
-        if n != 1:
-            raise unsupported_parameter("n", "'n' other than 1 is not supported")
-    best_of = body.get("best_of")
-    if best_of is not None and best_of != 1:
-        raise unsupported_parameter("best_of", "'best_of' other than 1 is not supported")
-    if body.get("logprobs") not in (None, False, 0):
-        raise unsupported_parameter("logprobs", "'logprobs' is not supported")
-    if body.get("top_logprobs") not in (None, 0):
-        raise unsupported_parameter("top_logprobs", "'top_logprobs' is not supported")
+    if n is not None and not _is_int(n):
+        raise invalid_value("n", "must be an integer")
+    refuse(body, table)
+
+
+def include_usage(body: dict[str, Any]) -> bool:
+    """`stream_options.include_usage`: the usage chunk is sent only when asked, as OpenAI does."""
+    opts = _object(body, "stream_options")
+    v = opts.get("include_usage")
+    if v is not None and not isinstance(v, bool):
+        raise invalid_value("stream_options.include_usage", "must be a boolean")
+    return bool(v)
 
 
 def check_format(fmt: Any, param: str) -> None:
@@ -292,13 +293,14 @@ class ChatRequest:
     model: str
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: str | None = None
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     sampling: Sampling = field(default_factory=Sampling)
     stop: list[str] = field(default_factory=list)
     max_tokens: int | None = None
     stream: bool = False
+    include_usage: bool = False
 
     @property
     def parse_tools(self) -> bool:
@@ -415,24 +417,17 @@ def check_tools(tools: Any) -> list[dict[str, Any]]:
     return tools
 
 
-def check_tool_choice(choice: Any) -> str | dict[str, Any] | None:
-    if choice is None or choice in ("none", "auto", "required"):
+def check_tool_choice(choice: Any) -> str | None:
+    """'none' or 'auto'; 'required' and named choices are refused by `_check_unsupported`."""
+    if choice is None or choice in ("none", "auto"):
         return choice
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        fn = choice.get("function")
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str) and fn["name"]:
-            return choice
-    raise invalid_value(
-        "tool_choice",
-        'must be \'none\', \'auto\', \'required\' or {"type": "function", "function": {"name": …}}',
-    )
+    raise invalid_value("tool_choice", "must be 'none' or 'auto'")
 
 
 def parse_chat(body: dict[str, Any], *, vision: bool = False) -> ChatRequest:
-    """Check a `/v1/chat/completions` body (§2.15, §2.16). `stream_options` is ignored: the
-    usage chunk is always sent."""
+    """Check a `/v1/chat/completions` body (§2.15, §2.16, params.py)."""
     model = require_model(body)
-    _check_unsupported(body)
+    _check_unsupported(body, CHAT_REFUSED)
     check_format(body.get("response_format"), "response_format")
     messages = check_messages(body.get("messages"), model, vision)
     tools = check_tools(body.get("tools"))
@@ -446,11 +441,17 @@ def parse_chat(body: dict[str, Any], *, vision: bool = False) -> ChatRequest:
         tools=tools if tools and choice != "none" else None,
         tool_choice=choice,
         parallel_tool_calls=ptc,
-        chat_template_kwargs=_object(body, "chat_template_kwargs"),
+        chat_template_kwargs=thinking_kwargs(
+            body,
+            _object(body, "chat_template_kwargs"),
+            body.get("reasoning_effort"),
+            "reasoning_effort",
+        ),
         sampling=parse_sampling(body),
         stop=parse_stop(body),
         max_tokens=_max_tokens(body),
         stream=_bool(body, "stream", False),
+        include_usage=include_usage(body),
     )
 
 
@@ -577,36 +578,51 @@ def chat_completion(
 
 
 class _Chunks:
-    """Shared framing: every chunk is `{id, object, created, model, choices, …}` as one line."""
+    """Shared framing: every chunk is `{id, object, created, model, choices, …}` as one line.
+    With `include_usage` (the client's `stream_options`), OpenAI's: `"usage": null` on every
+    chunk, and a last chunk with `choices: []` and the usage; without it, no usage at all."""
 
-    __slots__ = ("_head", "created", "id", "model")
+    __slots__ = ("_head", "_tail", "created", "id", "include_usage", "model")
     OBJECT = ""
 
-    def __init__(self, model: str, id: str, created: int | None) -> None:
+    def __init__(self, model: str, id: str, created: int | None, include_usage: bool) -> None:
         self.id = id
         self.model = model
         self.created = created if created is not None else int(time.time())
+        self.include_usage = include_usage
         head = orjson.dumps(
             {"id": self.id, "object": self.OBJECT, "created": self.created, "model": model}
         )
         self._head = b"data: " + head[:-1] + b',"choices":'
+        self._tail = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
 
     def _frame(self, choice: dict[str, Any]) -> bytes:
-        return self._head + b"[" + orjson.dumps(choice) + b"]}\n\n"
+        return self._head + b"[" + orjson.dumps(choice) + self._tail
 
     def usage_frame(self, usage: dict[str, Any]) -> bytes:
+        """The usage chunk, or nothing when the client didn't ask for it."""
+        if not self.include_usage:
+            return b""
         return self._head + b'[],"usage":' + orjson.dumps(usage) + b"}\n\n"
 
 
 class ChatStream(_Chunks):
     """Chat SSE frames per the §2.16 grammar: `first`, then `events(...)` for each parser
-    batch, then `end(...)` (final chunk, usage chunk, `[DONE]`). A fault: `error_frame(err)`."""
+    batch, then `end(...)` (final chunk, usage chunk if asked, `[DONE]`). A fault:
+    `error_frame(err)`."""
 
     __slots__ = ()
     OBJECT = "chat.completion.chunk"
 
-    def __init__(self, model: str, *, id: str | None = None, created: int | None = None) -> None:
-        super().__init__(model, id or new_id("chatcmpl-"), created)
+    def __init__(
+        self,
+        model: str,
+        *,
+        include_usage: bool = False,
+        id: str | None = None,
+        created: int | None = None,
+    ) -> None:
+        super().__init__(model, id or new_id("chatcmpl-"), created, include_usage)
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
         return self._frame({"index": 0, "delta": delta, "finish_reason": None})
@@ -656,15 +672,12 @@ class CompletionRequest:
     stop: list[str] = field(default_factory=list)
     max_tokens: int | None = None  # absent: clamp_max_tokens(..., default=16)
     stream: bool = False
+    include_usage: bool = False
 
 
 def parse_completion(body: dict[str, Any]) -> CompletionRequest:
     model = require_model(body)
-    _check_unsupported(body)
-    if body.get("echo") not in (None, False):
-        raise unsupported_parameter("echo", "'echo' is not supported")
-    if body.get("suffix") not in (None, ""):
-        raise unsupported_parameter("suffix", "'suffix' is not supported")
+    _check_unsupported(body, COMPLETIONS_REFUSED)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt):
         raise unsupported_parameter("prompt", "'prompt' with more than one string is not supported")
@@ -679,6 +692,7 @@ def parse_completion(body: dict[str, Any]) -> CompletionRequest:
         stop=parse_stop(body),
         max_tokens=_positive_int(body, "max_tokens"),
         stream=_bool(body, "stream", False),
+        include_usage=include_usage(body),
     )
 
 
@@ -703,13 +717,20 @@ def completion(
 
 class CompletionStream(_Chunks):
     """Completion SSE: `text(...)` per delta, then `end(...)` (a frame with the finish reason,
-    the usage chunk, `[DONE]`)."""
+    the usage chunk if asked, `[DONE]`)."""
 
     __slots__ = ()
     OBJECT = "text_completion"
 
-    def __init__(self, model: str, *, id: str | None = None, created: int | None = None) -> None:
-        super().__init__(model, id or new_id("cmpl-"), created)
+    def __init__(
+        self,
+        model: str,
+        *,
+        include_usage: bool = False,
+        id: str | None = None,
+        created: int | None = None,
+    ) -> None:
+        super().__init__(model, id or new_id("cmpl-"), created, include_usage)
 
     def text(self, text: str) -> bytes:
         return self._frame({"index": 0, "text": text, "logprobs": None, "finish_reason": None})

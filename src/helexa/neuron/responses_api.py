@@ -24,13 +24,11 @@ from helexa.neuron.openai_api import (
     require_model,
     unsupported_parameter,
 )
+from helexa.neuron.params import RESPONSES_REFUSED, refuse, thinking_kwargs
 from helexa.neuron.parse import ContentDelta, Event, OutputParser, ReasoningDelta, ToolCall, new_id
 from helexa.wire import sse
 from helexa.wire.errors import ApiError
 
-PREVIOUS_RESPONSE_UNSUPPORTED = (
-    "previous_response_id is not supported: this server does not store responses"
-)
 _TEXT_PARTS = ("input_text", "output_text")
 _MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 _ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
@@ -38,16 +36,11 @@ _ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
 
 @dataclass(slots=True)
 class ResponsesRequest:
-    """`chat` is what to render and generate; the rest is echoed in the reply object."""
+    """`chat` is what to render and generate; `echo` is the request's part of the reply object
+    (what was used: the Open Responses `ResponseResource` fields)."""
 
     chat: ChatRequest
-    instructions: str | None = None
-    max_output_tokens: int | None = None
-    parallel_tool_calls: bool = True
-    temperature: float | None = None
-    top_p: float | None = None
-    tool_choice: Any = "auto"
-    tools: list[dict[str, Any]] = field(default_factory=list)
+    echo: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model(self) -> str:
@@ -164,13 +157,15 @@ def input_messages(body: dict[str, Any], model: str, vision: bool = False) -> li
     return messages
 
 
-def _tools(tools: Any) -> list[dict[str, Any]]:
-    """Flat function tools → chat-form tools. (The nested chat form is accepted too.)"""
+def _tools(tools: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Flat function tools → (chat-form tools, their reply echo). (The nested chat form is
+    accepted too.)"""
     if tools is None:
-        return []
+        return [], []
     if not isinstance(tools, list):
         raise invalid_value("tools", "must be an array")
     out: list[dict[str, Any]] = []
+    echo: list[dict[str, Any]] = []
     for i, t in enumerate(tools):
         if not isinstance(t, dict):
             raise invalid_value(f"tools[{i}]", "must be an object")
@@ -192,50 +187,66 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
                 raise invalid_value(f"tools[{i}].parameters", "must be an object")
             fn["parameters"] = params
         out.append({"type": "function", "function": fn})
-    return out
+        strict = src.get("strict")
+        echo.append(
+            {
+                "type": "function",
+                "name": name,
+                "description": fn.get("description"),
+                "parameters": params,
+                "strict": strict if isinstance(strict, bool) else None,
+            }
+        )
+    return out, echo
 
 
-def _tool_choice(choice: Any) -> str | dict[str, Any] | None:
-    """Responses `tool_choice` → the chat form."""
+def _tool_choice(choice: Any) -> str:
+    """'none' or 'auto' (the default); forced choices are refused by `refuse` first."""
     if choice is None:
-        return None
-    if choice in ("none", "auto", "required"):
+        return "auto"
+    if choice in ("none", "auto"):
         return str(choice)
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        name = choice.get("name")
-        if isinstance(name, str) and name:
-            return {"type": "function", "function": {"name": name}}
-    raise invalid_value(
-        "tool_choice", "must be 'none', 'auto', 'required' or {\"type\": \"function\", \"name\": …}"
-    )
+    raise invalid_value("tool_choice", "must be 'none' or 'auto'")
+
+
+def _optional(body: dict[str, Any], key: str, kind: type, problem: str) -> Any:
+    v = body.get(key)
+    if v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
+        raise invalid_value(key, problem)
+    return v
+
+
+def _text(body: dict[str, Any]) -> dict[str, Any]:
+    """`text`: plain-text format only, and the default verbosity (which is all we do)."""
+    text = _optional(body, "text", dict, "must be an object") or {}
+    fmt = text.get("format")
+    check_format(fmt, "text.format")
+    verbosity = text.get("verbosity")
+    if verbosity not in (None, "medium"):
+        raise unsupported_parameter(
+            "text.verbosity", "'text.verbosity' other than 'medium' is not supported"
+        )
+    return {"format": {"type": "text"}, "verbosity": "medium"}
 
 
 def parse_responses(body: dict[str, Any], *, vision: bool = False) -> ResponsesRequest:
-    """Check a `/v1/responses` body. Ignored: `store`, `metadata`, `reasoning`, `truncation`,
-    `user`."""
+    """Check a `/v1/responses` body (§2.19, params.py)."""
     model = require_model(body)
-    if body.get("previous_response_id") is not None:
-        raise unsupported_parameter("previous_response_id", PREVIOUS_RESPONSE_UNSUPPORTED)
-    text = body.get("text")
-    if isinstance(text, dict):
-        check_format(text.get("format"), "text.format")
+    refuse(body, RESPONSES_REFUSED)
+    text = _text(body)
     messages = input_messages(body, model, vision)
-    tools = _tools(body.get("tools"))
+    tools, tools_echo = _tools(body.get("tools"))
     choice = _tool_choice(body.get("tool_choice"))
-    ptc = body.get("parallel_tool_calls")
-    if ptc is not None and not isinstance(ptc, bool):
-        raise invalid_value("parallel_tool_calls", "must be a boolean")
-    max_out = body.get("max_output_tokens")
-    if max_out is not None and (
-        not isinstance(max_out, int) or isinstance(max_out, bool) or max_out < 1
-    ):
+    ptc = _optional(body, "parallel_tool_calls", bool, "must be a boolean")
+    max_out = _optional(body, "max_output_tokens", int, "must be an integer >= 1")
+    if max_out is not None and max_out < 1:
         raise invalid_value("max_output_tokens", "must be an integer >= 1")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise invalid_value("stream", "must be a boolean")
-    kwargs = body.get("chat_template_kwargs")
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise invalid_value("chat_template_kwargs", "must be an object")
+    stream = _optional(body, "stream", bool, "must be a boolean")
+    kwargs = _optional(body, "chat_template_kwargs", dict, "must be an object") or {}
+    reasoning = _optional(body, "reasoning", dict, "must be an object") or {}
+    effort = reasoning.get("effort")
+    kwargs = thinking_kwargs(body, kwargs, effort, "reasoning.effort")
+    metadata = _optional(body, "metadata", dict, "must be an object") or {}
     sampling = parse_sampling(body, full=False)
     chat = ChatRequest(
         model=model,
@@ -243,24 +254,39 @@ def parse_responses(body: dict[str, Any], *, vision: bool = False) -> ResponsesR
         tools=tools if tools and choice != "none" else None,
         tool_choice=choice,
         parallel_tool_calls=ptc,
-        chat_template_kwargs=kwargs or {},
+        chat_template_kwargs=kwargs,
         sampling=sampling,
         max_tokens=max_out,
         stream=bool(stream),
     )
-    return ResponsesRequest(
-        chat=chat,
-        instructions=body.get("instructions"),
-        max_output_tokens=max_out,
-        parallel_tool_calls=True if ptc is None else ptc,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        tool_choice=body.get("tool_choice") if body.get("tool_choice") is not None else "auto",
-        tools=body.get("tools") or [],
-    )
+    echo = {
+        "previous_response_id": None,
+        "instructions": body.get("instructions"),
+        "tools": tools_echo,
+        "tool_choice": choice,
+        "truncation": "disabled",
+        "parallel_tool_calls": True if ptc is None else ptc,
+        "text": text,
+        "top_p": 1.0 if sampling.top_p is None else sampling.top_p,
+        "presence_penalty": sampling.presence_penalty or 0.0,
+        "frequency_penalty": sampling.frequency_penalty or 0.0,
+        "top_logprobs": 0,
+        "temperature": 1.0 if sampling.temperature is None else sampling.temperature,
+        "reasoning": {"effort": effort, "summary": None} if effort is not None else None,
+        "user": _optional(body, "user", str, "must be a string"),
+        "max_output_tokens": max_out,
+        "max_tool_calls": None,
+        "store": False,
+        "background": False,
+        "service_tier": "default",
+        "metadata": metadata,
+        "safety_identifier": _optional(body, "safety_identifier", str, "must be a string"),
+        "prompt_cache_key": _optional(body, "prompt_cache_key", str, "must be a string"),
+    }
+    return ResponsesRequest(chat=chat, echo=echo)
 
 
-# -- reply --------------------------------------------------------------------------------------
+# -- reply ----------------------------------------------------------------------------------------
 
 
 def response_object(
@@ -272,38 +298,31 @@ def response_object(
     output: list[dict[str, Any]],
     usage: Usage | None,
 ) -> dict[str, Any]:
-    """The response object of §2.19, for any status (`in_progress`, `completed`, `incomplete`)."""
+    """The response object of §2.19 (Open Responses' `ResponseResource`), for any status
+    (`in_progress`, `completed`, `incomplete`)."""
     return {
         "id": id,
         "object": "response",
         "created_at": created_at,
+        "completed_at": int(time.time()) if status == "completed" else None,
         "status": status,
         "incomplete_details": ({"reason": "max_output_tokens"} if status == "incomplete" else None),
         "model": req.model,
         "error": None,
-        "instructions": req.instructions,
-        "max_output_tokens": req.max_output_tokens,
-        "parallel_tool_calls": req.parallel_tool_calls,
-        "temperature": 1.0 if req.temperature is None else req.temperature,
-        "top_p": 1.0 if req.top_p is None else req.top_p,
-        "tool_choice": req.tool_choice,
-        "tools": req.tools,
-        "store": False,
-        "metadata": {},
+        **req.echo,
         "output": output,
         "usage": usage.responses() if usage is not None else None,
     }
 
 
-def reasoning_item(id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [{"type": "reasoning_text", "text": text}] if status == "completed" else []
+def reasoning_item(id: str, text: str | None, status: str = "completed") -> dict[str, Any]:
+    """`text` None: the item as announced, before any text."""
+    content = [] if text is None else [{"type": "reasoning_text", "text": text}]
     return {"type": "reasoning", "id": id, "summary": [], "content": content, "status": status}
 
 
-def message_item(id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = (
-        [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []
-    )
+def message_item(id: str, text: str | None, status: str = "completed") -> dict[str, Any]:
+    content = [] if text is None else [{"type": "output_text", "text": text, "annotations": []}]
     return {"type": "message", "id": id, "role": "assistant", "status": status, "content": content}
 
 
@@ -319,12 +338,17 @@ def function_call_item(id: str, call: ToolCall, status: str = "completed") -> di
 
 
 def output_items(parser: OutputParser) -> list[dict[str, Any]]:
-    """reasoning, message, function_call…: each only when it has content."""
+    """reasoning, message, function_call…: each only when it has content. On a cap hit the item
+    the cut fell in (reasoning when it never closed, else the message) is `incomplete`."""
+    cut_reasoning = parser.hit_cap and parser.in_reasoning
+    cut_message = parser.hit_cap and not parser.in_reasoning
     items: list[dict[str, Any]] = []
     if parser.reasoning:
-        items.append(reasoning_item(new_id("rs_"), parser.reasoning))
+        status = "incomplete" if cut_reasoning else "completed"
+        items.append(reasoning_item(new_id("rs_"), parser.reasoning, status))
     if parser.content:
-        items.append(message_item(new_id("msg_"), parser.content))
+        status = "incomplete" if cut_message else "completed"
+        items.append(message_item(new_id("msg_"), parser.content, status))
     items.extend(function_call_item(new_id("fc_"), c) for c in parser.tool_calls)
     return items
 
@@ -352,8 +376,9 @@ class ResponsesStream:
     """Parser events → the §2.19 event sequence, `sequence_number` counting from 0.
 
     `start()` (created, in_progress), `events(...)` per parser batch, then `finish(...)` (closes
-    the open item, then `response.completed`, always last) or `error(err)` on a fault. A change
-    of kind (reasoning ↔ text) opens a new item; each tool call is one whole item.
+    the open item, then `response.completed`, or `response.incomplete` on a cap hit, always
+    last) or `error(err)` on a fault. A change of kind (reasoning ↔ text) opens a new item;
+    each tool call is one whole item.
     """
 
     __slots__ = ("_kind", "_open", "_text", "created_at", "done", "id", "output", "req", "seq")
@@ -422,9 +447,9 @@ class ResponsesStream:
     def _opened(self, kind: str, out: list[bytes]) -> None:
         idx = len(self.output)
         if kind == "reasoning":
-            item = reasoning_item(new_id("rs_"), "", "in_progress")
+            item = reasoning_item(new_id("rs_"), None, "in_progress")
         else:
-            item = message_item(new_id("msg_"), "", "in_progress")
+            item = message_item(new_id("msg_"), None, "in_progress")
         self._kind, self._open, self._text = kind, item, []
         out.append(self._ev("response.output_item.added", {"output_index": idx, "item": item}))
         if kind == "message":
@@ -432,7 +457,8 @@ class ResponsesStream:
             ref = {"item_id": item["id"], "output_index": idx, "content_index": 0}
             out.append(self._ev("response.content_part.added", {**ref, "part": part}))
 
-    def _close(self, out: list[bytes]) -> None:
+    def _close(self, out: list[bytes], status: str = "completed") -> None:
+        """End the open item; `status` is `incomplete` when the cap cut it."""
         if self._kind is None:
             return
         idx = len(self.output)
@@ -441,13 +467,13 @@ class ResponsesStream:
         ref = {"item_id": item_id, "output_index": idx, "content_index": 0}
         if self._kind == "reasoning":
             out.append(self._ev("response.reasoning_text.done", {**ref, "text": text}))
-            item = reasoning_item(item_id, text)
+            item = reasoning_item(item_id, text, status)
         else:
             part = {"type": "output_text", "text": text, "annotations": []}
             done = {**ref, "text": text, "logprobs": []}
             out.append(self._ev("response.output_text.done", done))
             out.append(self._ev("response.content_part.done", {**ref, "part": part}))
-            item = message_item(item_id, text)
+            item = message_item(item_id, text, status)
         out.append(self._ev("response.output_item.done", {"output_index": idx, "item": item}))
         self.output.append(item)
         self._kind, self._open, self._text = None, {}, []
@@ -469,19 +495,23 @@ class ResponsesStream:
         self.output.append(item)
 
     def finish(self, hit_cap: bool, usage: Usage) -> bytes:
-        """Close the open item and send `response.completed` (status `incomplete` on a cap)."""
+        """Close the open item, then `response.completed`, or `response.incomplete` (and the
+        cut item `incomplete`) when the output cap was hit."""
         if self.done:
             return b""
         out: list[bytes] = []
-        self._close(out)
         status = "incomplete" if hit_cap else "completed"
-        out.append(self._ev("response.completed", {"response": self._response(status, usage)}))
+        self._close(out, status)
+        response = {"response": self._response(status, usage)}
+        out.append(self._ev(f"response.{status}", response))
         self.done = True
         return b"".join(out)
 
     def error(self, err: ApiError) -> bytes:
-        """A mid-stream fault: one `error` event; the stream then ends (no `[DONE]`)."""
+        """A mid-stream fault: one `error` event; the stream then ends (no `[DONE]`). The
+        fields are at the top (OpenAI's event) and under `error` (Open Responses')."""
         if self.done:
             return b""
         self.done = True
-        return self._ev("error", {"code": err.code, "message": err.message, "param": err.param})
+        fields = {"code": err.code, "message": err.message, "param": err.param}
+        return self._ev("error", {**fields, "error": {"type": err.type, **fields}})

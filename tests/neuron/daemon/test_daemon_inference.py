@@ -92,11 +92,18 @@ async def test_chat_stream_grammar(start_neuron: NeuronFactory) -> None:
     ids = {c["id"] for c in chunks}
     assert len(ids) == 1 and all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[1:-2])
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[1:-1])
     assert text == "Hello"
-    final = chunks[-2]["choices"][0]
+    final = chunks[-1]["choices"][0]
     assert final["delta"] == {} and final["finish_reason"] == "stop"
-    usage = chunks[-1]
+    # no usage chunk and no `usage` key unless the client asks (the README's example relies on it)
+    assert all("usage" not in c for c in chunks)
+    body = chat_body("local/m", stream=True, stream_options={"include_usage": True})
+    async with rig.client.stream("POST", "/v1/chat/completions", json=body) as r:
+        frames = await sse_data(r)
+    assert frames[-1] == "[DONE]"
+    assert all(c["usage"] is None for c in frames[:-2])
+    usage = frames[-2]
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 2
 
 
@@ -137,7 +144,7 @@ async def test_reasoning_and_tool_calls(start_neuron: NeuronFactory) -> None:
     tcs = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
     assert tcs[0]["function"] == {"name": "Read", "arguments": ""} and tcs[0]["id"]
     assert tcs[1]["function"] == {"arguments": '{"path":"/etc/hosts"}'}
-    assert frames[-3]["choices"][0]["finish_reason"] == "tool_calls"
+    assert frames[-2]["choices"][0]["finish_reason"] == "tool_calls"
     # without tools nothing is parsed as a call
     r = await rig.client.post("/v1/chat/completions", json=chat_body("local/m"))
     msg = r.json()["choices"][0]["message"]
@@ -188,8 +195,11 @@ async def test_completions(start_neuron: NeuronFactory) -> None:
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     frame = last_generate(d)
     assert frame["max_tokens"] == 16 and frame["hold"] == [] and frame["prompt_ids"] == [97, 98, 99]
+    asked = {"include_usage": True}
     async with rig.client.stream(
-        "POST", "/v1/completions", json={"model": "local/m", "prompt": ["abc"], "stream": True}
+        "POST",
+        "/v1/completions",
+        json={"model": "local/m", "prompt": ["abc"], "stream": True, "stream_options": asked},
     ) as resp:
         frames = await sse_data(resp)
     assert frames[-1] == "[DONE]"
