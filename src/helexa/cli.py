@@ -1,10 +1,8 @@
-"""`helexa`: the single-host stack. `helexa up` runs one neuron and one cortex (contract §1.17)."""
+"""`helexa`: the single-host stack. `helexa up` runs one neuron and one cortex."""
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import socket
 import sys
 from pathlib import Path
@@ -13,8 +11,11 @@ from typing import Any
 import click
 
 from helexa.cli_common import LEVELS, version_option
+from helexa.config.loader import ConfigError
 from helexa.up import configs
+from helexa.up.banner import Served, is_downloaded, model_lines
 from helexa.up.configs import ModelArg, UpConfigError, host_port, url_host
+from helexa.up.preflight import config_warnings
 from helexa.up.supervise import Child, Stack, get_json
 
 
@@ -119,6 +120,12 @@ def up(
         click.echo(f"helexa: wrote {p}")
     for mid in written.added:
         click.echo(f"helexa: added {mid} (served by cortex, pre-warmed by the neuron)")
+    try:
+        for w in config_warnings(directory, plan.env):
+            click.echo(f"helexa: warning: {w}", err=True)
+    except ConfigError as e:
+        click.echo(f"helexa: config error: {e}", err=True)
+        sys.exit(2)
     busy = plan.busy_ports()
     if busy:
         click.echo(
@@ -260,20 +267,18 @@ class Plan:
 
     # -- the banner ----------------------------------------------------------------------------
 
-    def served(self) -> list[tuple[str, str]]:
-        """(id, note) for every id clients may send, from cortex itself when it answers."""
+    def served(self) -> list[Served]:
+        """Every id clients may send, from cortex itself when it answers."""
         data = get_json(f"{self.api_url}/v1/models", self.api_key)
-        out: list[tuple[str, str]] = []
         if isinstance(data, dict) and isinstance(data.get("data"), list):
-            for m in data["data"]:
-                note = "loaded" if m.get("loaded") else ""
-                if m.get("alias_of"):
-                    note = f"alias of {m['alias_of']}"
-                out.append((str(m.get("id")), note))
-            return out
+            return [
+                Served(str(m.get("id")), bool(m.get("loaded")), m.get("alias_of"))
+                for m in data["data"]
+                if isinstance(m, dict)
+            ]
         cat = configs.read(self.directory / "models.toml")
-        out = [(str(m.get("id")), "") for m in cat.get("models", []) if isinstance(m, dict)]
-        out += [(a, f"alias of {t}") for a, t in (cat.get("aliases") or {}).items()]
+        out = [Served(str(m.get("id"))) for m in cat.get("models", []) if isinstance(m, dict)]
+        out += [Served(a, alias_of=str(t)) for a, t in (cat.get("aliases") or {}).items()]
         return out
 
     def banner(self, models: list[ModelArg]) -> str:
@@ -282,8 +287,16 @@ class Plan:
             header = f" -H 'authorization: Bearer {self.api_key or '$HELEXA_API_KEY'}'"
         served = self.served()
         cat = configs.read(self.directory / "models.toml").get("models", [])
-        hub = {
-            str(m["id"]): m for m in cat if isinstance(m, dict) and "id" in m and not m.get("path")
+        cache_dir = self.neuron_cfg.get("cache_dir")
+        loaded = {s.id for s in served if s.loaded}
+        missing = {
+            str(m["id"])
+            for m in cat
+            if isinstance(m, dict)
+            and "id" in m
+            and not m.get("path")
+            and m["id"] not in loaded
+            and is_downloaded(str(m["id"]), m.get("source"), cache_dir) is False
         }
         lines = [
             "",
@@ -295,46 +308,12 @@ class Plan:
             f"  neuron   {self.neuron_url}",
             f"  config   {self.directory}   logs {self.directory / 'logs'}",
             "",
-            "models:",
+            *model_lines(served, [m.served_id for m in models], missing, self.api_url, header),
+            "",
+            "Ctrl-C stops both.",
+            "",
         ]
-        cache_dir = self.neuron_cfg.get("cache_dir")
-        for mid, note in served:
-            if mid in hub and not note:
-                note = _cache_note(mid, hub[mid].get("source"), cache_dir)
-            lines.append(f"  {mid}" + (f"   ({note})" if note else ""))
-            body = json.dumps(
-                {"model": mid, "messages": [{"role": "user", "content": "Hello"}]},
-                separators=(",", ":"),
-            )
-            lines.append(
-                f"    curl {self.api_url}/v1/chat/completions -H 'content-type: "
-                f"application/json'{header} -d {shlex.quote(body)}"
-            )
-        lines += ["", "Ctrl-C stops both.", ""]
         return "\n".join(lines)
-
-
-def _cache_note(mid: str, source: Any, cache_dir: Any) -> str:
-    """Whether a hub model is already downloaded; offline, how to make it available."""
-    if source not in (None, "huggingface"):
-        return ""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return ""
-    try:
-        hit = try_to_load_from_cache(mid, "config.json", cache_dir=cache_dir)
-    except Exception:
-        return ""
-    if isinstance(hit, str):
-        return "downloaded"
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if offline:
-        return (
-            f"not downloaded and HF_HUB_OFFLINE is set: run `hf download {mid}` on a connected "
-            "machine, or serve a local directory with --model PATH"
-        )
-    return "downloads on first use"
 
 
 def _child_env() -> dict[str, str]:

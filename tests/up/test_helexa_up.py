@@ -227,6 +227,16 @@ def test_prints_urls_and_served_ids(stack: Up) -> None:
     assert f'"model":"{SERVED}"' in text
     for alias in ("helexa/small", "helexa/balanced", "helexa/large"):
         assert alias in text
+    # what was asked for comes first; the catalogue models that are not downloaded (an empty
+    # offline cache here) are one line, not three curl examples
+    models = text.split("\nmodels:\n", 1)[1].splitlines()
+    assert models[0].startswith(f"  {SERVED}")
+    assert text.count("curl ") == 1
+    assert (
+        "  3 more catalogue models are not downloaded and HF_HUB_OFFLINE is set: "
+        "Qwen/Qwen3-0.6B (helexa/small), Qwen/Qwen3-4B (helexa/balanced), "
+        "Qwen/Qwen3-8B (helexa/large); to use one, download it with `hf download Qwen/Qwen3-0.6B`"
+    ) in text
 
 
 def test_files_are_private_and_share_one_token(stack: Up, tiny: Path) -> None:
@@ -314,7 +324,7 @@ def test_killed_neuron_is_restarted_and_service_resumes(stack: Up) -> None:
     workers = children(neuron_pid)
     assert workers, "the pre-warmed model should have a worker"
     os.kill(neuron_pid, signal.SIGKILL)
-    stack.wait_for(rf"neuron \(pid {neuron_pid}\) exited", 10)
+    stack.wait_for(rf"neuron \(pid {neuron_pid}\) was killed by SIGKILL$", 10)
     stack.wait_for(r"restarting neuron$", 10)
     # The orphaned worker sees its socket close and leaves.
     assert wait_gone(workers, 15) == []

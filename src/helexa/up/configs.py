@@ -103,9 +103,9 @@ def cortex_toml(
     host: str, port: int, metrics_port: int, neuron_url: str, token: str, api_key: str
 ) -> str:
     return f"""\
-# cortex.toml, written by `helexa up` (contract §1.16). Edit freely: `helexa up` only ever
-# appends to models.toml and neuron.toml, and never rewrites this file. The same file runs a
-# gateway on its own: `cortex serve --config {{this file}}`.
+# cortex.toml, written by `helexa up` (more keys: the README's "Configuration" section).
+# Edit freely: `helexa up` only ever appends to models.toml and neuron.toml, and never rewrites
+# this file. The same file runs a gateway on its own: `cortex serve --config {{this file}}`.
 # `helexa up --host/--port/--metrics-port/--neuron-port` override the addresses below.
 
 models_config = "models.toml"         # the catalogue; relative to this file
@@ -155,7 +155,7 @@ vram_mb = {mb}                        # placement estimate; measured values refi
     )
     aliases = "".join(f"{q(a)} = {q(t)}\n" for a, t in DEFAULT_ALIASES.items())
     return f"""\
-# models.toml, the catalogue (contract §1.16), written by `helexa up`.
+# models.toml, the catalogue, written by `helexa up` (example: the README's "Configuration").
 # A model listed here is loaded on first use (downloaded from the Hugging Face hub if it is not
 # cached yet); `helexa up --model ID_OR_PATH` appends entries at the end of this file.
 # Keys: id, path (absolute local dir), source, vram_mb, min_device_vram_mb, pinned_on,
@@ -168,8 +168,8 @@ vram_mb = {mb}                        # placement estimate; measured values refi
 
 def neuron_toml(host: str, neuron_port: int, token: str) -> str:
     return f"""\
-# neuron.toml, written by `helexa up` (contract §2.23): the daemon that loads models and runs
-# inference on this machine. `helexa up --model` appends [[default_models]] entries below.
+# neuron.toml, written by `helexa up`: the daemon that loads models and runs inference on this
+# machine. `helexa up --model` appends [[default_models]] entries below.
 
 listen = {q(host_port(host, neuron_port))}
 bind_url = {q(f"http://{url_host(host)}:{neuron_port}")}
@@ -177,6 +177,8 @@ bind_url = {q(f"http://{url_host(host)}:{neuron_port}")}
 # cpu_memory_mb = 16000                # memory models may use on a CPU-only host (75 % of RAM)
 # max_prompt_tokens = 16384
 # max_output_tokens = 8192
+# A model's advertised limit splits its context so both fit: a 40k model reports input 16384 and
+# output 8192; an 8k model, where the two don't fit, reports 4096 and 4096.
 shutdown_grace_secs = 30
 
 [auth]

@@ -69,10 +69,12 @@ class Child:
     failures: int = 0  # consecutive deaths
     restart_at: float | None = None
     pids: list[int] = field(default_factory=list)  # every pid it has had (tests check them)
+    log_start: int = 0  # where this run's lines begin: the log is appended across runs
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self.log_path.open("ab") as log:
+            self.log_start = log.seek(0, os.SEEK_END)
             self.proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
@@ -104,14 +106,25 @@ class Child:
             os.killpg(self.proc.pid, sig)
 
     def tail(self, lines: int = 15) -> str:
+        """The last lines this run wrote (none from earlier runs)."""
         try:
             with self.log_path.open("rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 8192))
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(self.log_start, end - 8192))
                 text = f.read().decode(errors="replace")
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def exit_text(rc: int) -> str:
+    """How a child ended, in words: a negative code is the signal that killed it."""
+    if rc < 0:
+        try:
+            return f"was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    return f"exited with code {rc}"
 
 
 class Stop(Exception):
@@ -173,7 +186,7 @@ class Stack:
                 raise Stop
             rc = child.poll()
             if rc is not None:
-                self.say(f"helexa: {child.name} exited with code {rc} while starting")
+                self.say(f"helexa: {child.name} {exit_text(rc)} while starting")
                 self._show_tail(child)
                 return CONFIG_ERROR if rc == CONFIG_ERROR else 1
             if ready():
@@ -233,7 +246,7 @@ class Stack:
             if child.failures and now - child.started_at > STABLE_SECS:
                 child.failures = 0
             return None
-        self.say(f"helexa: {child.name} (pid {child.pid}) exited with code {rc}")
+        self.say(f"helexa: {child.name} (pid {child.pid}) {exit_text(rc)}")
         self._show_tail(child)
         if rc == CONFIG_ERROR:
             self.say(f"helexa: {child.name} reports a config error; fix it and run again")
