@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from helexa.cortex import messages as messages_mod
+from rig.anthropic_types import check_event, check_reply
 from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import (
     MOCK_TEXT,
@@ -61,8 +62,11 @@ async def post(
     headers: dict[str, str] | None = None,
     path: str = "/v1/messages",
 ) -> httpx.Response:
+    """POST, and check the reply against the anthropic SDK's own types."""
     async with httpx.AsyncClient(timeout=10) as c:
-        return await c.post(cortex.url + path, json=payload, headers=headers or {})
+        r = await c.post(cortex.url + path, json=payload, headers=headers or {})
+    check_reply(path, r.status_code, r.headers.get("content-type", ""), r.content)
+    return r
 
 
 def sse(text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -76,7 +80,7 @@ def sse(text: str) -> list[tuple[str, dict[str, Any]]]:
         assert len(lines) == 2 and lines[1].startswith("data: "), block
         name = lines[0][len("event: ") :]
         data = orjson.loads(lines[1][len("data: ") :])
-        assert data["type"] == name
+        check_event(name, data)
         out.append((name, data))
     return out
 
@@ -1366,3 +1370,32 @@ async def test_claude_code_style_request_with_beta_query(cortex: Cortex, fake: F
     del claude_code["max_tokens"], claude_code["stream"]
     r = await post(cortex, claude_code, headers=headers, path="/v1/messages/count_tokens?beta=true")
     assert r.status_code == 200 and r.json() == {"input_tokens": 42}
+
+
+async def test_late_system_message_reaches_the_neuron_in_place(
+    cortex: Cortex, fake: FakeNeuron
+) -> None:
+    """Claude Code's first request: `[user, system(text blocks with cache_control)]`."""
+    late = {
+        "role": "system",
+        "content": [{"type": "text", "text": "# Env", "cache_control": {"type": "ephemeral"}}],
+    }
+    r = await post(cortex, body(messages=[{"role": "user", "content": "hi"}, late]))
+    assert r.status_code == 200
+    assert upstream(fake)["messages"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": "# Env"},
+    ]
+
+
+async def test_unsupported_system_content_is_a_400_clients_can_fall_back_on(
+    cortex: Cortex, fake: FakeNeuron
+) -> None:
+    image = {"type": "image", "source": {"type": "url", "url": "http://x/y.png"}}
+    late = {"role": "system", "content": [image]}
+    r = await post(cortex, body(messages=[{"role": "user", "content": "hi"}, late]))
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    assert "not supported" in err["message"] and "role 'system'" in err["message"]
+    assert fake.count("/v1/chat/completions") == 0

@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 
-from helexa.translate.response import (
-    message_id,
-    parse_arguments,
-    stop_reason,
-    translate_response,
-    usage_of,
-)
+from helexa.translate import response
+from helexa.translate.response import message_id, parse_arguments, stop_reason, usage_of
+from rig.anthropic_types import check_message
+
+
+def translate_response(completion: Any, model: str, msg_id: str) -> dict[str, Any]:
+    """The translation under test, its output checked against the SDK's own Message type."""
+    out = response.translate_response(completion, model, msg_id)
+    check_message(out)
+    return out
 
 
 def completion(

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from helexa.translate.response import translate_response
 from helexa.translate.stream import PING, AnthropicStream, error_event
 from helexa.wire.sse import SSEDecoder
+from rig.anthropic_types import check_event
 
 MODEL = "Qwen/Qwen3-8B"
 MSG_ID = "msg_a1"
@@ -100,9 +101,11 @@ def run(payloads: list[bytes], prompt: int = 0, eof: bool = True) -> bytes:
 
 
 def events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """The frames, each checked against the anthropic SDK's own event types."""
     out = []
     for name, data in SSEDecoder().feed(raw):
         assert name is not None, f"a frame without an event name leaked: {data!r}"
+        check_event(name, data)
         out.append((name, orjson.loads(data)))
     return out
 
