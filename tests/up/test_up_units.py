@@ -155,3 +155,23 @@ def test_banner_offline_says_how_to_get_them_in_the_shared_words(
         f"Qwen/Qwen3-0.6B (helexa/small); to use one, {get_model_advice('Qwen/Qwen3-0.6B')}"
     )
     assert "  helexa/balanced   (alias of Qwen/Qwen3-4B)" in lines
+
+
+# -- the README's first commands ----------------------------------------------------------------
+
+
+def test_readme_starts_from_a_clone_and_gives_cpu_hosts_their_own_torch_line() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```sh\n(.*?)```", readme, re.S)
+    assert block is not None
+    cmds = [ln for ln in block.group(1).splitlines() if ln and not ln.startswith("#")]
+    assert cmds[0].startswith("git clone ") and cmds[0].endswith("&& cd helexa")
+    ci = (ROOT / ".ci/run").read_text()
+    pin = re.search(r"pip install -q (torch==\S+)", ci)
+    assert pin is not None
+    cpu = f"pip install {pin.group(1)} --index-url https://download.pytorch.org/whl/cpu"
+    assert cpu in cmds  # the CPU build, at the version the tests pin
+    assert "helexa up --model Qwen/Qwen3-0.6B" in cmds[cmds.index(cpu) + 1]
+    # the test command is what CI runs: the same torch pin, the test extras, pytest
+    assert cmds[-1] == f"pip install {pin.group(1)} && pip install -e '.[test,neuron]' && pytest"
+    assert "pip install -q -e '.[test,neuron]'" in ci and re.search(r"^pytest\b", ci, re.M)
