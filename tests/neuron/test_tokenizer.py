@@ -375,3 +375,46 @@ def test_daemon_modules_never_import_torch() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# Qwen3.5's rule, as its template words it.
+LEADING_SYSTEM_ONLY = (
+    "{% for m in messages %}{% if m.role == 'system' and not loop.first %}"
+    "{{ raise_exception('System message must be at the beginning.') }}{% endif %}"
+    "<{{ m.role }}>{{ m.content }}{% endfor %}"
+)
+
+
+def test_late_system_turns_fold_into_the_first_when_the_template_refuses_them(
+    dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    shutil.copytree(dirs["atomic"], tmp_path, dirs_exist_ok=True)
+    (tmp_path / "chat_template.jinja").write_text(LEADING_SYSTEM_ONLY)
+    tok = ChatTokenizer(tmp_path)
+    claude_code = [
+        {"role": "system", "content": "Top."},
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "text", "text": "Env."}]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "developer", "content": "Late."},
+    ]
+    assert tok.render(claude_code) == "<system>Top.\n\nEnv.\n\nLate.<user>hi<assistant>ok"
+    assert tok.render(claude_code[1:3]) == "<system>Env.<user>hi"
+    # Nothing to fold: the template's own error still reaches the client.
+    (tmp_path / "chat_template.jinja").write_text("{{ raise_exception('no tools here') }}")
+    with pytest.raises(ApiError) as ei:
+        ChatTokenizer(tmp_path).render(claude_code)
+    assert "no tools here" in ei.value.message
+
+
+def test_late_system_turns_stay_in_place_when_the_template_renders_them(
+    dirs: dict[str, Path],
+) -> None:
+    """The Qwen3 template takes a late system turn: the prompt keeps it where it was sent."""
+    msgs = [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": "Env."},
+        {"role": "user", "content": "go"},
+    ]
+    text = ChatTokenizer(dirs["atomic"]).render(msgs)
+    assert text.index("hi") < text.index("<|im_start|>system\nEnv.") < text.index("go")

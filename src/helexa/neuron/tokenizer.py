@@ -175,6 +175,22 @@ def _prepare_tool_call(tc: Any) -> Any:
     return tc
 
 
+def fold_late_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """System messages after the conversation started, folded into the leading one; None when
+    there are none. Many templates (Qwen3.5's: "System message must be at the beginning")
+    refuse a late system turn that clients such as Claude Code send, so a rejected render is
+    retried this way: the instructions keep system authority, only their position moves."""
+    lead = 0
+    while lead < len(messages) and messages[lead].get("role") == "system":
+        lead += 1
+    late = [m for m in messages[lead:] if m.get("role") == "system"]
+    if not late:
+        return None
+    texts = [str(m.get("content") or "") for m in (*messages[:lead], *late)]
+    system = {"role": "system", "content": "\n\n".join(t for t in texts if t)}
+    return [system, *(m for m in messages[lead:] if m.get("role") != "system")]
+
+
 # ---- the tokenizer -----------------------------------------------------------------------------
 
 
@@ -349,14 +365,27 @@ class ChatTokenizer:
         variables = {**self.special_tokens, **template_kwargs}
         for reserved in ("messages", "tools", "documents", "add_generation_prompt"):
             variables.pop(reserved, None)
-        try:
+        tool_list = list(tools) if tools is not None else None
+
+        def apply(msgs: list[dict[str, Any]]) -> str:
             return self._template(source).render(
                 messages=msgs,
-                tools=list(tools) if tools is not None else None,
+                tools=tool_list,
                 documents=None,
                 add_generation_prompt=add_generation_prompt,
                 **variables,
             )
+
+        try:
+            try:
+                return apply(msgs)
+            except jinja2.exceptions.TemplateSyntaxError:
+                raise
+            except jinja2.exceptions.TemplateError:
+                folded = fold_late_system(msgs)
+                if folded is None:
+                    raise
+                return apply(folded)
         except jinja2.exceptions.TemplateSyntaxError as e:
             raise ApiError(
                 500,
