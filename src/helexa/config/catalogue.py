@@ -91,7 +91,23 @@ class Catalogue(BaseModel):
         for alias in self.aliases:
             if alias in self._by_id:
                 raise ValueError(f"alias '{alias}' equals a catalogue model id")
+        for primary, chain in self.fallbacks.items():
+            self._check_chain(primary, chain)
         return self
+
+    def _check_chain(self, primary: str, chain: list[str]) -> None:
+        """A chain hangs off a concrete id and names other models, each once."""
+        where = f"fallbacks for '{primary}'"
+        if primary in self.aliases:
+            raise ValueError(f"{where}: key an alias's target ('{self.aliases[primary]}')")
+        seen = {primary}
+        for name in chain:
+            target = self.resolve_alias(name)
+            if not target:
+                raise ValueError(f"{where}: an entry is empty")
+            if target in seen:
+                raise ValueError(f"{where}: '{name}' repeats the model or an earlier fallback")
+            seen.add(target)
 
     def get(self, model_id: str) -> ModelProfile | None:
         return self._by_id.get(model_id)
@@ -99,6 +115,12 @@ class Catalogue(BaseModel):
     def resolve_alias(self, requested: str) -> str:
         """One flat lookup, no chaining (§1.4 step 1)."""
         return self.aliases.get(requested, requested)
+
+    def adopt(self, other: Catalogue) -> None:
+        """Take a reloaded catalogue's contents in place: every holder sees them at once, and
+        a request that already resolved its profile keeps it."""
+        self.models, self.aliases, self.fallbacks = other.models, other.aliases, other.fallbacks
+        self._by_id = other._by_id
 
 
 def load_catalogue(path: Path) -> Catalogue:

@@ -97,10 +97,13 @@ class CortexConfig(Section):
 class Settings:
     """The validated config and the catalogue it points at, ready for the gateway."""
 
-    def __init__(self, config: CortexConfig, catalogue: Catalogue, path: Path | None) -> None:
+    def __init__(
+        self, config: CortexConfig, catalogue: Catalogue, path: Path | None, models_path: Path
+    ) -> None:
         self.config = config
         self.catalogue = catalogue
         self.path = path
+        self.models_path = models_path  # re-read on SIGHUP and when it changes
 
 
 def load_settings(
@@ -121,4 +124,4 @@ def load_settings(
         base = path.parent if path is not None else Path.cwd()
         models_path = base / models_path
     catalogue = load_catalogue(models_path)
-    return Settings(config, catalogue, path)
+    return Settings(config, catalogue, path, models_path)

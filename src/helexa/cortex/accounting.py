@@ -75,9 +75,8 @@ class Accounting:
         """Always runs once per inference request: release what it held, record history."""
         if ctx.reservation is not None:
             self.auth.release(ctx.reservation)
+        self.undispatch(ctx)
         node, model = ctx.node, ctx.model
-        if ctx.dispatched and node is not None and model is not None:
-            self._busy(node, model, -1)
         now = time.perf_counter()
         self.history.append(
             {
@@ -95,6 +94,12 @@ class Accounting:
                 "key_id": ctx.principal.key_id if ctx.principal is not None else None,
             }
         )
+
+    def undispatch(self, ctx: RequestContext) -> None:
+        """The request leaves its (node, model): it completed, or a fallback takes over."""
+        if ctx.dispatched and ctx.node is not None and ctx.model is not None:
+            self._busy(ctx.node, ctx.model, -1)
+        ctx.dispatched = False
 
     def move(self, ctx: RequestContext, new: NodeState) -> None:
         """Failover: the request's busy mark follows it to the replica."""

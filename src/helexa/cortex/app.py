@@ -14,10 +14,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from helexa.cortex import errors, messages
+from helexa.cortex import dashboard, errors, messages
 from helexa.cortex.auth import BudgetError, bearer_token
 from helexa.cortex.context import RequestContext, request_id_from
+from helexa.cortex.fallback import Attempt, with_fallbacks
 from helexa.cortex.gateway import Gateway
+from helexa.cortex.idle import parse_keep_alive
 from helexa.cortex.models_view import build_models, model_entry
 from helexa.cortex.neuron_client import NeuronCallError
 from helexa.cortex.stream_usage import ask_upstream
@@ -29,7 +31,7 @@ log = logging.getLogger("helexa.cortex.app")
 
 GATEWAY = web.AppKey("gateway", Gateway)
 CTX = web.RequestKey("ctx", RequestContext)
-PUBLIC = frozenset({"/health", "/", "/version"})
+PUBLIC = frozenset({"/health", "/", "/version", "/dashboard"})  # the page holds no data
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
 TRACKED = frozenset((*OPENAI_ROUTES, "/v1/messages"))  # routed: metered, counted, in history
 CORS_HEADERS = {
@@ -163,7 +165,7 @@ async def _route(gw: Gateway, ctx: RequestContext, model: str, body_len: int, ob
     """§1.2 steps 7-10: reserve budget, resolve the model, mark the request dispatched."""
     # Errors from here on carry x-helexa-model: the alias is resolved (§0.5).
     ctx.model = gw.catalogue.resolve_alias(model)
-    if ctx.principal is not None:
+    if ctx.principal is not None and ctx.reservation is None:  # once, whatever falls back
         try:
             ctx.reservation = gw.auth.reserve(
                 ctx.principal, gw.accounting.reserve_estimate(body_len, obj)
@@ -182,6 +184,29 @@ async def _route(gw: Gateway, ctx: RequestContext, model: str, body_len: int, ob
     gw.accounting.dispatch(ctx)
 
 
+async def _serve(
+    gw: Gateway,
+    ctx: RequestContext,
+    model: str,
+    body_len: int,
+    obj: Any,
+    keep_alive: float | None,
+    attempt: Attempt,
+) -> web.StreamResponse:
+    """Route and send, falling back on a 503 (§1.18.2); keep_alive applies where it ran."""
+    try:
+        return await with_fallbacks(
+            gw.catalogue,
+            gw.accounting,
+            ctx,
+            model,
+            lambda name: _route(gw, ctx, name, body_len, obj),
+            attempt,
+        )
+    finally:
+        gw.idle.note(ctx, keep_alive)
+
+
 async def inference(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     ctx: RequestContext = request[CTX]
@@ -190,25 +215,38 @@ async def inference(request: web.Request) -> web.StreamResponse:
     if not isinstance(model, str) or not model:
         raise errors.missing_model()
     size = len(body)  # the client's body is what budgets estimate from
-    ctx.strip_usage, body = ask_upstream(request.path, obj, body)
-    await _route(gw, ctx, model, size, obj)
-    if model != ctx.model:
-        obj["model"] = ctx.model
+    keep_alive = None
+    if "keep_alive" in obj:  # cortex's own field: never forwarded (§1.2 step 6)
+        keep_alive = parse_keep_alive(obj.pop("keep_alive"))
         body = orjson.dumps(obj)
-    return await gw.proxy.passthrough(request, ctx, request.path, body)
+    ctx.strip_usage, body = ask_upstream(request.path, obj, body)
+
+    async def attempt(fall_back: bool) -> web.StreamResponse:
+        out = body
+        if obj["model"] != ctx.model:
+            obj["model"] = ctx.model
+            out = orjson.dumps(obj)
+        return await gw.proxy.passthrough(request, ctx, request.path, out, fall_back)
+
+    return await _serve(gw, ctx, model, size, obj, keep_alive, attempt)
 
 
 async def anthropic_messages(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     ctx: RequestContext = request[CTX]
     body, obj = await read_json_body(request, gw)
+    raw_keep_alive = obj.pop("keep_alive", None)
     try:
         chat = translate_request(obj)
     except TranslationError as e:
         raise messages.invalid_body(str(e)) from None
-    await _route(gw, ctx, chat["model"], len(body), obj)
-    chat["model"] = ctx.model
-    return await messages.relay(request, gw.proxy, ctx, orjson.dumps(chat))
+    keep_alive = parse_keep_alive(raw_keep_alive)
+
+    async def attempt(_: bool) -> web.StreamResponse:  # a 503 here is an ApiError already
+        chat["model"] = ctx.model
+        return await messages.relay(request, gw.proxy, ctx, orjson.dumps(chat))
+
+    return await _serve(gw, ctx, chat["model"], len(body), obj, keep_alive, attempt)
 
 
 async def anthropic_count_tokens(request: web.Request) -> web.Response:
@@ -345,6 +383,7 @@ def make_app(gw: Gateway) -> web.Application:
     r.add_get("/health", health)
     r.add_get("/", health)
     r.add_get("/version", version)
+    r.add_get("/dashboard", dashboard.page)
     r.add_get("/api/fleet", fleet_view)
     r.add_get("/api/history", history)
     r.add_post("/api/models/load", admin_load)

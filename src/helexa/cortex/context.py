@@ -34,6 +34,7 @@ class RequestContext:
     model: str | None = None
     node: NodeState | None = None
     cold_start: bool = False
+    fallback_model: str | None = None  # set once a fallback is tried (§1.18.2)
     strip_usage: bool = False  # cortex asked for the usage chunk; the client did not
     dispatched: bool = False
     reservation: Reservation | None = None
@@ -54,6 +55,8 @@ class RequestContext:
             h["x-helexa-overhead-ms"] = f"{self.overhead_ms:.3f}"
         if self.cold_start:
             h["x-helexa-cold-start"] = "1"
+        if self.fallback_model is not None:
+            h["x-helexa-fallback-model"] = self.fallback_model
         return h
 
     def mark_dispatch(self) -> None:

@@ -37,6 +37,7 @@ class ModelState:
     in_flight: int = 0
     queue_depth: int = 0
     evicting: bool = False
+    keep_alive: float | None = None  # the last request's idle TTL for this load (§1.18.1)
 
 
 @dataclass(slots=True)

@@ -11,12 +11,14 @@ from helexa.config.cortex import Settings
 from helexa.cortex.accounting import Accounting
 from helexa.cortex.auth import LocalProvider
 from helexa.cortex.fleet import Fleet
+from helexa.cortex.idle import IdleReaper
 from helexa.cortex.lifecycle import Lifecycle
 from helexa.cortex.metrics import CortexMetrics
 from helexa.cortex.models_view import warn_dangling_aliases
 from helexa.cortex.neuron_client import NeuronClient
 from helexa.cortex.poller import Poller
 from helexa.cortex.proxy import Proxy
+from helexa.cortex.reload import CatalogueReloader
 from helexa.cortex.router import Router
 
 log = logging.getLogger("helexa.cortex")
@@ -34,6 +36,7 @@ class Gateway:
         self.require_auth = cfg.entitlements.require_auth
         self.max_body = int(self.gw.max_body_mb * 2**20)
         self.accounting = Accounting(self.metrics, self.auth)
+        self.reloader = CatalogueReloader(self.catalogue, settings.models_path)
         self.session: aiohttp.ClientSession | None = None
         self.draining = False
 
@@ -47,9 +50,12 @@ class Gateway:
         )
         client = NeuronClient(self.session)
         cfg = self.settings.config
-        self.poller = Poller(self.fleet, client, self.gw, self.metrics)
+        self.poller = Poller(self.fleet, client, self.gw, self.metrics, self.reloader.check)
         self.lifecycle = Lifecycle(
             self.fleet, self.catalogue, cfg, client, self.poller, self.metrics
+        )
+        self.idle = IdleReaper(
+            self.fleet, self.catalogue, self.lifecycle, self.metrics, cfg.eviction.idle_check_secs
         )
         self.router = Router(self.fleet, self.catalogue, self.lifecycle, client, self.gw)
         self.proxy = Proxy(
@@ -64,10 +70,12 @@ class Gateway:
             except TimeoutError:
                 log.warning("initial poll round did not finish in time; serving anyway")
             self.poller.start()
+            self.idle.start()
 
     async def stop(self) -> None:
         if hasattr(self, "poller"):
             await self.poller.stop()
+            await self.idle.stop()
         if self.session is not None:
             await self.session.close()
             self.session = None

@@ -298,6 +298,7 @@ class Lifecycle:
         state = node.models[model_id]
         state.vram_used_mb = None
         state.evicting = False
+        state.keep_alive = None  # a request's keep_alive lasts as long as the load it ran on
         node.lifecycle_cycles += 1
         self.metrics.lifecycle_cycles(node.name).set(node.lifecycle_cycles)
         every = self.config.eviction.defrag_after_cycles

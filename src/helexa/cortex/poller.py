@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -20,15 +21,23 @@ _MODELS = TypeAdapter(list[ModelInfo])
 
 class Poller:
     def __init__(
-        self, fleet: Fleet, client: NeuronClient, gateway: Gateway, metrics: CortexMetrics
+        self,
+        fleet: Fleet,
+        client: NeuronClient,
+        gateway: Gateway,
+        metrics: CortexMetrics,
+        on_round: Callable[[], object] | None = None,
     ) -> None:
         self.fleet = fleet
         self.client = client
         self.gw = gateway
         self.metrics = metrics
+        self.on_round = on_round  # runs first in every round (the catalogue's change check)
         self._task: asyncio.Task[None] | None = None
 
     async def poll_all(self) -> None:
+        if self.on_round is not None:
+            self.on_round()
         await asyncio.gather(*(self.poll_node(n) for n in self.fleet))
 
     async def poll_node(self, node: NodeState) -> None:

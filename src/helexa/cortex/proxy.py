@@ -50,6 +50,10 @@ _CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 _BEFORE_HEADERS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
+class UpstreamUnavailable(Exception):
+    """An upstream 503 before any byte reached the client: a fallback may serve (§1.18.2)."""
+
+
 def midstream_error(path: str, code: str, message: str) -> bytes:
     """The route's own error frame for a failure after the status was sent."""
     if path == "/v1/responses":
@@ -133,8 +137,14 @@ class Proxy:
                 raise errors.upstream_connection_error() from None
 
     async def passthrough(
-        self, request: web.Request, ctx: RequestContext, path: str, body: bytes
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        path: str,
+        body: bytes,
+        fall_back: bool = False,
     ) -> web.StreamResponse:
+        """Relay the reply; with `fall_back`, an upstream 503 raises UpstreamUnavailable."""
         upstream = await self.open(request, ctx, path, body)
         assert ctx.node is not None and ctx.model is not None
         node, model = ctx.node, ctx.model
@@ -145,6 +155,8 @@ class Proxy:
                 log.warning("upstream %s answered %d for %s", node.name, status, model)
                 if status >= 500:
                     self.metrics.request_errors(model, node.name).inc()
+                if status == 503 and fall_back:
+                    raise UpstreamUnavailable(f"node '{node.name}' answered 503")
             headers = self._response_headers(upstream, ctx)
             ctype = upstream.headers.get("content-type", "")
             streaming = ctype.startswith("text/event-stream")

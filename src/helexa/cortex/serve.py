@@ -1,4 +1,5 @@
-"""Run the gateway: API and metrics listeners, poller, graceful drain on SIGTERM."""
+"""Run the gateway: API and metrics listeners, poller, graceful drain on SIGTERM, catalogue
+reload on SIGHUP."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gw.reloader.reload, "SIGHUP")
     try:
         await _site(api, cfg.listen)
         await _site(metrics, cfg.metrics_listen)
@@ -60,7 +62,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             "draining: no new connections, in-flight requests get %ss", cfg.shutdown_grace_secs
         )
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await api.cleanup()
         await metrics.cleanup()
