@@ -8,7 +8,8 @@ enough of the neuron contract (§2.4-2.9, §5.0) for cortex to route to it:
 - ``GET /models/{id}/endpoint`` (id may be ``%2F``-encoded) → ``{"url": <own base url>}``
 - ``POST /models/load`` and ``POST /models/unload`` → 200
 - ``POST /v1/chat/completions`` → a ~1 KB ``chat.completion`` with usage, or with
-  ``"stream": true`` N ``chat.completion.chunk`` frames, a usage chunk and ``data: [DONE]``,
+  ``"stream": true`` N ``chat.completion.chunk`` frames, a usage chunk (only with
+  ``stream_options.include_usage``, like the neuron) and ``data: [DONE]``,
   as ``text/event-stream`` with one HTTP chunk per SSE frame. The request's ``model`` is echoed.
 
 Run standalone: ``python bench/mock_upstream.py --port 0``; it prints ``LISTENING <port>`` on
@@ -95,8 +96,9 @@ def completion_body(model: str, size: int = COMPLETION_BYTES) -> bytes:
     return build(words[: max(0, size - len(base))])
 
 
-def sse_frames(model: str, n: int = DEFAULT_SSE_CHUNKS) -> list[bytes]:
-    """The SSE frames of a streamed chat completion: role, ``n - 2`` text, final, usage, DONE."""
+def sse_frames(model: str, n: int = DEFAULT_SSE_CHUNKS, usage: bool = True) -> list[bytes]:
+    """The SSE frames of a streamed chat completion: role, ``n - 2`` text, final, usage (when
+    asked), DONE."""
 
     def chunk(choices: list[Any], **extra: Any) -> bytes:
         obj = {
@@ -119,12 +121,13 @@ def sse_frames(model: str, n: int = DEFAULT_SSE_CHUNKS) -> list[bytes]:
     frames.append(
         chunk([{"index": 0, "delta": {}, "finish_reason": "length", "stop_reason": None}])
     )
-    usage = {
-        "prompt_tokens": 12,
-        "completion_tokens": text_chunks,
-        "total_tokens": 12 + text_chunks,
-    }
-    frames.append(chunk([], usage=usage))
+    if usage:
+        counts = {
+            "prompt_tokens": 12,
+            "completion_tokens": text_chunks,
+            "total_tokens": 12 + text_chunks,
+        }
+        frames.append(chunk([], usage=counts))
     frames.append(b"data: [DONE]\n\n")
     return frames
 
@@ -226,7 +229,7 @@ class _Responses:
         )
         self.not_found = _error(404, "unknown_route", "no such route on the mock")
         self._completion: dict[str, bytes] = {}
-        self._stream: dict[str, list[bytes]] = {}
+        self._stream: dict[tuple[str, bool], list[bytes]] = {}
 
     def completion(self, model: str) -> bytes:
         """Full HTTP response for a non-streaming completion of ``model`` (cached)."""
@@ -242,20 +245,20 @@ class _Responses:
                 self._completion[model] = resp
         return resp
 
-    def stream(self, model: str) -> list[bytes]:
+    def stream(self, model: str, usage: bool) -> list[bytes]:
         """Response head plus one chunk-encoded HTTP chunk per SSE frame, and the terminator."""
-        parts = self._stream.get(model)
+        parts = self._stream.get((model, usage))
         if parts is None:
             parts = [
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                 b"cache-control: no-cache\r\nx-helexa-prompt-tokens: 12\r\n"
                 b"transfer-encoding: chunked\r\n\r\n"
             ]
-            for frame in sse_frames(model, self.sse_chunks):
+            for frame in sse_frames(model, self.sse_chunks, usage):
                 parts.append(b"%x\r\n%s\r\n" % (len(frame), frame))
             parts.append(b"0\r\n\r\n")
             if len(self._stream) < 256:
-                self._stream[model] = parts
+                self._stream[(model, usage)] = parts
         return parts
 
 
@@ -352,6 +355,8 @@ class MockProtocol(asyncio.Protocol):
                 req = orjson.loads(body)
                 model = str(req.get("model") or MODEL_ID)
                 stream = bool(req.get("stream"))
+                opts = req.get("stream_options")
+                usage = isinstance(opts, dict) and opts.get("include_usage") is True
             except (orjson.JSONDecodeError, AttributeError):
                 t.write(_error(400, "invalid_json", "request body is not valid JSON"))
                 self._maybe_close(keep_alive)
@@ -359,12 +364,14 @@ class MockProtocol(asyncio.Protocol):
             if not stream:
                 t.write(r.completion(model))
             elif self.sse_gap <= 0:
-                for part in r.stream(model):
+                for part in r.stream(model, usage):
                     t.write(part)
             else:
                 self.busy = True
                 t.pause_reading()
-                asyncio.get_running_loop().create_task(self._paced(r.stream(model), keep_alive))
+                asyncio.get_running_loop().create_task(
+                    self._paced(r.stream(model, usage), keep_alive)
+                )
                 return
             self._maybe_close(keep_alive)
             return
