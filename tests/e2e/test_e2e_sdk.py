@@ -171,3 +171,26 @@ def test_count_tokens_agrees_with_usage(ant: Any) -> None:
     counted = ant.messages.count_tokens(model=MODEL, messages=MSGS)
     msg = ant.messages.create(model=MODEL, max_tokens=1, messages=MSGS)
     assert counted.input_tokens == msg.usage.input_tokens > 0
+
+
+def test_claude_code_shaped_request_is_clamped_not_refused(ant: Any) -> None:
+    """Claude Code's shape on a real neuron: max_tokens far above the model's output limit
+    (clamped, never a 400), a system turn after the user turn, adaptive thinking and an effort."""
+    late: list[Any] = [
+        *MSGS,
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+    ]
+    extra = {"output_config": {"effort": "low"}, "temperature": 0}
+    msg = ant.messages.create(
+        model=MODEL,
+        max_tokens=128000,
+        messages=late,
+        thinking={"type": "adaptive"},
+        extra_body=extra,
+    )
+    assert msg.stop_reason in ("end_turn", "max_tokens")
+    assert 0 < msg.usage.output_tokens <= 256  # the neuron's max_output_tokens
+    counted = ant.messages.count_tokens(
+        model=MODEL, messages=late, thinking={"type": "adaptive"}, extra_body=extra
+    )
+    assert counted.input_tokens == msg.usage.input_tokens
