@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from helexa.config.cortex import load_settings
 from rig.cli_rig import clean_env, console_script
 from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory, free_port, write_toml
 from rig.fake_neuron import FakeNeuron, model_info
@@ -218,3 +219,20 @@ async def test_sighup_reloads_a_running_cortex(tmp_path: Path, two_models: FakeN
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# ---- the files we ship --------------------------------------------------------------------------
+
+
+def test_shipped_examples_load_and_match_the_readme() -> None:
+    root = Path(__file__).resolve().parents[2]
+    settings = load_settings(root / "examples" / "cortex.toml", explicit=True, environ={})
+    assert settings.config.eviction.idle_check_secs == 5
+    cat = settings.catalogue
+    assert cat.fallbacks == {"Qwen/Qwen3-32B": ["Qwen/Qwen3-8B"]}
+    profile = cat.get("Qwen/Qwen3-8B")
+    assert profile is not None and profile.keep_alive_secs == 1800
+    readme = (root / "README.md").read_text()
+    for name in ("cortex.toml", "models.toml"):
+        text = (root / "examples" / name).read_text()
+        assert f"```toml\n{text}```" in readme, f"README's copy of examples/{name} differs"
