@@ -3,13 +3,12 @@ at cortex, as its docs describe for OpenAI-compatible servers."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
+from rig.cli_rig import clean_env, run_cli
 from rig.cortex_rig import Cortex, CortexFactory
 from rig.fake_neuron import MOCK_TEXT, FakeNeuron
 from rig.require import require_missing
@@ -21,21 +20,10 @@ STREAMED = "token0token1token2token3"
 async def llm(user_dir: Path, *args: str) -> str:
     if importlib.util.find_spec("llm") is None:
         require_missing("llm", "pip install -e '.[test]'")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
-    env["LLM_USER_PATH"] = str(user_dir)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "llm",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
+    env = clean_env(drop_prefixes=("OPENAI_", "LLM_"), LLM_USER_PATH=str(user_dir))
+    rc, out, err = await run_cli(sys.executable, "-m", "llm", *args, env=env)
+    assert rc == 0, err
+    return out
 
 
 def write_config(user_dir: Path, base: str) -> None:

@@ -3,19 +3,17 @@ cortex: chat, streams with and without usage, models, embeddings and the Respons
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from rig.cli_rig import clean_env, run_cli
 from rig.cortex_rig import CortexFactory
 from rig.fake_neuron import MOCK_TEXT, FakeNeuron
-from rig.require import require_missing
+from rig.require import CI_CACHE, require_missing
 
 VERSIONS = "node@22.23.3 openai@7.60.0"  # keep in step with .ci/run
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "helexa-ci"
-PREFIX = CACHE / "openai-node"
+PREFIX = CI_CACHE / "openai-node"
 NODE = PREFIX / "node_modules" / "node" / "bin" / "node"
 SCRIPT = Path(__file__).with_name("openai_node.cjs")
 KEY = "sk-node-test"
@@ -25,22 +23,14 @@ STREAMED = "token0token1token2token3"
 async def run_script(base_url: str) -> dict[str, Any]:
     if not NODE.exists() or not (PREFIX / "node_modules" / "openai").is_dir():
         require_missing("the OpenAI Node SDK", f"npm install --prefix {PREFIX} {VERSIONS}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    env |= {
-        "NODE_PATH": str(PREFIX / "node_modules"),
-        "HELEXA_BASE_URL": base_url,
-        "HELEXA_API_KEY": KEY,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        str(NODE),
-        str(SCRIPT),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    env = clean_env(
+        drop_prefixes=("OPENAI_",),
+        NODE_PATH=str(PREFIX / "node_modules"),
+        HELEXA_BASE_URL=base_url,
+        HELEXA_API_KEY=KEY,
     )
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
+    rc, out, err = await run_cli(str(NODE), str(SCRIPT), env=env)
+    assert rc == 0, err
     result: dict[str, Any] = json.loads(out)
     return result
 

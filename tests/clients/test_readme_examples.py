@@ -6,14 +6,13 @@ comes from `HELEXA_API_KEY`, as the README says, or is the literal key a snippet
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import sys
 from pathlib import Path
 
 import pytest
 
+from rig.cli_rig import clean_env, run_cli
 from rig.cortex_rig import CortexFactory
 from rig.fake_neuron import MOCK_TEXT, FakeNeuron
 
@@ -46,20 +45,9 @@ async def test_readme_python_example_runs(
         entitlements={"require_auth": True, "keys": keys},
     )
     code = ADDRESS.sub(cortex.url.removeprefix("http://"), code)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
-    env["HELEXA_API_KEY"] = ENV_KEY
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        code,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    text = out.decode()
+    env = clean_env(drop_prefixes=("OPENAI_", "ANTHROPIC_"), HELEXA_API_KEY=ENV_KEY)
+    rc, text, err = await run_cli(sys.executable, "-c", code, env=env)
+    assert rc == 0, err
     assert MOCK_TEXT in text or "token0token1token2token3" in text, text
     if "stream=True" in code:
         assert text.endswith("token0token1token2token3"), text

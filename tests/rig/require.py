@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+# Where .ci/run caches the clients it installs outside pip (npm packages, Node).
+CI_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "helexa-ci"
 
 
 def require_missing(what: str, install: str) -> NoReturn:
