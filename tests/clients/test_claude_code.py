@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from rig.cortex_rig import CortexFactory
 from rig.fake_neuron import (
@@ -17,6 +18,7 @@ from rig.fake_neuron import (
     JsonDict,
     content_delta,
     finish_chunk,
+    reasoning_delta,
     tool_call_args,
     tool_call_head,
 )
@@ -44,7 +46,8 @@ def tool_results(body: JsonDict) -> list[str]:
 
 
 class ScriptedModel:
-    """First turn of the main loop: a Bash tool call; once its result is back: the answer."""
+    """First turn of the main loop: thinking, then a Bash tool call (as Qwen3 answers); once
+    its result is back: the answer."""
 
     def __init__(self, marker: str) -> None:
         self.command = f"echo {marker}"
@@ -58,19 +61,20 @@ class ScriptedModel:
             return [content_delta(f"The command printed: {results[-1].strip()}"), finish_chunk()]
         args = orjson.dumps({"command": self.command, "description": "Print a marker"})
         return [
+            reasoning_delta("The user wants the marker; run it."),
             tool_call_head(0, "Bash", self.call_id),
             tool_call_args(0, args.decode()),
             finish_chunk("tool_calls"),
         ]
 
 
-def claude_env(home: Path, base_url: str) -> dict[str, str]:
+def claude_env(home: Path, base_url: str, key_var: str) -> dict[str, str]:
     keep = {k: os.environ[k] for k in ("PATH", "LANG", "TERM") if k in os.environ}
     return {
         **keep,
         "HOME": str(home),
         "ANTHROPIC_BASE_URL": base_url,
-        "ANTHROPIC_API_KEY": KEY,
+        key_var: KEY,  # x-api-key, or Authorization: Bearer
         "ANTHROPIC_MODEL": MODEL,
         "ANTHROPIC_SMALL_FAST_MODEL": MODEL,
         "ANTHROPIC_DEFAULT_HAIKU_MODEL": MODEL,
@@ -82,12 +86,13 @@ def claude_env(home: Path, base_url: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("key_var", ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"])
 async def test_claude_code_runs_a_bash_tool_loop(
-    start_cortex: CortexFactory, fake: FakeNeuron, tmp_path: Path
+    start_cortex: CortexFactory, fake: FakeNeuron, tmp_path: Path, key_var: str
 ) -> None:
     claude = claude_binary()
     marker = f"helexa-{secrets.token_hex(4)}-marker"
-    fake.stream_responder = ScriptedModel(marker)
+    model = fake.stream_responder = ScriptedModel(marker)
     recorder = Recorder()
     cortex = await start_cortex(
         {"mock-node": fake},
@@ -107,7 +112,7 @@ async def test_claude_code_runs_a_bash_tool_loop(
         "stream-json",
         "--verbose",
         cwd=work,
-        env=claude_env(home, cortex.url),
+        env=claude_env(home, cortex.url, key_var),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -138,3 +143,8 @@ async def test_claude_code_runs_a_bash_tool_loop(
     assert not chat["messages"][0]["content"].startswith("x-anthropic-billing-header")
     assert chat["max_tokens"] == first["max_tokens"]  # the neuron clamps, cortex never refuses
     assert chat["chat_template_kwargs"] == {"enable_thinking": True}  # effort "high"
+    # The thinking went back with the tool call, as the chat template expects it.
+    second = fake.calls("/v1/chat/completions")[1].json
+    assistant = next(m for m in second["messages"] if m["role"] == "assistant")
+    assert assistant["reasoning_content"] == "The user wants the marker; run it."
+    assert assistant["tool_calls"][0]["id"] == model.call_id
