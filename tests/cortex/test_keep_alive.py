@@ -104,6 +104,16 @@ async def test_stripped_before_forwarding(cortex: Cortex, fake: FakeNeuron, path
     assert state(cortex).keep_alive == 300
 
 
+async def test_stripped_from_a_stream_that_cortex_asks_usage_for(
+    cortex: Cortex, fake: FakeNeuron
+) -> None:
+    r = await post(cortex, "/v1/chat/completions", {**CHAT, "stream": True, "keep_alive": "1m"})
+    assert r.status_code == 200, r.text
+    sent = fake.last("/v1/chat/completions").json
+    assert "keep_alive" not in sent
+    assert sent["stream_options"] == {"include_usage": True}
+
+
 async def test_stripped_on_messages(cortex: Cortex, fake: FakeNeuron) -> None:
     r = await post(cortex, "/v1/messages", {**ANTHROPIC, "keep_alive": -1})
     assert r.status_code == 200, r.text

@@ -215,15 +215,13 @@ async def inference(request: web.Request) -> web.StreamResponse:
     if not isinstance(model, str) or not model:
         raise errors.missing_model()
     size = len(body)  # the client's body is what budgets estimate from
-    keep_alive = None
-    if "keep_alive" in obj:  # cortex's own field: never forwarded (§1.2 step 6)
-        keep_alive = parse_keep_alive(obj.pop("keep_alive"))
-        body = orjson.dumps(obj)
+    stripped = "keep_alive" in obj  # cortex's own field: never forwarded (§1.2 step 6)
+    keep_alive = parse_keep_alive(obj.pop("keep_alive", None))
     ctx.strip_usage, body = ask_upstream(request.path, obj, body)
 
     async def attempt(fall_back: bool) -> web.StreamResponse:
         out = body
-        if obj["model"] != ctx.model:
+        if stripped or obj["model"] != ctx.model:  # one re-serialisation for both
             obj["model"] = ctx.model
             out = orjson.dumps(obj)
         return await gw.proxy.passthrough(request, ctx, request.path, out, fall_back)
