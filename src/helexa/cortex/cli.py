@@ -58,7 +58,8 @@ def serve(config_path: Path | None, log_level: str, log_format: str) -> None:
     """Run the gateway: API listener, metrics listener and the neuron poller.
 
     SIGTERM or Ctrl-C stops accepting connections and lets in-flight requests (streams
-    included) finish for up to [gateway] shutdown_grace_secs before exiting 0.
+    included) finish for up to [gateway] shutdown_grace_secs before exiting 0. SIGHUP (and
+    any change to the file) re-reads models.toml; an invalid file keeps the old catalogue.
     """
     logs.setup(log_level, log_format)
     explicit = config_path is not None or bool(os.environ.get("CORTEX_CONFIG"))
