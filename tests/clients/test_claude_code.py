@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,30 @@ def claude_env(home: Path, base_url: str, key_var: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("key_var", ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"])
-async def test_claude_code_runs_a_bash_tool_loop(
-    start_cortex: CortexFactory, fake: FakeNeuron, tmp_path: Path, key_var: str
-) -> None:
+@dataclass
+class Run:
+    """One finished `claude -p` run: its exit, its stream-json events, what it sent."""
+
+    returncode: int | None
+    events: list[Any]
+    recorder: Recorder
+    report: str  # for assertion messages: exit, stderr and every request
+
+    def result(self) -> dict[str, Any]:
+        final = [e for e in self.events if e.get("type") == "result"]
+        assert final, self.report
+        return dict(final[-1])
+
+
+async def run_claude(
+    start_cortex: CortexFactory,
+    fake: FakeNeuron,
+    tmp_path: Path,
+    prompt: str,
+    tools: str,
+    key_var: str = "ANTHROPIC_API_KEY",
+) -> Run:
     claude = claude_binary()
-    marker = f"helexa-{secrets.token_hex(4)}-marker"
-    model = fake.stream_responder = ScriptedModel(marker)
     recorder = Recorder()
     cortex = await start_cortex(
         {"mock-node": fake},
@@ -105,9 +123,9 @@ async def test_claude_code_runs_a_bash_tool_loop(
     proc = await asyncio.create_subprocess_exec(
         str(claude),
         "-p",
-        "Run the marker command and tell me what it printed.",
+        prompt,
         "--allowedTools",
-        "Bash",
+        tools,
         "--output-format",
         "stream-json",
         "--verbose",
@@ -124,18 +142,35 @@ async def test_claude_code_runs_a_bash_tool_loop(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    sent = recorder.dump()
-    report = f"exit {proc.returncode}\nstderr: {err.decode()[-4000:]}\nrequests:\n{sent}"
-    assert proc.returncode == 0, report
-    events: list[Any] = [orjson.loads(line) for line in out.splitlines() if line.strip()]
+    report = f"exit {proc.returncode}\nstderr: {err.decode()[-4000:]}\nrequests:\n{recorder.dump()}"
+    events = [orjson.loads(line) for line in out.splitlines() if line.strip()]
+    return Run(proc.returncode, events, recorder, report)
+
+
+@pytest.mark.parametrize("key_var", ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"])
+async def test_claude_code_runs_a_bash_tool_loop(
+    start_cortex: CortexFactory, fake: FakeNeuron, tmp_path: Path, key_var: str
+) -> None:
+    marker = f"helexa-{secrets.token_hex(4)}-marker"
+    model = fake.stream_responder = ScriptedModel(marker)
+    run = await run_claude(
+        start_cortex,
+        fake,
+        tmp_path,
+        "Run the marker command and tell me what it printed.",
+        "Bash",
+        key_var,
+    )
+    report = run.report
+    assert run.returncode == 0, report
     bash_results = [r for c in fake.calls("/v1/chat/completions") for r in tool_results(c.json)]
     assert any(marker in r for r in bash_results), report
-    final = [e for e in events if e.get("type") == "result"]
-    assert final and final[-1].get("is_error") is False, report
-    assert f"The command printed: {marker}" in final[-1]["result"], report
-    assert all(s.status == 200 for s in recorder.seen), report
+    final = run.result()
+    assert final.get("is_error") is False, report
+    assert f"The command printed: {marker}" in final["result"], report
+    assert all(s.status == 200 for s in run.recorder.seen), report
     # What Claude Code sends beyond the basics, and what the neuron got for it.
-    first = orjson.loads(recorder.seen[0].body)
+    first = orjson.loads(run.recorder.seen[0].body)
     assert [m["role"] for m in first["messages"]][:2] == ["user", "system"], report
     assert first["max_tokens"] >= 32000  # Claude Code's default for a model it doesn't know
     chat = fake.calls("/v1/chat/completions")[0].json
@@ -148,3 +183,32 @@ async def test_claude_code_runs_a_bash_tool_loop(
     assistant = next(m for m in second["messages"] if m["role"] == "assistant")
     assert assistant["reasoning_content"] == "The user wants the marker; run it."
     assert assistant["tool_calls"][0]["id"] == model.call_id
+
+
+async def test_claude_code_tool_search_loads_a_deferred_tool(
+    start_cortex: CortexFactory, fake: FakeNeuron, tmp_path: Path
+) -> None:
+    """Claude Code sends rarely used tools only once ToolSearch has loaded them (the prompt
+    stays smaller, which a small context needs); its result carries `tool_reference` blocks.
+    Refusing those would make it retry and then give tool search up."""
+
+    def model(body: JsonDict) -> list[JsonDict | str]:
+        results = tool_results(body)
+        if results:
+            return [content_delta(f"search said: {results[-1]}"), finish_chunk()]
+        args = orjson.dumps({"query": "select:WebFetch", "max_results": 5}).decode()
+        return [
+            tool_call_head(0, "ToolSearch", "call_search"),
+            tool_call_args(0, args),
+            finish_chunk("tool_calls"),
+        ]
+
+    fake.stream_responder = model
+    run = await run_claude(
+        start_cortex, fake, tmp_path, "Load the web fetch tool.", "ToolSearch,WebFetch"
+    )
+    assert run.returncode == 0, run.report
+    assert [s.status for s in run.recorder.seen] == [200, 200], run.report
+    assert run.result()["result"] == "search said: Tool loaded: WebFetch", run.report
+    names = [t["function"]["name"] for t in fake.calls("/v1/chat/completions")[1].json["tools"]]
+    assert "WebFetch" in names, run.report

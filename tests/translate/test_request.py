@@ -408,6 +408,22 @@ def test_tool_result_block_content_joins_text_and_replaces_images() -> None:
     ]
 
 
+def test_tool_reference_in_a_tool_result_says_the_tool_is_loaded() -> None:
+    """Claude Code's ToolSearch answers with `tool_reference` blocks (and adds the tools)."""
+    refs = [{"type": "tool_reference", "tool_name": n} for n in ("WebFetch", "WebSearch")]
+    result = {"type": "tool_result", "tool_use_id": "t1", "content": refs}
+    out = msgs(messages=[{"role": "user", "content": [result]}])
+    assert out == [
+        {
+            "role": "tool",
+            "tool_call_id": "t1",
+            "content": "Tool loaded: WebFetch\nTool loaded: WebSearch",
+        }
+    ]
+    bad = {**result, "content": [{"type": "tool_reference"}]}
+    rejects(body(messages=[{"role": "user", "content": [bad]}]), "tool_name")
+
+
 def test_tool_result_is_error_is_ignored_and_missing_content_is_empty() -> None:
     out = msgs(
         messages=[

@@ -107,6 +107,11 @@ def _tool_result_text(content: Any, where: str) -> str:
             out.append(_text_of(b, where))
         elif b.get("type") == "image":
             out.append("[image]")
+        elif b.get("type") == "tool_reference":
+            # Tool search (Claude Code's ToolSearch): the client also adds the tool to `tools`,
+            # so the model only needs to read that it is there now.
+            name = _get(b, "tool_name", str, f"{where}: tool_reference needs a 'tool_name'")
+            out.append(f"Tool loaded: {name}")
         else:
             raise TranslationError(f"unsupported content block type '{b.get('type')}'")
     return "\n".join(out)
