@@ -169,6 +169,20 @@ async def test_zero_unloads_right_after_the_request(
     assert cortex.metric("cortex_node_lifecycle_cycles", node=NODE) == 1
 
 
+async def test_the_value_belongs_to_the_node_that_served(start_cortex: CortexFactory) -> None:
+    async with (
+        FakeNeuron(models=[model_info(M)], token=NODE_TOKEN) as a,
+        FakeNeuron(models=[model_info(M)], token=NODE_TOKEN) as b,
+    ):
+        cortex = await start_cortex({"node-a": a, "node-b": b})
+        r = await post(cortex, "/v1/chat/completions", {**CHAT, "keep_alive": 0})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-helexa-node"] == "node-a"  # equally idle: by name
+        await cortex.gw.idle.sweep()
+        assert a.count("/models/unload") == 1 and b.count("/models/unload") == 0
+        assert cortex.gw.fleet.nodes["node-b"].models[M].keep_alive is None
+
+
 async def test_catalogue_ttl(start_cortex: CortexFactory, fake: FakeNeuron) -> None:
     models = [model_info("fresh/model"), model_info("stale/model"), model_info("forever/model")]
     async with FakeNeuron(models=models, token=NODE_TOKEN) as fake:
