@@ -17,27 +17,31 @@ import pytest
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from helexa.neuron.embeddings_api import (
+    check_dimensions,
+    embeddings_reply,
+    parse_embeddings,
+)
 from helexa.neuron.openai_api import (
-    ChatStream,
-    CompletionStream,
     Limits,
     Sampling,
-    Usage,
-    chat_completion,
-    check_dimensions,
     check_prompt,
     clamp_max_tokens,
-    completion,
     context_length_exceeded,
     embedding_only,
-    embeddings_reply,
-    error_frame,
     model_unloaded,
     no_chat_template,
     parse_chat,
     parse_completion,
-    parse_embeddings,
     worker_crashed,
+)
+from helexa.neuron.openai_replies import (
+    ChatStream,
+    CompletionStream,
+    Usage,
+    chat_completion,
+    completion,
+    error_frame,
 )
 from helexa.neuron.parse import ContentDelta, OutputParser, ReasoningDelta, ToolCall
 from helexa.wire.errors import ApiError

@@ -14,7 +14,8 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from helexa.neuron.openai_api import Usage, worker_crashed
+from helexa.neuron.openai_api import worker_crashed
+from helexa.neuron.openai_replies import Usage
 from helexa.neuron.params import PREVIOUS_RESPONSE_UNSUPPORTED
 from helexa.neuron.parse import ContentDelta, OutputParser, ReasoningDelta, ToolCall
 from helexa.neuron.responses_api import (

@@ -24,7 +24,9 @@ import orjson
 from aiohttp import web
 
 from helexa.config.neuron import NeuronConfig
+from helexa.neuron import embeddings_api as emb
 from helexa.neuron import openai_api as oa
+from helexa.neuron import openai_replies as replies
 from helexa.neuron import responses_api as ra
 from helexa.neuron import sources
 from helexa.neuron.discovery import DeviceProbe, NeuronDiscovery, worker_cuda_env
@@ -539,13 +541,13 @@ class Sink:
     def delta(self, text: str, tokens: int) -> bytes:
         return b""
 
-    def end(self, done: dict[str, Any], usage: oa.Usage) -> bytes:
+    def end(self, done: dict[str, Any], usage: replies.Usage) -> bytes:
         return b""
 
     def error(self, err: ApiError) -> bytes:
-        return oa.error_frame(err)
+        return replies.error_frame(err)
 
-    def body(self, done: dict[str, Any], usage: oa.Usage) -> dict[str, Any]:
+    def body(self, done: dict[str, Any], usage: replies.Usage) -> dict[str, Any]:
         raise NotImplementedError
 
     def finish_parser(self, done: dict[str, Any]) -> list[Any]:
@@ -556,7 +558,7 @@ class Sink:
 class ChatSink(Sink):
     def __init__(self, model: str, parser: OutputParser, include_usage: bool) -> None:
         super().__init__(model, parser)
-        self.stream = oa.ChatStream(model, include_usage=include_usage)
+        self.stream = replies.ChatStream(model, include_usage=include_usage)
 
     def start(self) -> bytes:
         return self.stream.first()
@@ -566,21 +568,21 @@ class ChatSink(Sink):
         events = self.parser.feed(text, tokens)
         return self.stream.events(events) if events else b""
 
-    def end(self, done: dict[str, Any], usage: oa.Usage) -> bytes:
+    def end(self, done: dict[str, Any], usage: replies.Usage) -> bytes:
         assert self.parser is not None
         tail = self.stream.events(self.finish_parser(done))
         return tail + self.stream.end(self.parser.finish_reason, done.get("stop_reason"), usage)
 
-    def body(self, done: dict[str, Any], usage: oa.Usage) -> dict[str, Any]:
+    def body(self, done: dict[str, Any], usage: replies.Usage) -> dict[str, Any]:
         assert self.parser is not None
         self.finish_parser(done)
-        return oa.chat_completion(self.model, self.parser, usage, done.get("stop_reason"))
+        return replies.chat_completion(self.model, self.parser, usage, done.get("stop_reason"))
 
 
 class CompletionSink(Sink):
     def __init__(self, model: str, include_usage: bool) -> None:
         super().__init__(model, None)
-        self.stream = oa.CompletionStream(model, include_usage=include_usage)
+        self.stream = replies.CompletionStream(model, include_usage=include_usage)
 
     def delta(self, text: str, tokens: int) -> bytes:
         if not text:
@@ -588,12 +590,12 @@ class CompletionSink(Sink):
         self.text.append(text)
         return self.stream.text(text)
 
-    def end(self, done: dict[str, Any], usage: oa.Usage) -> bytes:
+    def end(self, done: dict[str, Any], usage: replies.Usage) -> bytes:
         return self.stream.end(str(done.get("finish_reason") or "stop"), usage)
 
-    def body(self, done: dict[str, Any], usage: oa.Usage) -> dict[str, Any]:
+    def body(self, done: dict[str, Any], usage: replies.Usage) -> dict[str, Any]:
         finish = str(done.get("finish_reason") or "stop")
-        return oa.completion(self.model, "".join(self.text), finish, usage)
+        return replies.completion(self.model, "".join(self.text), finish, usage)
 
 
 class ResponsesSink(Sink):
@@ -610,14 +612,14 @@ class ResponsesSink(Sink):
         events = self.parser.feed(text, tokens)
         return self.stream.events(events) if events else b""
 
-    def end(self, done: dict[str, Any], usage: oa.Usage) -> bytes:
+    def end(self, done: dict[str, Any], usage: replies.Usage) -> bytes:
         tail = self.stream.events(self.finish_parser(done))
         return tail + self.stream.finish(done.get("finish_reason") == "length", usage)
 
     def error(self, err: ApiError) -> bytes:
         return self.stream.error(err)
 
-    def body(self, done: dict[str, Any], usage: oa.Usage) -> dict[str, Any]:
+    def body(self, done: dict[str, Any], usage: replies.Usage) -> dict[str, Any]:
         assert self.parser is not None
         self.finish_parser(done)
         return ra.response_body(self.req, self.parser, usage)
@@ -684,10 +686,10 @@ async def _generate(
         adm.release()
 
 
-def _usage(sink: Sink, prompt_len: int, done: dict[str, Any]) -> oa.Usage:
+def _usage(sink: Sink, prompt_len: int, done: dict[str, Any]) -> replies.Usage:
     completion = int(done.get("completion_tokens") or 0)
     reasoning = sink.parser.reasoning_tokens if sink.parser is not None else 0
-    return oa.Usage(prompt_len, completion, min(reasoning, completion))
+    return replies.Usage(prompt_len, completion, min(reasoning, completion))
 
 
 def _observe_done(neuron: Neuron, model: str, done: dict[str, Any], t_first: float) -> None:
@@ -845,7 +847,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     neuron, rec, model = _lookup(request, body)
-    req = oa.parse_embeddings(body)
+    req = emb.parse_embeddings(body)
     if req.tokenized:
         batches: list[list[int]] = req.inputs  # type: ignore[assignment]
     else:
@@ -869,7 +871,7 @@ async def embeddings(request: web.Request) -> web.Response:
         except WorkerError as e:
             raise _client_error(e, model) from None
     vectors = reply.get("vectors") or []
-    out = oa.embeddings_reply(model, vectors, prompt_len, req.encoding_format, req.dimensions)
+    out = emb.embeddings_reply(model, vectors, prompt_len, req.encoding_format, req.dimensions)
     return json_response(out, headers={PROMPT_HEADER: str(prompt_len)})
 
 

@@ -1,23 +1,18 @@
-"""OpenAI chat, completions and embeddings on the neuron: checks and reply shapes (§2.15-§2.20).
+"""OpenAI chat and completions requests on the neuron: checks, caps and errors (§2.15-§2.18).
 
-Pure: bodies in, dataclasses or bytes out. The daemon owns model lookup, tokenization and
-generation; this module owns every client-visible text, so the exact messages of the contract
+Pure: bodies in, dataclasses out. The daemon owns model lookup, tokenization and generation;
+this module owns the client-visible texts of the checks, so the exact messages of the contract
 live in one place. Validation follows §2.15: `null` means absent, a wrong type or range is
-`invalid_value` naming the field, and the W1 gaps are `unsupported_parameter`.
+`invalid_value` naming the field; what we don't implement is refused by params.py. The replies
+are in openai_replies.py, embeddings in embeddings_api.py.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import math
-import struct
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
-
-import orjson
 
 from helexa.neuron.params import (
     CHAT_REFUSED,
@@ -28,42 +23,28 @@ from helexa.neuron.params import (
     thinking_kwargs,
     unsupported_parameter,
 )
-from helexa.neuron.parse import ContentDelta, Event, OutputParser, ReasoningDelta, ToolCall, new_id
-from helexa.wire import sse
 from helexa.wire.errors import ApiError
 
 __all__ = [
     "ChatRequest",
-    "ChatStream",
     "CompletionRequest",
-    "CompletionStream",
-    "EmbeddingsRequest",
     "Limits",
     "Sampling",
-    "Usage",
-    "chat_completion",
-    "check_dimensions",
     "check_prompt",
     "clamp_max_tokens",
-    "completion",
     "context_length_exceeded",
-    "embeddings_reply",
-    "error_frame",
     "invalid_value",
     "missing_model",
     "model_unloaded",
-    "new_id",
     "no_chat_template",
     "parse_chat",
     "parse_completion",
-    "parse_embeddings",
     "require_model",
     "unsupported_parameter",
     "worker_crashed",
 ]
 
 MAX_STOP = 16
-MAX_EMBED_INPUTS = 2048
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -116,11 +97,6 @@ def model_unloaded(model: str) -> ApiError:
     return ApiError(503, "model_unloaded", f"model '{model}' was unloaded", retry_after=2)
 
 
-def error_frame(err: ApiError) -> bytes:
-    """A mid-stream fault on chat/completions (§2.11): the error frame, then `[DONE]`."""
-    return sse.data_frame(err.openai_body()) + sse.DONE
-
-
 # -- field readers ------------------------------------------------------------------------------
 
 
@@ -131,7 +107,7 @@ def require_model(body: dict[str, Any]) -> str:
     return model
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -154,11 +130,11 @@ def _number(
     return float(v)
 
 
-def _positive_int(body: dict[str, Any], key: str) -> int | None:
+def positive_int(body: dict[str, Any], key: str) -> int | None:
     v = body.get(key)
     if v is None:
         return None
-    if not _is_int(v) or v < 1:
+    if not is_int(v) or v < 1:
         raise invalid_value(key, "must be an integer >= 1")
     return int(v)
 
@@ -218,7 +194,7 @@ def parse_sampling(body: dict[str, Any], *, full: bool = True) -> Sampling:
         return s
     top_k = body.get("top_k")
     if top_k is not None:
-        if not _is_int(top_k) or top_k < -1:
+        if not is_int(top_k) or top_k < -1:
             raise invalid_value("top_k", "must be an integer >= 0 (0 turns it off)")
         s.top_k = max(0, int(top_k))  # -1 is vLLM's spelling of "off"
     s.min_p = _number(body, "min_p", 0, 1, "must be a number between 0 and 1")
@@ -227,7 +203,7 @@ def parse_sampling(body: dict[str, Any], *, full: bool = True) -> Sampling:
     )
     seed = body.get("seed")
     if seed is not None:
-        if not _is_int(seed) or not -(2**63) <= seed < 2**64:
+        if not is_int(seed) or not -(2**63) <= seed < 2**64:
             raise invalid_value("seed", "must be an integer")
         s.seed = int(seed)
     return s
@@ -246,15 +222,15 @@ def parse_stop(body: dict[str, Any]) -> list[str]:
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
-    mct = _positive_int(body, "max_completion_tokens")
-    mt = _positive_int(body, "max_tokens")
+    mct = positive_int(body, "max_completion_tokens")
+    mt = positive_int(body, "max_tokens")
     return mct if mct is not None else mt
 
 
 def _check_unsupported(body: dict[str, Any], table: tuple[Refused, ...]) -> None:
     """The fields we don't implement (params.py), after `n`'s type check."""
     n = body.get("n")
-    if n is not None and not _is_int(n):
+    if n is not None and not is_int(n):
         raise invalid_value("n", "must be an integer")
     refuse(body, table)
 
@@ -493,174 +469,6 @@ def clamp_max_tokens(
     return min(requested, cap)
 
 
-# -- replies ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    reasoning_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def chat(self) -> dict[str, Any]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
-            "prompt_tokens_details": {"cached_tokens": 0},
-        }
-
-    def completion(self) -> dict[str, Any]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        }
-
-    def responses(self) -> dict[str, Any]:
-        return {
-            "input_tokens": self.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": self.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
-            "total_tokens": self.total_tokens,
-        }
-
-
-def tool_call_json(call: ToolCall) -> dict[str, Any]:
-    return {
-        "id": call.id,
-        "type": "function",
-        "function": {"name": call.name, "arguments": call.arguments},
-    }
-
-
-def chat_completion(
-    model: str,
-    parser: OutputParser,
-    usage: Usage,
-    stop_reason: str | None = None,
-    *,
-    id: str | None = None,
-    created: int | None = None,
-) -> dict[str, Any]:
-    """The non-streaming chat reply (§2.16) from a finished parser."""
-    text = parser.content
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": None if parser.tool_calls and not text else text,
-    }
-    if parser.reasoning:
-        message["reasoning_content"] = parser.reasoning
-    if parser.tool_calls:
-        message["tool_calls"] = [tool_call_json(c) for c in parser.tool_calls]
-    return {
-        "id": id or new_id("chatcmpl-"),
-        "object": "chat.completion",
-        "created": created if created is not None else int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": parser.finish_reason,
-                "stop_reason": stop_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": usage.chat(),
-    }
-
-
-class _Chunks:
-    """Shared framing: every chunk is `{id, object, created, model, choices, …}` as one line.
-    With `include_usage` (the client's `stream_options`), OpenAI's: `"usage": null` on every
-    chunk, and a last chunk with `choices: []` and the usage; without it, no usage at all."""
-
-    __slots__ = ("_head", "_tail", "created", "id", "include_usage", "model")
-    OBJECT = ""
-
-    def __init__(self, model: str, id: str, created: int | None, include_usage: bool) -> None:
-        self.id = id
-        self.model = model
-        self.created = created if created is not None else int(time.time())
-        self.include_usage = include_usage
-        head = orjson.dumps(
-            {"id": self.id, "object": self.OBJECT, "created": self.created, "model": model}
-        )
-        self._head = b"data: " + head[:-1] + b',"choices":'
-        self._tail = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
-
-    def _frame(self, choice: dict[str, Any]) -> bytes:
-        return self._head + b"[" + orjson.dumps(choice) + self._tail
-
-    def usage_frame(self, usage: dict[str, Any]) -> bytes:
-        """The usage chunk, or nothing when the client didn't ask for it."""
-        if not self.include_usage:
-            return b""
-        return self._head + b'[],"usage":' + orjson.dumps(usage) + b"}\n\n"
-
-
-class ChatStream(_Chunks):
-    """Chat SSE frames per the §2.16 grammar: `first`, then `events(...)` for each parser
-    batch, then `end(...)` (final chunk, usage chunk if asked, `[DONE]`). A fault:
-    `error_frame(err)`."""
-
-    __slots__ = ()
-    OBJECT = "chat.completion.chunk"
-
-    def __init__(
-        self,
-        model: str,
-        *,
-        include_usage: bool = False,
-        id: str | None = None,
-        created: int | None = None,
-    ) -> None:
-        super().__init__(model, id or new_id("chatcmpl-"), created, include_usage)
-
-    def _delta(self, delta: dict[str, Any]) -> bytes:
-        return self._frame({"index": 0, "delta": delta, "finish_reason": None})
-
-    def first(self) -> bytes:
-        return self._delta({"role": "assistant", "content": ""})
-
-    def events(self, events: Iterable[Event]) -> bytes:
-        out: list[bytes] = []
-        for ev in events:
-            if isinstance(ev, ContentDelta):
-                out.append(self._delta({"content": ev.text}))
-            elif isinstance(ev, ReasoningDelta):
-                out.append(self._delta({"reasoning_content": ev.text}))
-            else:
-                head = {
-                    "index": ev.index,
-                    "id": ev.id,
-                    "type": "function",
-                    "function": {"name": ev.name, "arguments": ""},
-                }
-                out.append(self._delta({"tool_calls": [head]}))
-                args = {"index": ev.index, "function": {"arguments": ev.arguments}}
-                out.append(self._delta({"tool_calls": [args]}))
-        return b"".join(out)
-
-    def final(self, finish_reason: str, stop_reason: str | None = None) -> bytes:
-        return self._frame(
-            {"index": 0, "delta": {}, "finish_reason": finish_reason, "stop_reason": stop_reason}
-        )
-
-    def usage(self, usage: Usage) -> bytes:
-        return self.usage_frame(usage.chat())
-
-    def end(self, finish_reason: str, stop_reason: str | None, usage: Usage) -> bytes:
-        return self.final(finish_reason, stop_reason) + self.usage(usage) + sse.DONE
-
-
 # -- text completions (§2.18) -------------------------------------------------------------------
 
 
@@ -690,152 +498,7 @@ def parse_completion(body: dict[str, Any]) -> CompletionRequest:
         prompt=prompt,
         sampling=parse_sampling(body),
         stop=parse_stop(body),
-        max_tokens=_positive_int(body, "max_tokens"),
+        max_tokens=positive_int(body, "max_tokens"),
         stream=_bool(body, "stream", False),
         include_usage=include_usage(body),
     )
-
-
-def completion(
-    model: str,
-    text: str,
-    finish_reason: str,
-    usage: Usage,
-    *,
-    id: str | None = None,
-    created: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": id or new_id("cmpl-"),
-        "object": "text_completion",
-        "created": created if created is not None else int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": usage.completion(),
-    }
-
-
-class CompletionStream(_Chunks):
-    """Completion SSE: `text(...)` per delta, then `end(...)` (a frame with the finish reason,
-    the usage chunk if asked, `[DONE]`)."""
-
-    __slots__ = ()
-    OBJECT = "text_completion"
-
-    def __init__(
-        self,
-        model: str,
-        *,
-        include_usage: bool = False,
-        id: str | None = None,
-        created: int | None = None,
-    ) -> None:
-        super().__init__(model, id or new_id("cmpl-"), created, include_usage)
-
-    def text(self, text: str) -> bytes:
-        return self._frame({"index": 0, "text": text, "logprobs": None, "finish_reason": None})
-
-    def final(self, finish_reason: str) -> bytes:
-        return self._frame(
-            {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}
-        )
-
-    def usage(self, usage: Usage) -> bytes:
-        return self.usage_frame(usage.completion())
-
-    def end(self, finish_reason: str, usage: Usage) -> bytes:
-        return self.final(finish_reason) + self.usage(usage) + sse.DONE
-
-
-# -- embeddings (§2.20) -------------------------------------------------------------------------
-
-_INPUT_PROBLEM = (
-    "must be a string, an array of strings, an array of token ids or an array of such arrays"
-)
-
-
-@dataclass(slots=True)
-class EmbeddingsRequest:
-    """`inputs` are all strings (to tokenize) or all token-id lists."""
-
-    model: str
-    inputs: list[str] | list[list[int]]
-    encoding_format: str = "float"
-    dimensions: int | None = None
-
-    @property
-    def tokenized(self) -> bool:
-        return bool(self.inputs) and isinstance(self.inputs[0], list)
-
-
-def _token_ids(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(_is_int(t) and t >= 0 for t in v)
-
-
-def _embedding_inputs(v: Any) -> list[str] | list[list[int]]:
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, list):
-        raise invalid_value("input", _INPUT_PROBLEM)
-    if not v:
-        raise invalid_value("input", "must not be empty")
-    if _token_ids(v):
-        return [v]
-    if len(v) > MAX_EMBED_INPUTS:
-        raise invalid_value("input", f"must have at most {MAX_EMBED_INPUTS} items")
-    if all(isinstance(s, str) for s in v):
-        if not all(v):
-            raise invalid_value("input", "must not contain empty strings")
-        return v
-    if all(_token_ids(t) for t in v):
-        return v
-    raise invalid_value("input", _INPUT_PROBLEM)
-
-
-def parse_embeddings(body: dict[str, Any]) -> EmbeddingsRequest:
-    model = require_model(body)
-    fmt = body.get("encoding_format")
-    if fmt is None:
-        fmt = "float"
-    if fmt not in ("float", "base64"):
-        raise invalid_value("encoding_format", "must be 'float' or 'base64'")
-    return EmbeddingsRequest(
-        model=model,
-        inputs=_embedding_inputs(body.get("input")),
-        encoding_format=fmt,
-        dimensions=_positive_int(body, "dimensions"),
-    )
-
-
-def check_dimensions(dimensions: int | None, native: int) -> None:
-    if dimensions is not None and dimensions != native:
-        raise unsupported_parameter(
-            "dimensions",
-            f"'dimensions' other than the model's native size ({native}) is not supported",
-        )
-
-
-def encode_base64(vector: list[float]) -> str:
-    """Little-endian float32 bytes, base64 (what the OpenAI SDK decodes)."""
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-
-
-def embeddings_reply(
-    model: str,
-    vectors: list[list[float]],
-    prompt_tokens: int,
-    encoding_format: str = "float",
-    dimensions: int | None = None,
-) -> dict[str, Any]:
-    if vectors:
-        check_dimensions(dimensions, len(vectors[0]))
-    as_b64 = encoding_format == "base64"
-    return {
-        "object": "list",
-        "data": [
-            {"object": "embedding", "index": i, "embedding": encode_base64(v) if as_b64 else v}
-            for i, v in enumerate(vectors)
-        ],
-        "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }

@@ -16,7 +16,6 @@ import orjson
 
 from helexa.neuron.openai_api import (
     ChatRequest,
-    Usage,
     check_format,
     check_part,
     invalid_value,
@@ -24,6 +23,7 @@ from helexa.neuron.openai_api import (
     require_model,
     unsupported_parameter,
 )
+from helexa.neuron.openai_replies import Usage
 from helexa.neuron.params import RESPONSES_REFUSED, refuse, thinking_kwargs
 from helexa.neuron.parse import ContentDelta, Event, OutputParser, ReasoningDelta, ToolCall, new_id
 from helexa.wire import sse

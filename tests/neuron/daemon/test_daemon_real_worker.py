@@ -56,7 +56,9 @@ async def test_real_worker_lifecycle(
     assert r1.json()["usage"]["completion_tokens"] == 8
     assert r1.json()["choices"][0]["message"] == r2.json()["choices"][0]["message"]
     async with rig.client.stream(
-        "POST", "/v1/chat/completions", json={**body, "stream": True}
+        "POST",
+        "/v1/chat/completions",
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
     ) as s:
         frames = await sse_data(s)
     assert frames[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
