@@ -92,6 +92,22 @@ def test_streaming_chat_matches_transformers_greedy(oai: Any, expected: tuple[st
     assert usage is not None and usage.completion_tokens == expected[1]
 
 
+def test_streaming_chat_without_include_usage(
+    oai: Any, sdk_stack: Stack, expected: tuple[str, int]
+) -> None:
+    """The README's loop (`choices[0]` on every chunk) over a real neuron: cortex asks it for the
+    usage chunk, meters from it, and the client, which didn't ask, never sees it."""
+    stream = oai.chat.completions.create(
+        model=MODEL, messages=MSGS, max_tokens=N, temperature=0, stream=True
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected[0]
+    assert all(c.usage is None for c in chunks)
+    last = sdk_stack.cortex.client.get("/api/history", params={"limit": 1}).json()["data"][0]
+    assert (last["route"], last["status"]) == ("/v1/chat/completions", 200)
+    assert last["completion_tokens"] == expected[1] and last["prompt_tokens"] > 0
+
+
 def test_completions(oai: Any) -> None:
     reply = oai.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=5)
     assert reply.object == "text_completion"
