@@ -51,9 +51,9 @@ def _text_of(block: dict[str, Any], where: str) -> str:
     return _get(block, "text", str, f"{where}: text block without a string 'text'")
 
 
-# Claude Code opens its system prompt with a block `x-anthropic-billing-header: cc_version=…;`
-# whose value changes between sessions. It is metadata for Anthropic's billing, not an
-# instruction, and at the very start of the prompt it would defeat every prefix cache: dropped.
+# Claude Code opens its system prompt with a block `x-anthropic-billing-header: cc_version=…;`:
+# metadata for Anthropic's billing, not an instruction, and at the very start of the prompt any
+# change to it (a new client version, say) would defeat the whole prefix cache. Dropped.
 BILLING_HEADER = "x-anthropic-billing-header:"
 
 
