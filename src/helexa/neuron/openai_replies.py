@@ -106,9 +106,17 @@ class _Chunks:
 
     __slots__ = ("_head", "_tail", "created", "id", "include_usage", "model")
     OBJECT = ""
+    ID_PREFIX = ""
 
-    def __init__(self, model: str, id: str, created: int | None, include_usage: bool) -> None:
-        self.id = id
+    def __init__(
+        self,
+        model: str,
+        *,
+        include_usage: bool = False,
+        id: str | None = None,
+        created: int | None = None,
+    ) -> None:
+        self.id = id or new_id(self.ID_PREFIX)
         self.model = model
         self.created = created if created is not None else int(time.time())
         self.include_usage = include_usage
@@ -135,16 +143,7 @@ class ChatStream(_Chunks):
 
     __slots__ = ()
     OBJECT = "chat.completion.chunk"
-
-    def __init__(
-        self,
-        model: str,
-        *,
-        include_usage: bool = False,
-        id: str | None = None,
-        created: int | None = None,
-    ) -> None:
-        super().__init__(model, id or new_id("chatcmpl-"), created, include_usage)
+    ID_PREFIX = "chatcmpl-"
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
         return self._frame({"index": 0, "delta": delta, "finish_reason": None})
@@ -208,16 +207,7 @@ class CompletionStream(_Chunks):
 
     __slots__ = ()
     OBJECT = "text_completion"
-
-    def __init__(
-        self,
-        model: str,
-        *,
-        include_usage: bool = False,
-        id: str | None = None,
-        created: int | None = None,
-    ) -> None:
-        super().__init__(model, id or new_id("cmpl-"), created, include_usage)
+    ID_PREFIX = "cmpl-"
 
     def text(self, text: str) -> bytes:
         return self._frame({"index": 0, "text": text, "logprobs": None, "finish_reason": None})
