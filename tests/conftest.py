@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from helexa.config.cortex import load_settings
 from helexa.cortex.app import make_app, make_metrics_app
@@ -37,7 +38,7 @@ async def start_cortex(tmp_path: Path) -> AsyncIterator[CortexFactory]:
         token: str | None = NODE_TOKEN,
         poll: bool = True,
         background_poll: bool = False,
-        middlewares: Sequence[Any] = (),
+        middlewares: Sequence[Middleware] = (),
     ) -> Cortex:
         d = tmp_path / f"cortex{len(gateways)}"
         d.mkdir()
