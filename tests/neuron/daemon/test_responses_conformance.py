@@ -1,13 +1,15 @@
 """The Open Responses compliance suite's checks, ported, against the neuron's /v1/responses.
 
-The suite (openresponses/openresponses, `src/lib/compliance-tests.ts`) sends six requests and
+The suite (openresponses/openresponses, `src/lib/compliance-tests.ts`) sends a dozen requests and
 checks each reply against the `ResponseResource` schema, then a few semantic rules; streamed
 replies must have every event valid against the streaming-event union and a final response from
 `response.completed` / `response.incomplete` / `response.failed`. Here the same requests go to a
 real neuron (fake workers scripted to answer each one), every object and event is validated with
 the `openresponses-types` package and with the `openai` SDK's own types, and the suite's rules
-are asserted. Beyond the suite: the `max_output_tokens` cut (`response.incomplete`) and the
-mid-stream `error` event.
+are asserted. Where we depart (no stored responses, no file or vision input, no built-in tools)
+the test pins the clear 400 a client gets instead, and the function-call round trip is run the
+stateless way (replaying the call in `input`). Beyond the suite: the `max_output_tokens` cut
+(`response.incomplete`) and the mid-stream `error` event.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import openresponses_types as ort
 import pytest
-from daemon_rig import NeuronFactory, Rig, sse_events
+from daemon_rig import NeuronFactory, Rig, set_fake, sse_events
 from daemon_rig import start_neuron as start_neuron  # the fixture
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
@@ -234,6 +236,78 @@ async def test_multi_turn(start_neuron: NeuronFactory) -> None:
         },
     )
     assert resp["output"] and resp["status"] == "completed"
+
+
+async def test_function_call_round_trip_stateless(start_neuron: NeuronFactory) -> None:
+    """The suite's round trip continues with `previous_response_id`; we store nothing, so the
+    client replays the call and sends its output, and the model answers."""
+    rig = await scripted(start_neuron, [WEATHER_CALL])
+    ask = user("Use the weather tool to get the temperature in San Francisco.")
+    first = await create(rig, {"input": [ask], "tools": [WEATHER_TOOL]})
+    call = next(i for i in first["output"] if i["type"] == "function_call")
+    set_fake(rig.root / "m", {"reply": {"pieces": ["It is 64 degrees and clear."]}})
+    replay = {k: call[k] for k in ("type", "call_id", "name", "arguments")}
+    output = {
+        "type": "function_call_output",
+        "call_id": call["call_id"],
+        "output": "64 degrees and clear",
+    }
+    second = await create(rig, {"input": [ask, replay, output], "tools": [WEATHER_TOOL]})
+    assert second["status"] == "completed" and second["output"]
+    assert second["output"][-1]["content"][0]["text"] == "It is 64 degrees and clear."
+
+
+@pytest.mark.parametrize(
+    "extra,code,param,message",
+    [
+        (
+            {"previous_response_id": "resp_1"},
+            "unsupported_parameter",
+            "previous_response_id",
+            "previous_response_id is not supported: this server does not store responses",
+        ),
+        (
+            {
+                "input": [
+                    {
+                        "type": "message",
+                        "role": "user",
+                        "content": [
+                            {"type": "input_file", "filename": "a.pdf", "file_data": "data:,x"}
+                        ],
+                    }
+                ]
+            },
+            "unsupported_content",
+            None,
+            "file input is not supported",
+        ),
+        (
+            {"tools": [{"type": "web_search", "external_web_access": False}]},
+            "unsupported_parameter",
+            "tools",
+            "tool type 'web_search' is not supported; only 'function' tools are",
+        ),
+        (
+            {"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]},
+            "unsupported_parameter",
+            "tools",
+            "tool type 'file_search' is not supported; only 'function' tools are",
+        ),
+    ],
+)
+async def test_the_suites_other_checks_get_clear_400s(
+    start_neuron: NeuronFactory, extra: dict[str, Any], code: str, param: str | None, message: str
+) -> None:
+    rig = await scripted(start_neuron, ["unused"])
+    r = await rig.client.post("/v1/responses", json={"model": "local/m", "input": "hi", **extra})
+    assert r.status_code == 400
+    assert r.json()["error"] == {
+        "message": message,
+        "type": "invalid_request_error",
+        "code": code,
+        "param": param,
+    }
 
 
 # -- beyond the suite -----------------------------------------------------------------------------
