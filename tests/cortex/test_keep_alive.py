@@ -205,6 +205,30 @@ async def test_catalogue_ttl(start_cortex: CortexFactory, fake: FakeNeuron) -> N
         assert evictions(cortex, "fresh/model") == 0
 
 
+async def test_every_idle_model_of_a_node_goes_in_one_sweep(
+    start_cortex: CortexFactory,
+) -> None:
+    async with FakeNeuron(models=[model_info("a/m"), model_info("b/m")], token=NODE_TOKEN) as fake:
+        models = [{"id": "a/m", "keep_alive_secs": 1}, {"id": "b/m", "keep_alive_secs": 1}]
+        cortex = await start_cortex({NODE: fake}, models={"models": models})
+        idle_for(cortex, 2, "a/m")
+        idle_for(cortex, 2, "b/m")
+        await cortex.gw.idle.sweep()
+        assert sorted(c.json["model_id"] for c in fake.calls("/models/unload")) == ["a/m", "b/m"]
+
+
+async def test_a_node_busy_placing_is_swept_later(
+    start_cortex: CortexFactory, fake: FakeNeuron
+) -> None:
+    cortex = await start_cortex({NODE: fake}, models=ttl(1))
+    idle_for(cortex, 2)
+    async with cortex.gw.fleet.nodes[NODE].placement_lock:  # a cold load under way there
+        await cortex.gw.idle.sweep()
+    assert fake.count("/models/unload") == 0
+    await cortex.gw.idle.sweep()
+    assert fake.count("/models/unload") == 1
+
+
 async def test_request_value_overrides_the_catalogue(
     start_cortex: CortexFactory, fake: FakeNeuron
 ) -> None:

@@ -128,25 +128,23 @@ class IdleReaper:
         return now >= since + ttl
 
     async def sweep(self) -> None:
-        """One pass over the healthy fleet."""
-        now = time.time()
-        due = [
-            (node, model_id)
-            for node in self.fleet.healthy()
-            for model_id in list(node.models)
-            if self._expired(node, model_id, now)
-        ]
-        await asyncio.gather(*(self._unload(node, model_id) for node, model_id in due))
+        """One pass over the healthy fleet, nodes in parallel."""
+        await asyncio.gather(*(self._sweep_node(node) for node in self.fleet.healthy()))
+
+    async def _sweep_node(self, node: NodeState) -> None:
+        if node.placement_lock.locked():
+            return  # a load there may take minutes and may evict what is idle: next sweep
+        async with node.placement_lock:
+            for model_id in list(node.models):
+                if self._expired(node, model_id, time.time()):
+                    await self._unload(node, model_id)
 
     async def _unload(self, node: NodeState, model_id: str) -> None:
-        async with node.placement_lock:
-            if not self._expired(node, model_id, time.time()):  # used while we waited
-                return
-            try:
-                await self.lifecycle.unload(node, model_id)
-            except NeuronCallError as e:
-                log.warning("idle unload of %s on %s failed: %s", model_id, node.name, e)
-                return
+        try:
+            await self.lifecycle.unload(node, model_id)
+        except NeuronCallError as e:
+            log.warning("idle unload of %s on %s failed: %s", model_id, node.name, e)
+            return
         self.metrics.evictions(node.name, model_id).inc()
         log.info("unloaded %s from %s: idle past its keep_alive", model_id, node.name)
 
