@@ -101,10 +101,12 @@ def chat_completion(
 
 class _Chunks:
     """Shared framing: every chunk is `{id, object, created, model, choices, …}` as one line.
-    With `include_usage` (the client's `stream_options`), OpenAI's: `"usage": null` on every
-    chunk, and a last chunk with `choices: []` and the usage; without it, no usage at all."""
+    With `include_usage` (the client's `stream_options`) a last chunk has `choices: []` and the
+    usage; without it there is none. OpenAI also puts `"usage": null` on every other chunk when
+    asked; we leave the key out (the SDKs' chunk types make it optional), because cortex always
+    asks, to meter, and finds the usage chunk by its `"usage"` key without parsing each frame."""
 
-    __slots__ = ("_head", "_tail", "created", "id", "include_usage", "model")
+    __slots__ = ("_head", "created", "id", "include_usage", "model")
     OBJECT = ""
     ID_PREFIX = ""
 
@@ -124,10 +126,9 @@ class _Chunks:
             {"id": self.id, "object": self.OBJECT, "created": self.created, "model": model}
         )
         self._head = b"data: " + head[:-1] + b',"choices":'
-        self._tail = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
 
     def _frame(self, choice: dict[str, Any]) -> bytes:
-        return self._head + b"[" + orjson.dumps(choice) + self._tail
+        return self._head + b"[" + orjson.dumps(choice) + b"]}\n\n"
 
     def usage_frame(self, usage: dict[str, Any]) -> bytes:
         """The usage chunk, or nothing when the client didn't ask for it."""

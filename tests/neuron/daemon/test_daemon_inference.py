@@ -102,7 +102,7 @@ async def test_chat_stream_grammar(start_neuron: NeuronFactory) -> None:
     async with rig.client.stream("POST", "/v1/chat/completions", json=body) as r:
         frames = await sse_data(r)
     assert frames[-1] == "[DONE]"
-    assert all(c["usage"] is None for c in frames[:-2])
+    assert all("usage" not in c for c in frames[:-2])
     usage = frames[-2]
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 2
 
