@@ -219,6 +219,7 @@ def test_thinking_switch_on_responses() -> None:
             "chat_template_kwargs.enable_thinking",
         ),
         (parse_responses, responses(reasoning={"effort": 3}), "reasoning.effort"),
+        (parse_responses, responses(max_tool_calls=0), "max_tool_calls"),
     ],
 )
 def test_thinking_switch_invalid_values(fn: Any, body: dict[str, Any], param: str) -> None:
@@ -232,7 +233,7 @@ def test_thinking_switch_invalid_values(fn: Any, body: dict[str, Any], param: st
 
 def test_one_call_when_parallel_calls_are_off() -> None:
     text = '<tool_call>{"name":"a"}</tool_call>\n<tool_call>{"name":"b"}</tool_call>\nDone.'
-    single = OutputParser(False, False, True, single_call=True)
+    single = OutputParser(False, False, True, max_calls=1)
     single.feed(text)
     single.finish()
     both = OutputParser(False, False, True)

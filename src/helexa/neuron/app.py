@@ -788,7 +788,7 @@ async def _chat_like(
         reasoning=bool(getattr(tok, "reasoning", False)),
         start_in_reasoning=bool(tok.prompt_opens_think(text)),
         tools_enabled=tools,
-        single_call=chat.parallel_tool_calls is False,
+        max_calls=chat.call_limit,
     )
     frame = {
         "prompt_ids": ids,

@@ -277,10 +277,18 @@ class ChatRequest:
     max_tokens: int | None = None
     stream: bool = False
     include_usage: bool = False
+    max_tool_calls: int | None = None  # Responses only
 
     @property
     def parse_tools(self) -> bool:
         return self.tools is not None
+
+    @property
+    def call_limit(self) -> int | None:
+        """How many calls the reply may carry: 1 without parallel calls, `max_tool_calls`."""
+        one = 1 if self.parallel_tool_calls is False else None
+        limits = [n for n in (self.max_tool_calls, one) if n is not None]
+        return min(limits) if limits else None
 
 
 def _json_args(v: Any, where: str) -> None:

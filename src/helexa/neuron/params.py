@@ -147,13 +147,13 @@ RESPONSES_REFUSED = (
 RESPONSES_HONOURED = frozenset(
     {
         "model", "input", "instructions", "stream", "max_output_tokens", "temperature", "top_p",
-        "tools", "parallel_tool_calls", "reasoning", "text", "metadata",
+        "tools", "parallel_tool_calls", "reasoning", "text", "metadata", "max_tool_calls",
     }
 )  # fmt: skip
 RESPONSES_HARMLESS = frozenset(
     {
         "store", "user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
-        "prompt_cache_options", "service_tier", "truncation", "stream_options", "max_tool_calls",
+        "prompt_cache_options", "service_tier", "truncation", "stream_options",
         "context_management", "image", "access_programs", "background_options",
     }
 )  # fmt: skip

@@ -105,7 +105,8 @@ class OutputParser:
 
     `reasoning`: the model has `<think>` markers; `start_in_reasoning`: the rendered prompt ended
     inside an open `<think>`; `tools_enabled`: the request has tools and `tool_choice != "none"`;
-    `single_call`: `parallel_tool_calls: false`, so valid calls after the first are dropped.
+    `max_calls`: valid calls past this many are dropped (`parallel_tool_calls: false` is 1,
+    Responses' `max_tool_calls`).
     """
 
     __slots__ = (
@@ -115,11 +116,11 @@ class OutputParser:
         "_entered_reasoning",
         "_finished",
         "_held_tokens",
+        "_max_calls",
         "_mode",
         "_new_call_id",
         "_reasoning",
         "_scan_from",
-        "_single_call",
         "_strip_ws",
         "_ws_hold",
         "hit_cap",
@@ -135,12 +136,12 @@ class OutputParser:
         start_in_reasoning: bool,
         tools_enabled: bool,
         *,
-        single_call: bool = False,
+        max_calls: int | None = None,
         new_call_id: Callable[[], str] | None = None,
     ) -> None:
         self.reasoning_enabled = reasoning or start_in_reasoning
         self.tools_enabled = tools_enabled
-        self._single_call = single_call
+        self._max_calls = max_calls
         self._new_call_id = new_call_id or (lambda: new_id("call_"))
         self._mode = _REASONING if start_in_reasoning else _CONTENT
         self._buf = ""  # text not yet emitted: a held-back marker prefix, or an open span
@@ -277,7 +278,7 @@ class OutputParser:
             return
         self._ws_hold = ""
         self._after_call = True
-        if self._single_call and self.tool_calls:
+        if self._max_calls is not None and len(self.tool_calls) >= self._max_calls:
             return
         call = ToolCall(len(self.tool_calls), self._new_call_id(), parsed[0], parsed[1])
         self.tool_calls.append(call)

@@ -216,6 +216,13 @@ def _optional(body: dict[str, Any], key: str, kind: type, problem: str) -> Any:
     return v
 
 
+def _count(body: dict[str, Any], key: str) -> int | None:
+    v = _optional(body, key, int, "must be an integer >= 1")
+    if v is not None and v < 1:
+        raise invalid_value(key, "must be an integer >= 1")
+    return v
+
+
 def _text(body: dict[str, Any]) -> dict[str, Any]:
     """`text`: plain-text format only, and the default verbosity (which is all we do)."""
     text = _optional(body, "text", dict, "must be an object") or {}
@@ -238,9 +245,8 @@ def parse_responses(body: dict[str, Any], *, vision: bool = False) -> ResponsesR
     tools, tools_echo = _tools(body.get("tools"))
     choice = _tool_choice(body.get("tool_choice"))
     ptc = _optional(body, "parallel_tool_calls", bool, "must be a boolean")
-    max_out = _optional(body, "max_output_tokens", int, "must be an integer >= 1")
-    if max_out is not None and max_out < 1:
-        raise invalid_value("max_output_tokens", "must be an integer >= 1")
+    max_out = _count(body, "max_output_tokens")
+    max_calls = _count(body, "max_tool_calls")
     stream = _optional(body, "stream", bool, "must be a boolean")
     kwargs = _optional(body, "chat_template_kwargs", dict, "must be an object") or {}
     reasoning = _optional(body, "reasoning", dict, "must be an object") or {}
@@ -258,6 +264,7 @@ def parse_responses(body: dict[str, Any], *, vision: bool = False) -> ResponsesR
         sampling=sampling,
         max_tokens=max_out,
         stream=bool(stream),
+        max_tool_calls=max_calls,
     )
     echo = {
         "previous_response_id": None,
@@ -275,7 +282,7 @@ def parse_responses(body: dict[str, Any], *, vision: bool = False) -> ResponsesR
         "reasoning": {"effort": effort, "summary": None} if effort is not None else None,
         "user": _optional(body, "user", str, "must be a string"),
         "max_output_tokens": max_out,
-        "max_tool_calls": None,
+        "max_tool_calls": max_calls,
         "store": False,
         "background": False,
         "service_tier": "default",

@@ -96,7 +96,9 @@ async def test_refusals_are_enveloped_400s(
     assert not (d / "last_generate.json").exists()  # refused before any generation
 
 
-async def test_parallel_tool_calls_false_gives_one_call(start_neuron: NeuronFactory) -> None:
+async def test_parallel_tool_calls_false_and_max_tool_calls_cap_the_calls(
+    start_neuron: NeuronFactory,
+) -> None:
     rig = await start_neuron()
     await loaded(rig, {"reply": {"pieces": TWO_CALLS}})
     r = await rig.client.post("/v1/chat/completions", json=chat_body("local/m", tools=TOOLS))
@@ -112,6 +114,13 @@ async def test_parallel_tool_calls_false_gives_one_call(start_neuron: NeuronFact
     req = {"model": "local/m", "input": "hi", "tools": flat, "parallel_tool_calls": False}
     out = (await rig.client.post("/v1/responses", json=req)).json()["output"]
     assert [i["type"] for i in out] == ["function_call"]
+    req = {"model": "local/m", "input": "hi", "tools": flat, "max_tool_calls": 1}
+    resp = (await rig.client.post("/v1/responses", json=req)).json()
+    assert [i["type"] for i in resp["output"]] == ["function_call"]
+    assert resp["max_tool_calls"] == 1
+    req["max_tool_calls"] = 2
+    out = (await rig.client.post("/v1/responses", json=req)).json()["output"]
+    assert [i["type"] for i in out] == ["function_call", "function_call"]
 
 
 @pytest.mark.parametrize("include_usage", [None, False, True])
