@@ -132,16 +132,20 @@ def test_responses_and_streaming_responses(oai: Any, expected: tuple[str, int]) 
     assert resp.output_text == expected[0]
     assert resp.usage is not None and resp.usage.output_tokens == expected[1]
 
-    deltas, completed = "", None
+    # the cap ends the stream with `response.incomplete`, as OpenAI's does (so, as there, the
+    # SDK's `get_final_response()`, which waits for `response.completed`, is not for this case)
+    deltas, last = "", None
     with oai.responses.stream(
         model=MODEL, input=PROMPT, max_output_tokens=N, temperature=0
     ) as stream:
         for event in stream:
             if event.type == "response.output_text.delta":
                 deltas += event.delta
-        completed = stream.get_final_response()
+            last = event
     assert deltas == expected[0]
-    assert completed.output_text == expected[0]
+    assert last is not None and last.type == "response.incomplete"
+    assert last.response.status == "incomplete" and last.response.output_text == expected[0]
+    assert last.response.output[-1].status == "incomplete"
 
 
 def test_embeddings(oai: Any) -> None:
