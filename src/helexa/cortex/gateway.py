@@ -20,6 +20,7 @@ from helexa.cortex.poller import Poller
 from helexa.cortex.proxy import Proxy
 from helexa.cortex.reload import CatalogueReloader
 from helexa.cortex.router import Router
+from helexa.cortex.upstream import UpstreamPool
 
 log = logging.getLogger("helexa.cortex")
 
@@ -58,8 +59,9 @@ class Gateway:
             self.fleet, self.catalogue, self.lifecycle, self.metrics, cfg.eviction.idle_check_secs
         )
         self.router = Router(self.fleet, self.catalogue, self.lifecycle, client, self.gw)
+        self.upstream = UpstreamPool(self.gw.probe_timeout_secs, self.gw.request_timeout_secs)
         self.proxy = Proxy(
-            self.session, self.router, self.poller, self.metrics, self.gw, self.accounting
+            self.upstream, self.router, self.poller, self.metrics, self.gw, self.accounting
         )
         for node in self.fleet:
             self.metrics.node_healthy(node.name).set(0)
@@ -76,6 +78,8 @@ class Gateway:
         if hasattr(self, "poller"):
             await self.poller.stop()
             await self.idle.stop()
+        if hasattr(self, "upstream"):
+            self.upstream.close()
         if self.session is not None:
             await self.session.close()
             self.session = None

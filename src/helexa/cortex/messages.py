@@ -17,6 +17,7 @@ from helexa.cortex.context import RequestContext
 from helexa.cortex.neuron_client import NeuronCallError
 from helexa.cortex.observer import TokenObserver
 from helexa.cortex.proxy import Proxy
+from helexa.cortex.upstream import Response
 from helexa.translate.response import message_id, translate_response
 from helexa.translate.stream import PING, AnthropicStream
 from helexa.wire import sse
@@ -90,7 +91,7 @@ async def relay(
 
 async def _whole(
     proxy: Proxy,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     observer: TokenObserver,
     ctx: RequestContext,
     headers: dict[str, str],
@@ -108,7 +109,7 @@ async def _whole(
 async def _stream(
     request: web.Request,
     proxy: Proxy,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     observer: TokenObserver,
     ctx: RequestContext,
     headers: dict[str, str],

@@ -24,6 +24,7 @@ from helexa.cortex.observer import TokenObserver
 from helexa.cortex.poller import Poller
 from helexa.cortex.router import NodeUnreachable, Router
 from helexa.cortex.stream_usage import UsageStripper
+from helexa.cortex.upstream import Response, UpstreamConnectError, UpstreamPool
 from helexa.wire import sse
 
 log = logging.getLogger("helexa.cortex.proxy")
@@ -46,7 +47,7 @@ HOP_BY_HOP = frozenset(
 )
 WHOLE_BODY_MAX = 1 << 20  # non-streaming replies up to this size are sent in one write
 FORWARDED = ("content-type", "accept", "traceparent", "tracestate")
-_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+_CONNECT_ERRORS = (UpstreamConnectError, aiohttp.ConnectionTimeoutError)
 _BEFORE_HEADERS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
@@ -66,24 +67,19 @@ def midstream_error(path: str, code: str, message: str) -> bytes:
 class Proxy:
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        upstream: UpstreamPool,
         router: Router,
         poller: Poller,
         metrics: CortexMetrics,
         gateway: Gateway,
         accounting: Accounting,
     ) -> None:
-        self.session = session
+        self.upstream = upstream
         self.router = router
         self.poller = poller
         self.metrics = metrics
         self.gw = gateway
         self.accounting = accounting
-        self.timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=gateway.probe_timeout_secs,
-            sock_read=gateway.request_timeout_secs,
-        )
 
     def upstream_headers(
         self, request: web.Request, ctx: RequestContext, node: NodeState
@@ -101,7 +97,7 @@ class Proxy:
 
     async def open(
         self, request: web.Request, ctx: RequestContext, path: str, body: bytes
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """Send the request and wait for the upstream headers, failing over once."""
         assert ctx.node is not None and ctx.model is not None
         model = ctx.model
@@ -112,9 +108,7 @@ class Proxy:
                 url = await self.router.endpoint(node, model) + path
                 headers = self.upstream_headers(request, ctx, node)
                 ctx.mark_dispatch()
-                return await self.session.post(
-                    url, data=body, headers=headers, timeout=self.timeout
-                )
+                return await self.upstream.post(url, body, headers)
             except (*_CONNECT_ERRORS, *_BEFORE_HEADERS, NodeUnreachable) as e:
                 if isinstance(e, (*_CONNECT_ERRORS, NodeUnreachable)):
                     self.poller.mark_unreachable(node)
@@ -183,9 +177,7 @@ class Proxy:
             upstream.close()
 
     @staticmethod
-    def _response_headers(
-        upstream: aiohttp.ClientResponse, ctx: RequestContext
-    ) -> CIMultiDict[str]:
+    def _response_headers(upstream: Response, ctx: RequestContext) -> CIMultiDict[str]:
         out: CIMultiDict[str] = CIMultiDict()
         for k, v in upstream.headers.items():
             if k.lower() not in HOP_BY_HOP:
@@ -194,7 +186,7 @@ class Proxy:
             out[k] = v
         return out
 
-    async def read_whole(self, upstream: aiohttp.ClientResponse, ctx: RequestContext) -> bytes:
+    async def read_whole(self, upstream: Response, ctx: RequestContext) -> bytes:
         """Read a whole reply body. If the upstream dies while sending it, nothing has reached
         the client yet, so it gets a proper 502 (or 504) envelope."""
         assert ctx.node is not None and ctx.model is not None
@@ -209,7 +201,7 @@ class Proxy:
 
     async def _whole(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: Response,
         observer: TokenObserver,
         ctx: RequestContext,
         headers: CIMultiDict[str],
@@ -223,7 +215,7 @@ class Proxy:
     async def _relay(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Response,
         resp: web.StreamResponse,
         observer: TokenObserver,
         ctx: RequestContext,
