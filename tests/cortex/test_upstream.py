@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from helexa.cortex.upstream import UpstreamConnectError, UpstreamPool
+from helexa.cortex.upstream import IDLE_SECS, UpstreamConnectError, UpstreamPool
 from rig.cortex_rig import free_port
 
 BIG = bytes(range(256)) * 8192  # 2 MiB: well past the pause threshold
@@ -165,3 +165,28 @@ async def test_a_header_with_a_newline_is_refused() -> None:
     pool = UpstreamPool(2, 10)
     with pytest.raises(ValueError, match="newline"):
         await pool.post("http://127.0.0.1:9/", b"", {"x-a": "b\r\nx-injected: 1"})
+
+
+async def test_connections_idle_too_long_are_closed_not_reused(
+    server: tuple[str, list[tuple[str, int]]],
+) -> None:
+    url, peers = server
+    pool = UpstreamPool(2, 10)
+    replies = await asyncio.gather(*(pool.post(url + "/v1/x", b"", {}) for _ in range(2)))
+    for r in replies:
+        await r.read()
+        r.close()
+    (key,) = pool.idle
+    old, newer = pool.idle[key]
+    old.idle_since -= IDLE_SECS + 1
+    r = await pool.post(url + "/v1/x", b"", {})  # the newer one, then released: `old` goes
+    await r.read()
+    r.close()
+    assert pool.idle[key] == [newer]
+    assert old.transport is None
+    newer.idle_since -= IDLE_SECS + 1
+    r = await pool.post(url + "/v1/x", b"", {})  # nothing fresh left: a new connection
+    await r.read()
+    r.close()
+    assert len(set(peers)) == 3
+    pool.close()

@@ -302,7 +302,11 @@ class UpstreamPool:
         return conn
 
     def release(self, conn: _Conn) -> None:
-        self.idle.setdefault(conn.key, []).append(conn)
+        conns = self.idle.setdefault(conn.key, [])
+        stale = conn.idle_since - IDLE_SECS
+        while conns and conns[0].idle_since <= stale:  # oldest first: close what outlived use
+            conns.pop(0).abort()
+        conns.append(conn)
 
     def close(self) -> None:
         for conns in self.idle.values():
