@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from helexa.cortex.upstream import IDLE_SECS, UpstreamConnectError, UpstreamPool
-from rig.cortex_rig import free_port
+from rig.cortex_rig import Cortex, free_port
 
 BIG = bytes(range(256)) * 8192  # 2 MiB: well past the pause threshold
 
@@ -190,3 +190,17 @@ async def test_connections_idle_too_long_are_closed_not_reused(
     r.close()
     assert len(set(peers)) == 3
     pool.close()
+
+
+async def test_cortex_keeps_one_connection_alive_per_neuron_across_requests(
+    cortex: Cortex,
+) -> None:
+    chat = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as client:
+        for stream in (False, True, False):
+            async with client.post(
+                cortex.base + "/chat/completions", json=chat | {"stream": stream}
+            ) as r:
+                assert r.status == 200
+                await r.read()
+    assert [len(conns) for conns in cortex.gw.upstream.idle.values()] == [1]
