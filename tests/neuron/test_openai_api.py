@@ -17,12 +17,8 @@ import pytest
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from helexa.neuron.embeddings_api import (
-    check_dimensions,
-    embeddings_reply,
-    parse_embeddings,
-)
-from helexa.neuron.openai_api import (
+from helexa.neuron.openai.chat import ChatStream, chat_completion, parse_chat
+from helexa.neuron.openai.common import (
     Limits,
     Sampling,
     check_prompt,
@@ -31,18 +27,15 @@ from helexa.neuron.openai_api import (
     embedding_only,
     model_unloaded,
     no_chat_template,
-    parse_chat,
-    parse_completion,
     worker_crashed,
 )
-from helexa.neuron.openai_replies import (
-    ChatStream,
-    CompletionStream,
-    Usage,
-    chat_completion,
-    completion,
-    error_frame,
+from helexa.neuron.openai.completions import CompletionStream, completion, parse_completion
+from helexa.neuron.openai.embeddings import (
+    check_dimensions,
+    embeddings_reply,
+    parse_embeddings,
 )
+from helexa.neuron.openai.replies import Usage, error_frame
 from helexa.neuron.parse import ContentDelta, OutputParser, ReasoningDelta, ToolCall
 from helexa.wire.errors import ApiError
 from helexa.wire.sse import SSEDecoder

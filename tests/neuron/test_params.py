@@ -11,10 +11,11 @@ from openai.types import completion_create_params as completions_params
 from openai.types.chat import completion_create_params as chat_params
 from openai.types.responses import response_create_params as responses_params
 
-from helexa.neuron import params as p
-from helexa.neuron.openai_api import parse_chat, parse_completion
+from helexa.neuron.openai import params as p
+from helexa.neuron.openai.chat import parse_chat
+from helexa.neuron.openai.completions import parse_completion
+from helexa.neuron.openai.responses import parse_responses
 from helexa.neuron.parse import OutputParser
-from helexa.neuron.responses_api import parse_responses
 from helexa.wire.errors import ApiError
 
 MODEL = "Qwen/Qwen3-8B"

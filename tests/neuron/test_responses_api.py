@@ -14,15 +14,12 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from helexa.neuron.openai_api import worker_crashed
-from helexa.neuron.openai_replies import Usage
-from helexa.neuron.params import PREVIOUS_RESPONSE_UNSUPPORTED
+from helexa.neuron.openai.common import worker_crashed
+from helexa.neuron.openai.params import PREVIOUS_RESPONSE_UNSUPPORTED
+from helexa.neuron.openai.replies import Usage
+from helexa.neuron.openai.responses import parse_responses
+from helexa.neuron.openai.responses_reply import ResponsesStream, response_body
 from helexa.neuron.parse import ContentDelta, OutputParser, ReasoningDelta, ToolCall
-from helexa.neuron.responses_api import (
-    ResponsesStream,
-    parse_responses,
-    response_body,
-)
 from helexa.wire.errors import ApiError
 from helexa.wire.sse import SSEDecoder
 

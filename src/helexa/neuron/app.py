@@ -2,7 +2,7 @@
 
 One middleware does what every request needs (node auth, the shutdown gate, error envelopes,
 the in-flight count the SIGTERM drain waits on), so handlers only do their own job. Inference
-is: check the body (openai_api), render and tokenize (in a thread), cap the prompt, pass
+is: check the body (openai/), render and tokenize (in a thread), cap the prompt, pass
 admission, then stream the worker's deltas through the OutputParser into reply frames. Nothing
 is sent before the first token exists (§2.13), so a crash before it is a clean 503.
 """
@@ -24,14 +24,17 @@ import orjson
 from aiohttp import web
 
 from helexa.config.neuron import NeuronConfig
-from helexa.neuron import embeddings_api as emb
-from helexa.neuron import openai_api as oa
-from helexa.neuron import openai_replies as replies
-from helexa.neuron import responses_api as ra
 from helexa.neuron import sources
 from helexa.neuron.discovery import DeviceProbe, NeuronDiscovery, worker_cuda_env
 from helexa.neuron.metrics import NeuronMetrics
 from helexa.neuron.models import DeviceView, ModelRecord, Registry, not_known, not_ready
+from helexa.neuron.openai import chat as oc
+from helexa.neuron.openai import common as oa
+from helexa.neuron.openai import completions as ocm
+from helexa.neuron.openai import embeddings as emb
+from helexa.neuron.openai import replies
+from helexa.neuron.openai import responses as ra
+from helexa.neuron.openai import responses_reply as rr
 from helexa.neuron.parse import MARKERS, OutputParser
 from helexa.neuron.supervisor import (
     RequestFailed,
@@ -450,8 +453,8 @@ async def tokenize(request: web.Request) -> web.Response:
     model = oa.require_model(body)
     tok = await _tokenizer_for_count(neuron, model, body.get("model_id"))
     if body.get("messages") is not None:
-        messages = oa.check_messages(body.get("messages"), model, False)
-        tools = oa.check_tools(body.get("tools"))
+        messages = oc.check_messages(body.get("messages"), model, False)
+        tools = oc.check_tools(body.get("tools"))
         kwargs = body.get("chat_template_kwargs") or {}
         if not isinstance(kwargs, dict):
             raise oa.invalid_value("chat_template_kwargs", "must be an object")
@@ -558,7 +561,7 @@ class Sink:
 class ChatSink(Sink):
     def __init__(self, model: str, parser: OutputParser, include_usage: bool) -> None:
         super().__init__(model, parser)
-        self.stream = replies.ChatStream(model, include_usage=include_usage)
+        self.stream = oc.ChatStream(model, include_usage=include_usage)
 
     def start(self) -> bytes:
         return self.stream.first()
@@ -576,13 +579,13 @@ class ChatSink(Sink):
     def body(self, done: dict[str, Any], usage: replies.Usage) -> dict[str, Any]:
         assert self.parser is not None
         self.finish_parser(done)
-        return replies.chat_completion(self.model, self.parser, usage, done.get("stop_reason"))
+        return oc.chat_completion(self.model, self.parser, usage, done.get("stop_reason"))
 
 
 class CompletionSink(Sink):
     def __init__(self, model: str, include_usage: bool) -> None:
         super().__init__(model, None)
-        self.stream = replies.CompletionStream(model, include_usage=include_usage)
+        self.stream = ocm.CompletionStream(model, include_usage=include_usage)
 
     def delta(self, text: str, tokens: int) -> bytes:
         if not text:
@@ -595,14 +598,14 @@ class CompletionSink(Sink):
 
     def body(self, done: dict[str, Any], usage: replies.Usage) -> dict[str, Any]:
         finish = str(done.get("finish_reason") or "stop")
-        return replies.completion(self.model, "".join(self.text), finish, usage)
+        return ocm.completion(self.model, "".join(self.text), finish, usage)
 
 
 class ResponsesSink(Sink):
     def __init__(self, model: str, parser: OutputParser, req: ra.ResponsesRequest) -> None:
         super().__init__(model, parser)
         self.req = req
-        self.stream = ra.ResponsesStream(req)
+        self.stream = rr.ResponsesStream(req)
 
     def start(self) -> bytes:
         return self.stream.start()
@@ -622,7 +625,7 @@ class ResponsesSink(Sink):
     def body(self, done: dict[str, Any], usage: replies.Usage) -> dict[str, Any]:
         assert self.parser is not None
         self.finish_parser(done)
-        return ra.response_body(self.req, self.parser, usage)
+        return rr.response_body(self.req, self.parser, usage)
 
 
 _CLIENT_CODES = frozenset(
@@ -754,7 +757,7 @@ def _hold(tok: Any, tools: bool) -> list[str]:
     return []
 
 
-async def _render_chat(rec: ModelRecord, chat: oa.ChatRequest, model: str) -> tuple[str, list[int]]:
+async def _render_chat(rec: ModelRecord, chat: oc.ChatRequest, model: str) -> tuple[str, list[int]]:
     tok = rec.tokenizer
     if tok is None or not tok.has_chat_template:
         raise oa.no_chat_template(model)
@@ -773,7 +776,7 @@ async def _chat_like(
     neuron: Neuron,
     rec: ModelRecord,
     model: str,
-    chat: oa.ChatRequest,
+    chat: oc.ChatRequest,
     make_sink: Callable[[OutputParser], Sink],
 ) -> web.StreamResponse:
     if _embedding_only(rec):
@@ -803,7 +806,7 @@ async def _chat_like(
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     neuron, rec, model = _lookup(request, body)
-    chat = oa.parse_chat(body)
+    chat = oc.parse_chat(body)
     return await _chat_like(
         request, neuron, rec, model, chat, lambda p: ChatSink(model, p, chat.include_usage)
     )
@@ -821,7 +824,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     neuron, rec, model = _lookup(request, body)
-    req = oa.parse_completion(body)
+    req = ocm.parse_completion(body)
     if _embedding_only(rec):
         raise oa.embedding_only(model)
     tok = rec.tokenizer
@@ -834,7 +837,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     frame = {
         "prompt_ids": ids,
         "max_tokens": oa.clamp_max_tokens(
-            req.max_tokens, len(ids), limits, default=oa.COMPLETIONS_DEFAULT_MAX_TOKENS
+            req.max_tokens, len(ids), limits, default=ocm.DEFAULT_MAX_TOKENS
         ),
         "sampling": req.sampling.to_wire(),
         "stop": req.stop,

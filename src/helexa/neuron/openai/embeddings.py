@@ -7,8 +7,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from helexa.neuron.openai_api import is_int, positive_int, require_model
-from helexa.neuron.params import invalid_value, unsupported_parameter
+from helexa.neuron.openai.common import is_int, positive_int, require_model
+from helexa.neuron.openai.params import invalid_value, unsupported_parameter
 
 MAX_EMBED_INPUTS = 2048
 _INPUT_PROBLEM = (

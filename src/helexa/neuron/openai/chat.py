@@ -1,0 +1,307 @@
+"""OpenAI chat completions on the neuron (§2.16): the request checks, the reply and its stream.
+
+Pure: a body in, a `ChatRequest` out; a finished (or streaming) parse and the usage in, a JSON
+object or SSE frame bytes out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from helexa.neuron.openai.common import (
+    Sampling,
+    check_format,
+    check_unsupported,
+    flag,
+    include_usage,
+    invalid_value,
+    max_tokens_field,
+    obj_field,
+    parse_sampling,
+    parse_stop,
+    require_model,
+    unsupported_content,
+    unsupported_parameter,
+)
+from helexa.neuron.openai.params import CHAT_REFUSED, thinking_kwargs
+from helexa.neuron.openai.replies import Chunks, Usage
+from helexa.neuron.parse import ContentDelta, Event, OutputParser, ReasoningDelta, ToolCall, new_id
+from helexa.wire import sse
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+# -- chat ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A checked chat request. `messages` are as the client sent them (the tokenizer does the
+    §2.15 preprocessing); `tools` is None when there are none or `tool_choice` is "none", and
+    then the output is not parsed for calls."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    sampling: Sampling = field(default_factory=Sampling)
+    stop: list[str] = field(default_factory=list)
+    max_tokens: int | None = None
+    stream: bool = False
+    include_usage: bool = False
+    max_tool_calls: int | None = None  # Responses only
+
+    @property
+    def parse_tools(self) -> bool:
+        return self.tools is not None
+
+    @property
+    def call_limit(self) -> int | None:
+        """How many calls the reply may carry: 1 without parallel calls, `max_tool_calls`."""
+        one = 1 if self.parallel_tool_calls is False else None
+        limits = [n for n in (self.max_tool_calls, one) if n is not None]
+        return min(limits) if limits else None
+
+
+def _json_args(v: Any, where: str) -> None:
+    """Call arguments: an object, or a string holding a JSON object."""
+    if isinstance(v, dict):
+        return
+    if isinstance(v, str):
+        try:
+            if isinstance(json.loads(v), dict):
+                return
+        except ValueError:
+            pass
+    raise invalid_value(where, "must be a JSON object or a string holding one")
+
+
+def check_part(part: Any, where: str, model: str, vision: bool, allowed: tuple[str, ...]) -> str:
+    """One content part → its type, after the unsupported-content checks."""
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        raise invalid_value(where, "must be an object with a 'type'")
+    kind = part["type"]
+    if kind in ("image_url", "input_image", "image"):
+        if not vision:
+            raise unsupported_content(f"model '{model}' does not accept image input")
+    elif kind in ("input_audio", "audio"):
+        raise unsupported_content("audio input is not supported")
+    elif kind in ("file", "input_file"):
+        raise unsupported_content("file input is not supported")
+    if kind not in allowed:
+        raise invalid_value(f"{where}.type", "must be one of " + ", ".join(allowed))
+    if kind in ("text", "input_text", "output_text") and not isinstance(part.get("text"), str):
+        raise invalid_value(f"{where}.text", "must be a string")
+    return kind
+
+
+def _content(m: dict[str, Any], at: str, model: str, vision: bool, nullable: bool) -> None:
+    content = m.get("content")
+    if isinstance(content, str) or (content is None and nullable):
+        return
+    if not isinstance(content, list):
+        raise invalid_value(f"{at}.content", "must be a string or an array of content parts")
+    allowed = ("text", "image_url") if m["role"] == "user" else ("text",)
+    if m["role"] == "assistant":
+        allowed = ("text", "refusal")
+    for j, part in enumerate(content):
+        check_part(part, f"{at}.content[{j}]", model, vision, allowed)
+
+
+def _tool_calls(calls: Any, at: str) -> None:
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise invalid_value(f"{at}.tool_calls", "must be an array")
+    for j, call in enumerate(calls):
+        where = f"{at}.tool_calls[{j}]"
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict):
+            raise invalid_value(f"{where}.function", "must be an object")
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid_value(f"{where}.function.name", "must be a non-empty string")
+        _json_args(fn.get("arguments", {}), f"{where}.function.arguments")
+
+
+def check_messages(messages: Any, model: str, vision: bool) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise invalid_value("messages", "must be a non-empty array")
+    for i, m in enumerate(messages):
+        at = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise invalid_value(at, "must be an object")
+        role = m.get("role")
+        if role not in ROLES:
+            raise invalid_value(f"{at}.role", "must be one of " + ", ".join(ROLES))
+        _content(m, at, model, vision, nullable=role == "assistant")
+        if role == "assistant":
+            _tool_calls(m.get("tool_calls"), at)
+            rc = m.get("reasoning_content")
+            if rc is not None and not isinstance(rc, str):
+                raise invalid_value(f"{at}.reasoning_content", "must be a string")
+        elif role == "tool":
+            tid = m.get("tool_call_id")
+            if tid is not None and not isinstance(tid, str):
+                raise invalid_value(f"{at}.tool_call_id", "must be a string")
+    return messages
+
+
+def check_tools(tools: Any) -> list[dict[str, Any]]:
+    """Chat-form tools: `[{"type":"function","function":{"name",…}}]`."""
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise invalid_value("tools", "must be an array")
+    for i, t in enumerate(tools):
+        if not isinstance(t, dict):
+            raise invalid_value(f"tools[{i}]", "must be an object")
+        kind = t.get("type", "function")
+        if kind != "function":
+            raise unsupported_parameter(
+                "tools", f"tool type '{kind}' is not supported; only 'function' tools are"
+            )
+        fn = t.get("function")
+        if not isinstance(fn, dict):
+            raise invalid_value(f"tools[{i}].function", "must be an object")
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid_value(f"tools[{i}].function.name", "must be a non-empty string")
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise invalid_value(f"tools[{i}].function.parameters", "must be an object")
+    return tools
+
+
+def check_tool_choice(choice: Any) -> str | None:
+    """'none' or 'auto'; 'required' and named choices are refused by `check_unsupported`."""
+    if choice is None or choice in ("none", "auto"):
+        return choice
+    raise invalid_value("tool_choice", "must be 'none' or 'auto'")
+
+
+def parse_chat(body: dict[str, Any], *, vision: bool = False) -> ChatRequest:
+    """Check a `/v1/chat/completions` body (§2.15, §2.16, params.py)."""
+    model = require_model(body)
+    check_unsupported(body, CHAT_REFUSED)
+    check_format(body.get("response_format"), "response_format")
+    messages = check_messages(body.get("messages"), model, vision)
+    tools = check_tools(body.get("tools"))
+    choice = check_tool_choice(body.get("tool_choice"))
+    ptc = body.get("parallel_tool_calls")
+    if ptc is not None and not isinstance(ptc, bool):
+        raise invalid_value("parallel_tool_calls", "must be a boolean")
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        tools=tools if tools and choice != "none" else None,
+        tool_choice=choice,
+        parallel_tool_calls=ptc,
+        chat_template_kwargs=thinking_kwargs(
+            body,
+            obj_field(body, "chat_template_kwargs"),
+            body.get("reasoning_effort"),
+            "reasoning_effort",
+        ),
+        sampling=parse_sampling(body),
+        stop=parse_stop(body),
+        max_tokens=max_tokens_field(body),
+        stream=flag(body, "stream", False),
+        include_usage=include_usage(body),
+    )
+
+
+def tool_call_json(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def chat_completion(
+    model: str,
+    parser: OutputParser,
+    usage: Usage,
+    stop_reason: str | None = None,
+    *,
+    id: str | None = None,
+    created: int | None = None,
+) -> dict[str, Any]:
+    """The non-streaming chat reply (§2.16) from a finished parser."""
+    text = parser.content
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": None if parser.tool_calls and not text else text,
+    }
+    if parser.reasoning:
+        message["reasoning_content"] = parser.reasoning
+    if parser.tool_calls:
+        message["tool_calls"] = [tool_call_json(c) for c in parser.tool_calls]
+    return {
+        "id": id or new_id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": created if created is not None else int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": parser.finish_reason,
+                "stop_reason": stop_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": usage.chat(),
+    }
+
+
+class ChatStream(Chunks):
+    """Chat SSE frames per the §2.16 grammar: `first`, then `events(...)` for each parser
+    batch, then `end(...)` (final chunk, usage chunk if asked, `[DONE]`). A fault:
+    `error_frame(err)`."""
+
+    __slots__ = ()
+    OBJECT = "chat.completion.chunk"
+    ID_PREFIX = "chatcmpl-"
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return self._frame({"index": 0, "delta": delta, "finish_reason": None})
+
+    def first(self) -> bytes:
+        return self._delta({"role": "assistant", "content": ""})
+
+    def events(self, events: Iterable[Event]) -> bytes:
+        out: list[bytes] = []
+        for ev in events:
+            if isinstance(ev, ContentDelta):
+                out.append(self._delta({"content": ev.text}))
+            elif isinstance(ev, ReasoningDelta):
+                out.append(self._delta({"reasoning_content": ev.text}))
+            else:
+                head = {
+                    "index": ev.index,
+                    "id": ev.id,
+                    "type": "function",
+                    "function": {"name": ev.name, "arguments": ""},
+                }
+                out.append(self._delta({"tool_calls": [head]}))
+                args = {"index": ev.index, "function": {"arguments": ev.arguments}}
+                out.append(self._delta({"tool_calls": [args]}))
+        return b"".join(out)
+
+    def final(self, finish_reason: str, stop_reason: str | None = None) -> bytes:
+        return self._frame(
+            {"index": 0, "delta": {}, "finish_reason": finish_reason, "stop_reason": stop_reason}
+        )
+
+    def usage(self, usage: Usage) -> bytes:
+        return self.usage_frame(usage.chat())
+
+    def end(self, finish_reason: str, stop_reason: str | None, usage: Usage) -> bytes:
+        return self.final(finish_reason, stop_reason) + self.usage(usage) + sse.DONE
