@@ -11,7 +11,6 @@ import pytest
 from helexa.config.catalogue import Catalogue, ModelProfile
 from helexa.config.cortex import NeuronConfig
 from helexa.cortex.fleet import Fleet, ModelState, NodeState
-from helexa.cortex.lifecycle import load_spec
 from helexa.cortex.placement import (
     displaceable,
     evaluate,
@@ -314,8 +313,8 @@ def test_devices_most_free_qualifying_listed_in_index_order() -> None:
     n = node("n", [32_000, 16_000, 32_000, 32_000], [9_000, 15_000, 20_000, 9_500])
     c = evaluate(n, p, 10_000, cat, "lru", 3)
     assert c.devices == [2, 3]
-    spec = load_spec(p, c.devices)
-    assert spec["devices"] == [2, 3] and spec["tensor_parallel"] == 2
+    spec = p.load_spec(c.devices)
+    assert spec.devices == [2, 3] and spec.tensor_parallel == 2
 
 
 def test_device_ties_go_to_the_lower_index() -> None:
@@ -404,12 +403,12 @@ def test_free_total_counts_only_qualifying_devices() -> None:
 )
 def test_load_spec_model_id(profile: dict[str, Any], want: str) -> None:
     p = ModelProfile.model_validate(profile)
-    spec = load_spec(p, [0])
-    assert spec["model_id"] == want
-    assert spec["served_model_id"] == p.id
-    assert spec["harness"] == "torch"
-    assert spec["tensor_parallel"] is None
-    assert "max_in_flight" not in spec
+    spec = p.load_spec([0])
+    assert spec.model_id == want
+    assert spec.served_model_id == p.id
+    assert spec.harness == "torch"
+    assert spec.tensor_parallel is None
+    assert spec.max_in_flight is None
 
 
 def test_load_spec_copies_admission_knobs_and_candle_is_torch() -> None:
@@ -423,6 +422,6 @@ def test_load_spec_copies_admission_knobs_and_candle_is_torch() -> None:
             "max_wait_secs": 2.5,
         }
     )
-    spec = load_spec(p, [1])
-    assert spec["harness"] == "torch" and spec["quant"] == "bf16"
-    assert (spec["max_in_flight"], spec["max_queue_depth"], spec["max_wait_secs"]) == (4, 8, 2.5)
+    spec = p.load_spec([1])
+    assert spec.harness == "torch" and spec.quant == "bf16"
+    assert (spec.max_in_flight, spec.max_queue_depth, spec.max_wait_secs) == (4, 8, 2.5)

@@ -8,10 +8,10 @@ from helexa.neuron.sources import (
     check_devices,
     check_harness,
     check_quant,
-    default_quant,
     resolve_spec,
 )
 from helexa.wire.errors import ApiError
+from helexa.wire.harness import default_quant
 from helexa.wire.modelid import ModelId, parse_model_id
 from helexa.wire.neuron import ModelSpec
 

@@ -9,9 +9,19 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from helexa.config.loader import read_toml, validate
+from helexa.wire.harness import effective_harness
+from helexa.wire.neuron import ModelSpec
 
 log = logging.getLogger("helexa.config")
 
@@ -47,15 +57,16 @@ class ModelProfile(BaseModel):
     capabilities: list[str] = Field(default_factory=list)
     cost: Cost | None = None
     limit: dict[str, object] | None = None  # accepted for compatibility, ignored (§1.16)
-    max_in_flight: int | None = Field(default=None, ge=1)
-    max_queue_depth: int | None = Field(default=None, ge=0)
-    max_wait_secs: float | None = Field(default=None, ge=0)
+    # Checked by the ModelSpec they become, so cortex and neuron agree on what is valid.
+    max_in_flight: int | None = None
+    max_queue_depth: int | None = None
+    max_wait_secs: float | None = None
     keep_alive_secs: float | None = None
 
     @field_validator("harness", mode="after")
     @classmethod
     def _candle_is_torch(cls, v: str) -> str:
-        return "torch" if v == "candle" else v
+        return effective_harness(v)
 
     @model_validator(mode="after")
     def _source_xor_path(self) -> ModelProfile:
@@ -63,6 +74,11 @@ class ModelProfile(BaseModel):
             raise ValueError("set either 'source' or 'path', not both")
         if self.path is not None and not self.path.startswith("/"):
             raise ValueError("'path' must be absolute")
+        try:
+            self.load_spec([])
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ValueError(f"'{err['loc'][0]}' {err['msg'].lower()}") from None
         return self
 
     def load_id(self) -> str:
@@ -72,6 +88,21 @@ class ModelProfile(BaseModel):
         if self.source:
             return f"{self.source}:{self.id}"
         return self.id
+
+    def load_spec(self, devices: list[int]) -> ModelSpec:
+        """The ModelSpec cortex sends for a cold load on `devices`; the neuron validates it
+        with the same model, so an entry this accepts is never refused there as invalid."""
+        return ModelSpec(
+            model_id=self.load_id(),
+            served_model_id=self.id,
+            harness=self.harness,
+            quant=self.quant,
+            devices=devices,
+            tensor_parallel=self.min_devices if self.min_devices > 1 else None,
+            max_in_flight=self.max_in_flight,
+            max_queue_depth=self.max_queue_depth,
+            max_wait_secs=self.max_wait_secs,
+        )
 
 
 class Catalogue(BaseModel):

@@ -23,6 +23,7 @@ from helexa.config.loader import (
     validate,
 )
 from helexa.wire.errors import ApiError
+from helexa.wire.harness import HARNESSES
 from helexa.wire.modelid import DEFAULT_SOURCE, known_schemes, parse_model_id
 from helexa.wire.neuron import ModelSpec
 
@@ -31,7 +32,6 @@ log = logging.getLogger("helexa.config")
 DEFAULT_PATH = Path("/etc/neuron/neuron.toml")
 ENV_PREFIX = "NEURON_"
 DEFAULT_SOURCES = {"helexa": "https://registry.helexa.ai"}
-KNOWN_HARNESSES = {"torch": "torch", "candle": "torch", "llamacpp": "llamacpp"}
 
 
 def physical_memory_mb() -> int:
@@ -178,11 +178,12 @@ class NeuronConfig(Section):
     @classmethod
     def _harnesses(cls, v: list[HarnessEntry] | None) -> list[HarnessEntry] | None:
         for entry in v or []:
-            if entry.name not in KNOWN_HARNESSES:
+            if entry.name not in HARNESSES:
                 log.warning(
                     "neuron config: unknown harness '%s' in [[harnesses]] ignored "
-                    "(known: torch, candle, llamacpp)",
+                    "(known: %s)",
                     entry.name,
+                    ", ".join(HARNESSES),
                 )
         return v
 
@@ -190,7 +191,7 @@ class NeuronConfig(Section):
         """Harnesses `[[harnesses]]` enables (`candle` = `torch`), or None for "all available"."""
         if self.harnesses is None:
             return None
-        return {KNOWN_HARNESSES[h.name] for h in self.harnesses if h.name in KNOWN_HARNESSES}
+        return {HARNESSES[h.name] for h in self.harnesses if h.name in HARNESSES}
 
 
 def load_neuron_settings(

@@ -18,27 +18,10 @@ from helexa.cortex.placement import Candidate, evaluate, is_feasible_on, rank, r
 from helexa.cortex.poller import Poller
 from helexa.wire.advice import get_model_advice
 from helexa.wire.errors import ApiError
-from helexa.wire.neuron import LoadReply
+from helexa.wire.neuron import LoadReply, ModelSpec
 
 log = logging.getLogger("helexa.cortex.lifecycle")
 UNLOAD_TIMEOUT_SECS = 60.0
-
-
-def load_spec(profile: ModelProfile, devices: list[int]) -> dict[str, Any]:
-    """The ModelSpec cortex sends for a catalogue cold-load (§1.5 table)."""
-    spec: dict[str, Any] = {
-        "model_id": profile.load_id(),
-        "served_model_id": profile.id,
-        "harness": profile.harness,
-        "quant": profile.quant,
-        "devices": devices,
-        "tensor_parallel": profile.min_devices if profile.min_devices > 1 else None,
-    }
-    for key in ("max_in_flight", "max_queue_depth", "max_wait_secs"):
-        value = getattr(profile, key)
-        if value is not None:
-            spec[key] = value
-    return spec
 
 
 def _reason(e: NeuronCallError, timeout: float, model_id: str) -> str:
@@ -101,7 +84,7 @@ class Lifecycle:
         into a wait for that load (§1.4 step 4)."""
         async with node.placement_lock:
             try:
-                await self._send_load(node, model_id, {"model_id": model_id})
+                await self._send_load(node, model_id, ModelSpec(model_id=model_id))
             except NeuronCallError as e:
                 raise self._load_error(node, model_id, e) from None
         return node
@@ -148,7 +131,7 @@ class Lifecycle:
             required = required_mb(profile, self.fleet)
             if cand.fit == "none" and cand.memory_known and required is not None:
                 raise errors.no_room(model_id)
-            await self._load_with_room(node, profile, cand, load_spec(profile, cand.devices))
+            await self._load_with_room(node, profile, cand, profile.load_spec(cand.devices))
         return node
 
     async def load_known(self, model_id: str, nodes: list[NodeState]) -> NodeState:
@@ -169,11 +152,11 @@ class Lifecycle:
                 cand = self._evaluate(node, ModelProfile(id=model_id))
                 cand.victims = []  # required memory is unknown: evict only on a 507
                 await self._load_with_room(
-                    node, ModelProfile(id=model_id), cand, {"model_id": model_id}
+                    node, ModelProfile(id=model_id), cand, ModelSpec(model_id=model_id)
                 )
             else:
                 cand = self._evaluate(node, profile)
-                await self._load_with_room(node, profile, cand, load_spec(profile, cand.devices))
+                await self._load_with_room(node, profile, cand, profile.load_spec(cand.devices))
         return node
 
     def _evaluate(self, node: NodeState, profile: ModelProfile) -> Candidate:
@@ -190,7 +173,7 @@ class Lifecycle:
     # -- eviction + load ------------------------------------------------------------------
 
     async def _load_with_room(
-        self, node: NodeState, profile: ModelProfile, cand: Candidate, spec: dict[str, Any]
+        self, node: NodeState, profile: ModelProfile, cand: Candidate, spec: ModelSpec
     ) -> None:
         model_id = profile.id
         budget = self.config.eviction.max_evictions_per_load
@@ -231,12 +214,12 @@ class Lifecycle:
         reason = _reason(e, self.config.gateway.cold_load_timeout_secs, model_id)
         return errors.cold_load_failed(model_id, node.name, reason, e.status, e.code)
 
-    async def _send_load(self, node: NodeState, model_id: str, spec: dict[str, Any]) -> LoadReply:
+    async def _send_load(self, node: NodeState, model_id: str, spec: ModelSpec) -> LoadReply:
         """POST /models/load and record the result; raises NeuronCallError."""
         timeout = self.config.gateway.cold_load_timeout_secs
         started = time.monotonic()
         try:
-            raw = await self.client.call(node, "POST", "/models/load", timeout, spec)
+            raw = await self.client.call(node, "POST", "/models/load", timeout, spec.model_dump())
             reply = LoadReply.model_validate(raw or {})
         except (NeuronCallError, ValueError) as e:
             call_err = e if isinstance(e, NeuronCallError) else NeuronCallError("bad_json", 200)

@@ -22,9 +22,10 @@ from pydantic import ValidationError
 
 from helexa.neuron.admission import Admission
 from helexa.neuron.metrics import NeuronMetrics
-from helexa.neuron.sources import ResolvedSpec, default_quant, resolve_spec
+from helexa.neuron.sources import ResolvedSpec, resolve_spec
 from helexa.neuron.supervisor import LoadFailed, Supervisor, WorkerCrashed, WorkerHandle
 from helexa.wire.errors import ApiError
+from helexa.wire.harness import default_quant
 from helexa.wire.modelid import ModelId, parse_model_id
 from helexa.wire.neuron import ModelSpec
 

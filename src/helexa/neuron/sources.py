@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import re
 import struct
 import threading
 import time
@@ -28,32 +27,13 @@ from typing import Any
 
 from helexa.wire.advice import get_model_advice
 from helexa.wire.errors import ApiError
+from helexa.wire.harness import QuantRefused, effective_harness, normalise_quant
 from helexa.wire.modelid import DEFAULT_SOURCE, ModelId, parse_model_id
 from helexa.wire.neuron import ModelSpec
 
 log = logging.getLogger("helexa.neuron.sources")
 
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
-HARNESS_ALIASES = {"candle": "torch"}
-TORCH_QUANTS = ("bf16", "fp16", "fp32")
-_QUANT_SYNONYMS = {
-    "bf16": "bf16",
-    "bfloat16": "bf16",
-    "fp16": "fp16",
-    "f16": "fp16",
-    "float16": "fp16",
-    "half": "fp16",
-    "fp32": "fp32",
-    "f32": "fp32",
-    "float32": "fp32",
-    "float": "fp32",
-}
-# The original's catalogue quant strings (torchao in W2) and the W2 names themselves.
-_LATER_QUANTS = {"q4k", "q5k", "q6k", "q8_0", "int8", "int4"}
-_GGUF_TYPE = re.compile(
-    r"^(?:I?Q\d(?:_[A-Z0-9]+)*|TQ\d_\d|BF16|F16|F32|F64|MXFP4(?:_MOE)?)$", re.IGNORECASE
-)
-
 # What the engine needs from a repo: metadata first, then the weights it names (§2.14).
 META_PATTERNS = [
     "config.json",
@@ -131,7 +111,7 @@ def resolve_spec(
 
 def check_harness(harness: str | None, available: Sequence[str]) -> str:
     """The effective harness (`candle` is `torch`); `400 unsupported_harness` if not here."""
-    name = HARNESS_ALIASES.get(harness or "torch", harness or "torch")
+    name = effective_harness(harness)
     if name not in available:
         shown = ", ".join(available) or "none"
         raise ApiError(
@@ -143,31 +123,11 @@ def check_harness(harness: str | None, available: Sequence[str]) -> str:
 
 
 def check_quant(quant: str | None, harness: str = "torch") -> str | None:
-    """Normalise a quant for `harness`, or `400 unsupported_quant` with the §2.14 message."""
-    if quant is None or quant == "":
-        return None
-    if harness == "torch":
-        if quant.lower() in _QUANT_SYNONYMS:
-            return _QUANT_SYNONYMS[quant.lower()]
-        if quant in _LATER_QUANTS:
-            msg = f"quant '{quant}' is not supported by harness 'torch' yet; use 'bf16'"
-        elif _GGUF_TYPE.match(quant):
-            msg = f"quant '{quant}' is a GGUF type; use harness 'llamacpp'"
-        else:
-            msg = f"quant '{quant}' is not supported by harness 'torch'"
-        raise ApiError(400, "unsupported_quant", msg)
-    return quant
-
-
-def default_quant(kind: str, compute_capability: str | None) -> str:
-    """bf16 on CUDA >= 8.0, fp16 on older CUDA, fp32 on CPU (§2.14)."""
-    if kind != "cuda":
-        return "fp32"
+    """Normalise a quant for `harness`, or `400 unsupported_quant` saying what to use."""
     try:
-        major = int((compute_capability or "0").split(".")[0])
-    except ValueError:
-        major = 0
-    return "bf16" if major >= 8 else "fp16"
+        return normalise_quant(quant, harness)
+    except QuantRefused as e:
+        raise ApiError(400, "unsupported_quant", str(e)) from None
 
 
 def check_devices(devices: Sequence[int] | None, device_count: int) -> list[int] | None:
