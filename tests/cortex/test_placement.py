@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from helexa.config.catalogue import Catalogue, ModelProfile
-from helexa.config.cortex import NeuronConfig
+from helexa.config.cortex import NeuronRemote
 from helexa.cortex.fleet import Fleet, ModelState, NodeState
 from helexa.cortex.placement import (
     displaceable,
@@ -109,7 +109,7 @@ def test_cpu_only_neuron_is_one_device() -> None:
 
 
 def test_required_memory_prefers_catalogue_then_largest_measured() -> None:
-    fleet = Fleet([NeuronConfig(name="a", endpoint="http://a:1")])
+    fleet = Fleet([NeuronRemote(name="a", endpoint="http://a:1")])
     fleet.observe_vram("a/b", 5000)
     fleet.observe_vram("a/b", 9000)
     fleet.observe_vram("a/b", 7000)

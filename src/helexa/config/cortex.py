@@ -27,7 +27,7 @@ DEFAULT_PATH = Path("/etc/cortex/cortex.toml")
 ENV_PREFIX = "CORTEX_"
 
 
-class Gateway(Section):
+class GatewaySettings(Section):
     listen: str = "0.0.0.0:31313"
     metrics_listen: str = "0.0.0.0:31314"
     poll_interval_secs: float = Field(default=5, gt=0)
@@ -48,7 +48,7 @@ class Eviction(Section):
     idle_check_secs: float = Field(default=5, gt=0)
 
 
-class NeuronConfig(Remote):
+class NeuronRemote(Remote):
     """A neuron cortex polls and routes to."""
 
 
@@ -83,9 +83,9 @@ class Entitlements(Section):
 
 class CortexConfig(Section):
     models_config: str = "models.toml"
-    gateway: Gateway = Field(default_factory=Gateway)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     eviction: Eviction = Field(default_factory=Eviction)
-    neurons: list[NeuronConfig] = Field(default_factory=list)
+    neurons: list[NeuronRemote] = Field(default_factory=list)
     entitlements: Entitlements = Field(default_factory=Entitlements)
 
     @model_validator(mode="after")

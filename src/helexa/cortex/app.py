@@ -93,7 +93,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         if e.status == 405:
             return error_response(errors.method_not_allowed(request.method, path), ctx)
         if e.status == 413:
-            return error_response(errors.too_large(gw.gw.max_body_mb), ctx)
+            return error_response(errors.too_large(gw.gateway_settings.max_body_mb), ctx)
         raise
     except Exception:
         log.exception("unhandled error on %s %s (request %s)", request.method, path, ctx.request_id)
@@ -141,11 +141,11 @@ async def read_json_body(request: web.Request, gw: Gateway) -> tuple[bytes, dict
     """Body limit, then parse: the §1.2 steps 3-4 every inference route shares."""
     clen = request.content_length
     if clen is not None and clen > gw.max_body:
-        raise errors.too_large(gw.gw.max_body_mb)
+        raise errors.too_large(gw.gateway_settings.max_body_mb)
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise errors.too_large(gw.gw.max_body_mb) from None
+        raise errors.too_large(gw.gateway_settings.max_body_mb) from None
     except web.RequestPayloadError:
         # A body aiohttp can't decode (bad Content-Encoding data) or one cut short.
         enc = request.headers.get("content-encoding", "none")[:64]

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from helexa.config.cortex import NeuronConfig
+from helexa.config.cortex import NeuronRemote
 from helexa.wire.neuron import Activation, DeviceHealth, Discovery, Limit, ModelInfo
 
 KNOWN_STATUSES = frozenset({"loaded", "loading", "recovering", "unloaded", "failed"})
@@ -153,7 +153,7 @@ class NodeState:
 class Fleet:
     """All configured neurons, in name order, plus cross-node memory observations."""
 
-    def __init__(self, neurons: list[NeuronConfig]) -> None:
+    def __init__(self, neurons: list[NeuronRemote]) -> None:
         self.nodes: dict[str, NodeState] = {
             n.name: NodeState(name=n.name, endpoint=n.endpoint, token=n.token)
             for n in sorted(neurons, key=lambda n: n.name)

@@ -29,13 +29,13 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         cfg = settings.config
-        self.gw = cfg.gateway
+        self.gateway_settings = cfg.gateway
         self.catalogue = settings.catalogue
         self.metrics = CortexMetrics()
         self.fleet = Fleet(cfg.neurons)
         self.auth = LocalProvider.from_config(cfg.entitlements)
         self.require_auth = cfg.entitlements.require_auth
-        self.max_body = int(self.gw.max_body_mb * 2**20)
+        self.max_body = int(self.gateway_settings.max_body_mb * 2**20)
         self.accounting = Accounting(self.metrics, self.auth)
         self.reloader = CatalogueReloader(self.catalogue, settings.models_path)
         self.session: aiohttp.ClientSession | None = None
@@ -51,24 +51,37 @@ class Gateway:
         )
         client = NeuronClient(self.session)
         cfg = self.settings.config
-        self.poller = Poller(self.fleet, client, self.gw, self.metrics, self.reloader.check)
+        self.poller = Poller(
+            self.fleet, client, self.gateway_settings, self.metrics, self.reloader.check
+        )
         self.lifecycle = Lifecycle(
             self.fleet, self.catalogue, cfg, client, self.poller, self.metrics
         )
         self.idle = IdleReaper(
             self.fleet, self.catalogue, self.lifecycle, self.metrics, cfg.eviction.idle_check_secs
         )
-        self.router = Router(self.fleet, self.catalogue, self.lifecycle, client, self.gw)
-        self.upstream = UpstreamPool(self.gw.probe_timeout_secs, self.gw.request_timeout_secs)
+        self.router = Router(
+            self.fleet, self.catalogue, self.lifecycle, client, self.gateway_settings
+        )
+        self.upstream = UpstreamPool(
+            self.gateway_settings.probe_timeout_secs, self.gateway_settings.request_timeout_secs
+        )
         self.proxy = Proxy(
-            self.upstream, self.router, self.poller, self.metrics, self.gw, self.accounting
+            self.upstream,
+            self.router,
+            self.poller,
+            self.metrics,
+            self.gateway_settings,
+            self.accounting,
         )
         for node in self.fleet:
             self.metrics.node_healthy(node.name).set(0)
         warn_dangling_aliases(self.catalogue)
         if poll:
             try:
-                await asyncio.wait_for(self.poller.poll_all(), self.gw.probe_timeout_secs + 1)
+                await asyncio.wait_for(
+                    self.poller.poll_all(), self.gateway_settings.probe_timeout_secs + 1
+                )
             except TimeoutError:
                 log.warning("initial poll round did not finish in time; serving anyway")
             self.poller.start()

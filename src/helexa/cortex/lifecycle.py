@@ -219,7 +219,9 @@ class Lifecycle:
         timeout = self.config.gateway.cold_load_timeout_secs
         started = time.monotonic()
         try:
-            raw = await self.client.call(node, "POST", "/models/load", timeout, spec.model_dump())
+            raw = await self.client.call(
+                node, "POST", "/models/load", timeout, spec.model_dump(exclude_unset=True)
+            )
             reply = LoadReply.model_validate(raw or {})
         except (NeuronCallError, ValueError) as e:
             call_err = e if isinstance(e, NeuronCallError) else NeuronCallError("bad_json", 200)

@@ -155,7 +155,7 @@ async def _stream(
                 failure = "upstream ended before the message finished"
             await resp.write(machine.end())
     except TimeoutError:
-        secs = proxy.gw.request_timeout_secs
+        secs = proxy.settings.request_timeout_secs
         failure = f"stalled for {secs:g}s"
         await resp.write(machine.fail(f"upstream stream stalled for {secs:g}s"))
     except aiohttp.ClientError as e:
@@ -183,12 +183,14 @@ async def count_tokens(
             body[key] = chat[key]
     client = proxy.router.client
     try:
-        reply = await client.call(node, "POST", "/tokenize", proxy.gw.request_timeout_secs, body)
+        reply = await client.call(
+            node, "POST", "/tokenize", proxy.settings.request_timeout_secs, body
+        )
     except NeuronCallError as e:
         if e.kind == "http" and e.status is not None:
             raise upstream_error(e.status, e.payload, None) from None
         if e.kind == "timeout":
-            raise errors.upstream_timeout(proxy.gw.request_timeout_secs) from None
+            raise errors.upstream_timeout(proxy.settings.request_timeout_secs) from None
         log.warning("tokenize of %s on %s failed: %s", model_id, node.name, e)
         raise errors.upstream_connection_error() from None
     count = reply.get("count") if isinstance(reply, dict) else None

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from pydantic import TypeAdapter, ValidationError
 
-from helexa.config.cortex import Gateway
+from helexa.config.cortex import GatewaySettings
 from helexa.cortex.fleet import Fleet, NodeState
 from helexa.cortex.metrics import CortexMetrics
 from helexa.cortex.neuron_client import NeuronCallError, NeuronClient
@@ -24,13 +24,13 @@ class Poller:
         self,
         fleet: Fleet,
         client: NeuronClient,
-        gateway: Gateway,
+        gateway: GatewaySettings,
         metrics: CortexMetrics,
         on_round: Callable[[], object] | None = None,
     ) -> None:
         self.fleet = fleet
         self.client = client
-        self.gw = gateway
+        self.settings = gateway
         self.metrics = metrics
         self.on_round = on_round  # runs first in every round (the catalogue's change check)
         self._task: asyncio.Task[None] | None = None
@@ -55,12 +55,14 @@ class Poller:
             node.discovery is None
             or node.discovery.max_prompt_tokens == 0
             or node.discovery_at is None
-            or now - node.discovery_at >= self.gw.discovery_interval_secs
+            or now - node.discovery_at >= self.settings.discovery_interval_secs
         )
         if not due:
             return
         try:
-            raw = await self.client.call(node, "GET", "/discovery", self.gw.probe_timeout_secs)
+            raw = await self.client.call(
+                node, "GET", "/discovery", self.settings.probe_timeout_secs
+            )
             node.discovery = Discovery.model_validate(raw)
             node.discovery_at = now
         except (NeuronCallError, ValidationError) as e:
@@ -68,7 +70,7 @@ class Poller:
 
     async def _models(self, node: NodeState) -> None:
         try:
-            raw = await self.client.call(node, "GET", "/models", self.gw.probe_timeout_secs)
+            raw = await self.client.call(node, "GET", "/models", self.settings.probe_timeout_secs)
             infos = _MODELS.validate_python(raw)
         except (NeuronCallError, ValidationError) as e:
             if node.healthy:
@@ -86,7 +88,7 @@ class Poller:
 
     async def _health(self, node: NodeState) -> None:
         try:
-            raw = await self.client.call(node, "GET", "/health", self.gw.probe_timeout_secs)
+            raw = await self.client.call(node, "GET", "/health", self.settings.probe_timeout_secs)
             health = Health.model_validate(raw)
         except (NeuronCallError, ValidationError) as e:
             log.debug("health of %s failed: %s", node.name, e)
@@ -121,7 +123,7 @@ class Poller:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.gw.poll_interval_secs)
+            await asyncio.sleep(self.settings.poll_interval_secs)
             try:
                 await self.poll_all()
             except Exception:

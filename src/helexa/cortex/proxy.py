@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from helexa.config.cortex import Gateway
+from helexa.config.cortex import GatewaySettings
 from helexa.cortex import errors
 from helexa.cortex.accounting import Accounting
 from helexa.cortex.context import RequestContext
@@ -71,14 +71,14 @@ class Proxy:
         router: Router,
         poller: Poller,
         metrics: CortexMetrics,
-        gateway: Gateway,
+        gateway: GatewaySettings,
         accounting: Accounting,
     ) -> None:
         self.upstream = upstream
         self.router = router
         self.poller = poller
         self.metrics = metrics
-        self.gw = gateway
+        self.settings = gateway
         self.accounting = accounting
 
     def upstream_headers(
@@ -124,7 +124,7 @@ class Proxy:
                 self.accounting.move(ctx, other)
             except TimeoutError:
                 self.metrics.request_errors(model, node.name).inc()
-                raise errors.upstream_timeout(self.gw.request_timeout_secs) from None
+                raise errors.upstream_timeout(self.settings.request_timeout_secs) from None
             except aiohttp.ClientError as e:
                 log.warning("upstream %s for %s failed: %r", node.name, model, e)
                 self.metrics.request_errors(model, node.name).inc()
@@ -196,7 +196,7 @@ class Proxy:
             log.warning("upstream %s lost while sending a reply: %r", ctx.node.name, e)
             self.metrics.request_errors(ctx.model, ctx.node.name).inc()
             if isinstance(e, TimeoutError):
-                raise errors.upstream_timeout(self.gw.request_timeout_secs) from None
+                raise errors.upstream_timeout(self.settings.request_timeout_secs) from None
             raise errors.upstream_connection_error() from None
 
     async def _whole(
@@ -235,7 +235,7 @@ class Proxy:
             if strip is not None and (rest := strip.flush()):
                 await write(rest)
         except TimeoutError:
-            secs = self.gw.request_timeout_secs
+            secs = self.settings.request_timeout_secs
             await self._fail_midstream(
                 request,
                 resp,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from helexa.config.catalogue import Catalogue
-from helexa.config.cortex import Gateway
+from helexa.config.cortex import GatewaySettings
 from helexa.cortex import errors
 from helexa.cortex.fleet import Fleet, NodeState
 from helexa.cortex.lifecycle import Lifecycle
@@ -67,13 +67,13 @@ class Router:
         catalogue: Catalogue,
         lifecycle: Lifecycle,
         client: NeuronClient,
-        gateway: Gateway,
+        gateway: GatewaySettings,
     ) -> None:
         self.fleet = fleet
         self.catalogue = catalogue
         self.lifecycle = lifecycle
         self.client = client
-        self.gw = gateway
+        self.settings = gateway
 
     async def resolve(self, requested: str) -> Route:
         model_id = self.catalogue.resolve_alias(requested)
@@ -135,7 +135,7 @@ class Router:
             return cached
         try:
             reply = await self.client.call(
-                node, "GET", model_path(model_id, "/endpoint"), self.gw.probe_timeout_secs
+                node, "GET", model_path(model_id, "/endpoint"), self.settings.probe_timeout_secs
             )
         except NeuronCallError as e:
             log.warning("endpoint of %s on %s failed: %s", model_id, node.name, e)
