@@ -153,7 +153,7 @@ def test_nvml_one_gpu() -> None:
     nvml = FakeNvml([gpu(0, "NVIDIA GeForce RTX 4090", 24564, (8, 9))])
     d = discover(CFG, nvml=nvml, smi_runner=Smi(None), environ={}, os_release=DATA / "os-release")
     assert nvml.inits == nvml.shutdowns == 1
-    body = d.wire()
+    body = d.model_dump()
     assert body["devices"] == [
         {
             "index": 0,
@@ -168,7 +168,7 @@ def test_nvml_one_gpu() -> None:
     assert (body["max_prompt_tokens"], body["max_output_tokens"]) == (1000, 200)
     assert body["hostname"] and body["kernel"] and body["cpu_count"] >= 1
     assert body["memory_total_mb"] > 0
-    assert "cuda_unavailable_reason" not in body
+    assert d.cuda_unavailable_reason is None
     assert "cuda_visible" not in body and "gpu_source" not in body
     assert d.cuda_visible == ["GPU-0000-uuid"] and d.gpu_source == "nvml"
     assert Discovery.model_validate(body).devices[0].vram_total_mb == 24564
@@ -230,7 +230,7 @@ def test_mixed_compute_capabilities() -> None:
 )
 def test_no_nvidia_is_a_cpu_host(error: Exception) -> None:
     d = probe(FakeNvml([], error), Smi(None)).discover()
-    assert d.wire()["devices"] == [
+    assert d.model_dump()["devices"] == [
         {
             "index": 0,
             "kind": "cpu",
@@ -240,7 +240,6 @@ def test_no_nvidia_is_a_cpu_host(error: Exception) -> None:
         }
     ]
     assert d.cuda_unavailable_reason is None
-    assert "cuda_unavailable_reason" not in d.wire()
     assert (d.cuda_version, d.driver_version) == (None, None)
 
 
@@ -264,7 +263,7 @@ def test_nvml_mismatch() -> None:
     smi = Smi((18, data("smi_mismatch.txt")))
     d = probe(FakeNvml([], pynvml.NVMLError_LibRmVersionMismatch()), smi).discover()
     assert d.cuda_unavailable_reason == MISMATCH == "Driver/library version mismatch"
-    assert d.wire()["cuda_unavailable_reason"] == MISMATCH
+    assert d.model_dump()["cuda_unavailable_reason"] == MISMATCH
     assert [x.kind for x in d.devices] == ["cpu"]
 
 

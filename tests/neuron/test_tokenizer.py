@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from fixtures.tiny import build_tokenizer
+from helexa.neuron.engine.loader import ModelDir
 from helexa.neuron.tokenizer import ChatTokenizer, TokenizerCache, TokenizerError, prepare_messages
 from helexa.wire.errors import ApiError
 
@@ -195,7 +196,10 @@ def test_marker_flags(dirs: dict[str, Path]) -> None:
     assert (atomic.tool_call, atomic.reasoning) == (True, True)
     assert (split.tool_call, split.reasoning) == (False, False)
     assert atomic.has_chat_template
-    assert atomic.eos_token_ids == [atomic.token_to_id("<|im_end|>")]
+    # The engine's EOS rule reads the same files the tokenizer does.
+    assert ModelDir(dirs["atomic"]).eos_ids(atomic.token_to_id) == [
+        atomic.token_to_id("<|im_end|>")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -266,7 +270,7 @@ def test_bos_post_processor_and_variables(bos_dir: Path) -> None:
     text, ids = tok.encode_chat(msgs, TOOLS)
     assert text.startswith("<|endoftext|>TOOLS[{")
     assert ids == hf_ids(bos_dir, msgs, TOOLS)
-    assert tok.eos_token_ids == [2, 0]
+    assert ModelDir(bos_dir).eos_ids(tok.token_to_id) == [0, 2]
 
 
 def test_template_from_tokenizer_config(dirs: dict[str, Path], tmp_path: Path) -> None:

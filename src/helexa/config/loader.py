@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -183,7 +182,3 @@ def warn_unknown(obj: BaseModel, source: str, prefix: str) -> None:
             if isinstance(item, BaseModel):
                 idx = f"[{i}]" if isinstance(value, list) else ""
                 warn_unknown(item, source, f"{prefix}{name}{idx}.")
-
-
-def env_environ() -> Mapping[str, str]:
-    return os.environ

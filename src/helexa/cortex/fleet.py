@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helexa.config.cortex import NeuronRemote
-from helexa.wire.neuron import Activation, DeviceHealth, Discovery, Limit, ModelInfo
+from helexa.wire.neuron import ActivationStatus, DeviceHealth, Discovery, Limit, ModelInfo
 
 KNOWN_STATUSES = frozenset({"loaded", "loading", "recovering", "unloaded", "failed"})
 
@@ -49,7 +49,7 @@ class NodeState:
     last_poll: float | None = None
     discovery: Discovery | None = None
     discovery_at: float | None = None
-    activation: Activation | None = None
+    activation: ActivationStatus | None = None
     devices_health: list[DeviceHealth] | None = None
     lifecycle_cycles: int = 0
     models: dict[str, ModelState] = field(default_factory=dict)

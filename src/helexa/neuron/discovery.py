@@ -64,13 +64,6 @@ class NeuronDiscovery(Discovery):
     cuda_visible: list[str] = Field(default_factory=list, exclude=True)
     gpu_source: str | None = Field(default=None, exclude=True)  # "nvml" | "nvidia-smi" | None
 
-    def wire(self) -> dict[str, Any]:
-        """The `/discovery` body: `cuda_unavailable_reason` is left out when null (§2.4)."""
-        body = self.model_dump(mode="json")
-        if body.get("cuda_unavailable_reason") is None:
-            body.pop("cuda_unavailable_reason", None)
-        return body
-
 
 @dataclass(slots=True)
 class Gpu:

@@ -264,7 +264,6 @@ class ChatTokenizer:
         vocab = self.tokenizer.get_vocab(with_added_tokens=True)
         self.tool_call = TOOL_OPEN in vocab and TOOL_CLOSE in vocab
         self.reasoning = THINK_OPEN in vocab and THINK_CLOSE in vocab
-        self.eos_token_ids = self._eos_ids()
 
     def _add_missing_tokens(self, cfg: Mapping[str, Any], extra: Any) -> None:
         """Special tokens named in tokenizer_config but absent from tokenizer.json are added,
@@ -298,22 +297,6 @@ class ChatTokenizer:
             self.tokenizer.add_special_tokens(
                 [AddedToken(n, special=True, normalized=False) for n in missing]
             )
-
-    def _eos_ids(self) -> list[int]:
-        """EOS from the tokenizer, generation_config.json and config.json, in that order."""
-        ids: list[int] = []
-
-        def add(v: Any) -> None:
-            for x in v if isinstance(v, list) else [v]:
-                if isinstance(x, int) and not isinstance(x, bool) and x not in ids:
-                    ids.append(x)
-
-        eos = self.special_tokens.get("eos_token")
-        if eos is not None:
-            add(self.tokenizer.token_to_id(eos))
-        add(_read_json(self.root / "generation_config.json").get("eos_token_id"))
-        add(_read_json(self.root / "config.json").get("eos_token_id"))
-        return ids
 
     # -- template ---------------------------------------------------------------------------
 

@@ -75,7 +75,7 @@ class ActivationFailure(_Lenient):
     error: str = ""
 
 
-class Activation(_Lenient):
+class ActivationStatus(_Lenient):
     state: str = "ready"
     pending: list[str] = Field(default_factory=list)
     in_progress: str | None = None
@@ -88,7 +88,7 @@ class Health(_Lenient):
     uptime_secs: float | None = None
     devices: list[DeviceHealth] = Field(default_factory=list)
     models: list[ModelHealth] = Field(default_factory=list)
-    activation: Activation = Field(default_factory=Activation)
+    activation: ActivationStatus = Field(default_factory=ActivationStatus)
 
 
 class Limit(_Lenient):

@@ -45,10 +45,6 @@ class SSEDecoder:
         self._buf = buf[start:]
         return events
 
-    def pending(self) -> bytes:
-        """Bytes of an event not yet terminated (what a stream cut short leaves)."""
-        return self._buf
-
 
 def _parse_event(block: bytes) -> tuple[str | None, bytes] | None:
     name: str | None = None
