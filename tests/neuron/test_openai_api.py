@@ -35,10 +35,10 @@ from helexa.neuron.openai.embeddings import (
     embeddings_reply,
     parse_embeddings,
 )
-from helexa.neuron.openai.replies import Usage, error_frame
+from helexa.neuron.openai.replies import Usage
 from helexa.neuron.parse import ContentDelta, OutputParser, ReasoningDelta, ToolCall
 from helexa.wire.errors import ApiError
-from helexa.wire.sse import SSEDecoder
+from helexa.wire.sse import SSEDecoder, error_frame
 
 MODEL = "Qwen/Qwen3-8B"
 USER = [{"role": "user", "content": "hi"}]

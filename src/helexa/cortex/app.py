@@ -25,7 +25,9 @@ from helexa.cortex.neuron_client import NeuronCallError
 from helexa.cortex.stream_usage import ask_upstream
 from helexa.translate.request import TranslationError, translate_request
 from helexa.version import build_info
+from helexa.wire import http
 from helexa.wire.errors import ApiError
+from helexa.wire.http import JSON, json_response
 
 log = logging.getLogger("helexa.cortex.app")
 
@@ -41,14 +43,7 @@ CORS_HEADERS = {
         "x-helexa-fallback-model, x-helexa-prompt-tokens, retry-after, x-request-id"
     ),
 }
-JSON = "application/json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(
-    obj: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, content_type=JSON, headers=headers)
 
 
 def error_response(err: ApiError, ctx: RequestContext | None) -> web.Response:
@@ -89,16 +84,16 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         return error_response(e, ctx)
     except web.HTTPException as e:
         if e.status == 404:
-            return error_response(errors.unknown_route(request.method, path), ctx)
+            return error_response(http.unknown_route(request.method, path), ctx)
         if e.status == 405:
-            return error_response(errors.method_not_allowed(request.method, path), ctx)
+            return error_response(http.method_not_allowed(request.method, path), ctx)
         if e.status == 413:
-            return error_response(errors.too_large(gw.gateway_settings.max_body_mb), ctx)
+            return error_response(http.too_large(gw.gateway_settings.max_body_mb), ctx)
         raise
     except Exception:
         log.exception("unhandled error on %s %s (request %s)", request.method, path, ctx.request_id)
         gw.metrics.rejections("internal_server_error").inc()
-        return error_response(errors.internal(), ctx)
+        return error_response(http.internal(), ctx)
     finally:
         if tracked:  # after the envelope is built, so history sees the final status
             gw.accounting.complete(ctx)
@@ -139,26 +134,9 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
 
 async def read_json_body(request: web.Request, gw: Gateway) -> tuple[bytes, dict[str, Any]]:
     """Body limit, then parse: the §1.2 steps 3-4 every inference route shares."""
-    clen = request.content_length
-    if clen is not None and clen > gw.max_body:
-        raise errors.too_large(gw.gateway_settings.max_body_mb)
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise errors.too_large(gw.gateway_settings.max_body_mb) from None
-    except web.RequestPayloadError:
-        # A body aiohttp can't decode (bad Content-Encoding data) or one cut short.
-        enc = request.headers.get("content-encoding", "none")[:64]
-        detail = f"the body could not be read (content-encoding: {enc})"
-        raise errors.invalid_json(detail) from None
+    body = await http.read_body(request, gw.gateway_settings.max_body_mb)
     request[CTX].body_read_at = time.perf_counter()
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise errors.invalid_json(str(e)) from None
-    if not isinstance(obj, dict):
-        raise errors.not_an_object()
-    return body, obj
+    return body, http.parse_object(body)
 
 
 async def _route(gw: Gateway, ctx: RequestContext, model: str, body_len: int, obj: Any) -> None:
@@ -213,7 +191,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     body, obj = await read_json_body(request, gw)
     model = obj.get("model")
     if not isinstance(model, str) or not model:
-        raise errors.missing_model()
+        raise http.missing_model()
     size = len(body)  # the client's body is what budgets estimate from
     stripped = "keep_alive" in obj  # cortex's own field: never forwarded (§1.2 step 6)
     keep_alive = parse_keep_alive(obj.pop("keep_alive", None))
@@ -392,10 +370,7 @@ def make_app(gw: Gateway) -> web.Application:
 
 def make_metrics_app(gw: Gateway) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=gw.metrics.exposition(),
-            headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
+        return http.metrics_response(gw.metrics.exposition())
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

@@ -3,27 +3,10 @@
 from __future__ import annotations
 
 from helexa.wire.errors import ApiError
+from helexa.wire.http import num
 
 INSUFFICIENT_QUOTA = "insufficient_quota"
 RATE_LIMIT = "rate_limit_error"
-
-
-def invalid_json(detail: str) -> ApiError:
-    return ApiError(400, "invalid_json", f"request body is not valid JSON: {detail}")
-
-
-def not_an_object() -> ApiError:
-    return ApiError(400, "invalid_json", "request body must be a JSON object")
-
-
-def missing_model() -> ApiError:
-    return ApiError(400, "missing_model_field", "missing 'model' field in request body")
-
-
-def too_large(max_body_mb: float) -> ApiError:
-    return ApiError(
-        413, "request_too_large", f"request body exceeds the {_num(max_body_mb)} MB limit"
-    )
 
 
 def invalid_key() -> ApiError:
@@ -38,14 +21,6 @@ def admin_required() -> ApiError:
     return ApiError(
         403, "admin_required", "this endpoint requires an admin API key", type="permission_error"
     )
-
-
-def unknown_route(method: str, path: str) -> ApiError:
-    return ApiError(404, "unknown_route", f"no route for {method} {path}")
-
-
-def method_not_allowed(method: str, path: str) -> ApiError:
-    return ApiError(405, "method_not_allowed", f"method {method} is not allowed on {path}")
 
 
 def model_not_found(model: str) -> ApiError:
@@ -127,15 +102,11 @@ def upstream_connection_error() -> ApiError:
 
 
 def upstream_timeout(secs: float) -> ApiError:
-    return ApiError(504, "upstream_timeout", f"upstream did not respond within {_num(secs)}s")
+    return ApiError(504, "upstream_timeout", f"upstream did not respond within {num(secs)}s")
 
 
 def upstream_malformed() -> ApiError:
     return ApiError(502, "upstream_malformed_response", "malformed upstream response")
-
-
-def internal() -> ApiError:
-    return ApiError(500, "internal_server_error", "internal server error")
 
 
 def rate_limited(message: str, retry_after: int) -> ApiError:
@@ -150,8 +121,3 @@ def quota_exhausted(message: str) -> ApiError:
 
 def invalid_value(param: str, message: str) -> ApiError:
     return ApiError(400, "invalid_value", message, param=param)
-
-
-def _num(x: float) -> str:
-    """32.0 prints as 32, 0.5 stays 0.5."""
-    return str(int(x)) if float(x).is_integer() else str(x)

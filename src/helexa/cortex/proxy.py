@@ -26,6 +26,7 @@ from helexa.cortex.router import NodeUnreachable, Router
 from helexa.cortex.stream_usage import UsageStripper
 from helexa.cortex.upstream import Response, UpstreamConnectError, UpstreamPool
 from helexa.wire import sse
+from helexa.wire.errors import API_ERROR, ApiError
 
 log = logging.getLogger("helexa.cortex.proxy")
 
@@ -60,8 +61,7 @@ def midstream_error(path: str, code: str, message: str) -> bytes:
     if path == "/v1/responses":
         payload = {"type": "error", "code": code, "message": message, "param": None}
         return sse.event_frame("error", orjson.dumps(payload))
-    err = {"message": message, "type": "api_error", "code": code, "param": None}
-    return sse.data_frame(orjson.dumps({"error": err})) + sse.DONE
+    return sse.error_frame(ApiError(502, code, message, type=API_ERROR))
 
 
 class Proxy:

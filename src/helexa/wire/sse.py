@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from helexa.wire.errors import ApiError
+
 DONE = b"data: [DONE]\n\n"
 HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
@@ -14,6 +16,11 @@ def data_frame(payload: bytes) -> bytes:
 def event_frame(name: str, payload: bytes) -> bytes:
     """Responses/Anthropic framing: `event: <name>` then `data: <json>`."""
     return b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n"
+
+
+def error_frame(err: ApiError) -> bytes:
+    """A fault after the status was sent, on the OpenAI-framed routes: the error, then `[DONE]`."""
+    return data_frame(err.openai_body()) + DONE
 
 
 class SSEDecoder:

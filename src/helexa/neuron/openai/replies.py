@@ -13,8 +13,6 @@ from typing import Any
 import orjson
 
 from helexa.neuron.parse import new_id
-from helexa.wire import sse
-from helexa.wire.errors import ApiError
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +87,3 @@ class Chunks:
         if not self.include_usage:
             return b""
         return self._head + b'[],"usage":' + orjson.dumps(usage) + b"}\n\n"
-
-
-def error_frame(err: ApiError) -> bytes:
-    """A mid-stream fault on chat/completions (§2.11): the error frame, then `[DONE]`."""
-    return sse.data_frame(err.openai_body()) + sse.DONE

@@ -1,0 +1,157 @@
+"""Driving one worker generation: admission, the first token, then the deltas into a sink.
+
+Nothing is sent before the first token exists (§2.13), so a crash before it is a clean 503;
+after it, a failure is the sink's error frame."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from helexa.neuron.models import ModelRecord, not_ready
+from helexa.neuron.openai import common as oa
+from helexa.neuron.openai import replies
+from helexa.neuron.routes.plumbing import PROMPT_HEADER
+from helexa.neuron.routes.sinks import Sink
+from helexa.neuron.service import Neuron
+from helexa.neuron.supervisor import (
+    RequestFailed,
+    WorkerCrashed,
+    WorkerError,
+    WorkerStopped,
+)
+from helexa.wire import sse
+from helexa.wire.errors import ApiError
+from helexa.wire.http import json_response
+
+log = logging.getLogger("helexa.neuron.routes.drive")
+
+
+def generation_failed(model: str) -> ApiError:
+    return ApiError(500, "internal_server_error", f"generation failed for model '{model}'")
+
+
+_CLIENT_CODES = frozenset(
+    {"invalid_value", "context_length_exceeded", "unsupported_model_capability"}
+)
+
+
+def client_error(err: WorkerError, model: str) -> ApiError:
+    """A worker failure as the client sees it. The engine's 400s are written for clients;
+    anything else is logged and answered without the worker's text (§0.4)."""
+    if isinstance(err, WorkerCrashed):
+        return oa.worker_crashed(model)
+    if isinstance(err, WorkerStopped):
+        return oa.model_unloaded(model)
+    if isinstance(err, RequestFailed):
+        if err.code in _CLIENT_CODES:
+            return ApiError(400, err.code, err.message, param=err.param)
+        log.error("worker for %s failed a request: %s %s", model, err.code, err.message[:512])
+    return generation_failed(model)
+
+
+async def generate(
+    request: web.Request,
+    neuron: Neuron,
+    rec: ModelRecord,
+    frame: dict[str, Any],
+    prompt_len: int,
+    sink: Sink,
+    stream: bool,
+) -> web.StreamResponse:
+    """Admission, then the worker's deltas into `sink`: the shared tail of every text route."""
+    model = rec.id
+    adm = rec.admission
+    await adm.acquire()
+    try:
+        handle = rec.handle
+        if handle is None or not rec.serving:
+            raise not_ready(model, "unloading" if rec.draining else rec.status)
+        neuron.registry.touch(rec)
+        m = neuron.metrics
+        m.prompt_tokens(model).inc(prompt_len)
+        started = time.monotonic()
+        async with handle.generate(frame) as gen:
+            events = gen.__aiter__()
+            try:
+                first = await events.__anext__()
+            except WorkerError as e:
+                raise client_error(e, model) from None
+            t_first = time.monotonic()
+            m.ttft(model).observe(t_first - started)
+            if not stream:
+                return await _collect(neuron, rec, first, events, prompt_len, sink, t_first)
+            resp = web.StreamResponse(headers={**sse.HEADERS, PROMPT_HEADER: str(prompt_len)})
+            await resp.prepare(request)
+            try:
+                await _pump(neuron, rec, resp, first, events, prompt_len, sink, t_first)
+            except ConnectionResetError:  # the client went away mid-stream: cancel, quietly
+                log.debug("client of a %s stream went away", model)
+            return resp
+    finally:
+        adm.release()
+
+
+def _usage(sink: Sink, prompt_len: int, done: dict[str, Any]) -> replies.Usage:
+    completion = int(done.get("completion_tokens") or 0)
+    reasoning = sink.parser.reasoning_tokens if sink.parser is not None else 0
+    return replies.Usage(prompt_len, completion, min(reasoning, completion))
+
+
+def _observe_done(neuron: Neuron, model: str, done: dict[str, Any], t_first: float) -> None:
+    n = int(done.get("completion_tokens") or 0)
+    neuron.metrics.generated_tokens(model).inc(n)
+    dt = time.monotonic() - t_first
+    if n > 1 and dt > 0:
+        neuron.metrics.tps(model).observe((n - 1) / dt)
+
+
+async def _collect(
+    neuron: Neuron,
+    rec: ModelRecord,
+    first: dict[str, Any],
+    events: AsyncIterator[dict[str, Any]],
+    prompt_len: int,
+    sink: Sink,
+    t_first: float,
+) -> web.Response:
+    ev = first
+    try:
+        while ev.get("ev") != "done":
+            sink.delta(str(ev.get("text") or ""), int(ev.get("tokens") or 0))
+            ev = await events.__anext__()
+    except WorkerError as e:
+        raise client_error(e, rec.id) from None
+    _observe_done(neuron, rec.id, ev, t_first)
+    body = sink.body(ev, _usage(sink, prompt_len, ev))
+    return json_response(body, headers={PROMPT_HEADER: str(prompt_len)})
+
+
+async def _pump(
+    neuron: Neuron,
+    rec: ModelRecord,
+    resp: web.StreamResponse,
+    first: dict[str, Any],
+    events: AsyncIterator[dict[str, Any]],
+    prompt_len: int,
+    sink: Sink,
+    t_first: float,
+) -> None:
+    ev = first
+    out = sink.start()
+    try:
+        while ev.get("ev") != "done":
+            out += sink.delta(str(ev.get("text") or ""), int(ev.get("tokens") or 0))
+            if out:
+                await resp.write(out)
+                out = b""
+            ev = await events.__anext__()
+    except WorkerError as e:
+        await resp.write(out + sink.error(client_error(e, rec.id)))
+        return
+    _observe_done(neuron, rec.id, ev, t_first)
+    await resp.write(out + sink.end(ev, _usage(sink, prompt_len, ev)))

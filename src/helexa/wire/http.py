@@ -1,0 +1,86 @@
+"""HTTP plumbing cortex and neuron share: the errors of the HTTP layer, the JSON body reader,
+JSON and `/metrics` responses. One home, so both processes answer a bad body alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from helexa.wire.errors import ApiError
+
+JSON = "application/json"
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def num(x: float) -> str:
+    """32.0 prints as 32, 0.5 stays 0.5."""
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def invalid_json(detail: str) -> ApiError:
+    return ApiError(400, "invalid_json", f"request body is not valid JSON: {detail}")
+
+
+def not_an_object() -> ApiError:
+    return ApiError(400, "invalid_json", "request body must be a JSON object")
+
+
+def missing_model() -> ApiError:
+    return ApiError(400, "missing_model_field", "missing 'model' field in request body")
+
+
+def too_large(max_body_mb: float) -> ApiError:
+    return ApiError(
+        413, "request_too_large", f"request body exceeds the {num(max_body_mb)} MB limit"
+    )
+
+
+def unknown_route(method: str, path: str) -> ApiError:
+    return ApiError(404, "unknown_route", f"no route for {method} {path}")
+
+
+def method_not_allowed(method: str, path: str) -> ApiError:
+    return ApiError(405, "method_not_allowed", f"method {method} is not allowed on {path}")
+
+
+def internal() -> ApiError:
+    return ApiError(500, "internal_server_error", "internal server error")
+
+
+async def read_body(request: web.Request, max_body_mb: float) -> bytes:
+    """The raw body within the limit; an unreadable one is `invalid_json`."""
+    clen = request.content_length
+    if clen is not None and clen > int(max_body_mb * 1024 * 1024):
+        raise too_large(max_body_mb)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large(max_body_mb) from None
+    except web.RequestPayloadError:
+        # A body aiohttp can't decode (bad Content-Encoding data) or one cut short.
+        enc = request.headers.get("content-encoding", "none")[:64]
+        raise invalid_json(f"the body could not be read (content-encoding: {enc})") from None
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """A JSON object, or the 400 that says why not."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise invalid_json(str(e)) from None
+    if not isinstance(obj, dict):
+        raise not_an_object()
+    return obj
+
+
+def json_response(
+    obj: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type=JSON, headers=headers)
+
+
+def metrics_response(exposition: bytes) -> web.Response:
+    """A Prometheus text exposition."""
+    return web.Response(body=exposition, headers={"content-type": METRICS_TYPE})
