@@ -989,6 +989,23 @@ async def test_count_tokens_uses_the_neuron_tokenizer(cortex: Cortex, fake: Fake
     assert cortex.metric("cortex_requests_total", **MN) == 0
 
 
+@pytest.mark.parametrize(
+    ("choice", "counted"), [({"type": "none"}, False), ({"type": "any"}, True)]
+)
+async def test_count_tokens_leaves_out_tools_the_prompt_will_not_hold(
+    cortex: Cortex, fake: FakeNeuron, choice: dict[str, str], counted: bool
+) -> None:
+    body = {
+        "model": "test-model",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [READ_TOOL],
+        "tool_choice": choice,
+    }
+    r = await post(cortex, body, path="/v1/messages/count_tokens")
+    assert r.status_code == 200, r.text
+    assert ("tools" in fake.last("/tokenize").json) is counted
+
+
 async def test_count_tokens_catalogue_model_sends_load_id_and_loads_nothing(
     start_cortex: CortexFactory, fake: FakeNeuron
 ) -> None:

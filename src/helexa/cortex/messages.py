@@ -178,9 +178,11 @@ async def count_tokens(
     body: dict[str, Any] = {"model": model_id, "messages": chat["messages"]}
     if load_id is not None:
         body["model_id"] = load_id
-    for key in ("tools", "chat_template_kwargs"):
-        if key in chat:
-            body[key] = chat[key]
+    # The chat route renders no tools under tool_choice "none", so they are not counted either.
+    if "tools" in chat and chat.get("tool_choice") != "none":
+        body["tools"] = chat["tools"]
+    if "chat_template_kwargs" in chat:
+        body["chat_template_kwargs"] = chat["chat_template_kwargs"]
     client = proxy.router.client
     try:
         reply = await client.call(
