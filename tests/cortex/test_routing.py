@@ -216,6 +216,24 @@ async def test_failed_location_never_routed(start_cortex: CortexFactory) -> None
         assert a.count("/models/load") == 0
 
 
+async def test_failed_model_outside_the_catalogue_is_not_retryable(
+    start_cortex: CortexFactory,
+) -> None:
+    failed = model_info("test-model", status="failed", error="secret traceback text")
+    async with FakeNeuron(token="node-secret", models=[failed]) as a:
+        cortex = await start_cortex({"node-a": a})
+        r = await post(cortex.base + "/chat/completions", json=CHAT)
+        assert r.status_code == 502 and "retry-after" not in r.headers
+        err = r.json()["error"]
+        assert err["code"] == "cold_load_failed"
+        assert err["message"] == (
+            "cold-load of 'test-model' on 'node-a' failed: "
+            "model is marked failed on this node; unload it to reset"
+        )
+        assert "secret" not in r.text
+        assert a.count("/v1/chat/completions") == 0 and a.count("/models/load") == 0
+
+
 async def test_failed_catalogue_model_is_cold_load_failed(start_cortex: CortexFactory) -> None:
     failed = model_info("cat/m", status="failed", error="boom")
     async with FakeNeuron(token="node-secret", models=[failed]) as a:

@@ -89,6 +89,11 @@ def cold_load_failed(
     )
 
 
+def marked_failed(model: str, node: str) -> ApiError:
+    """Not retryable: the node will not try the load again until the model is unloaded."""
+    return cold_load_failed(model, node, "model is marked failed on this node; unload it to reset")
+
+
 def endpoint_failed(model: str, node: str) -> ApiError:
     return ApiError(
         502,

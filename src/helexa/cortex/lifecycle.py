@@ -114,11 +114,7 @@ class Lifecycle:
         if not usable:
             failed = [n for n in feasible if n.healthy and n.status_of(model_id) == "failed"]
             if failed:
-                raise errors.cold_load_failed(
-                    model_id,
-                    failed[0].name,
-                    "model is marked failed on this node; unload it to reset",
-                )
+                raise errors.marked_failed(model_id, failed[0].name)
             raise errors.no_healthy_neuron(model_id)
         return rank([self._evaluate(n, profile) for n in usable])
 

@@ -102,6 +102,9 @@ class Router:
         if unloaded:
             node = await lc.single_flight(model_id, lambda: lc.load_known(model_id, unloaded))
             return Route(node, model_id, True)
+        failed = [n for n in healthy if n.status_of(model_id) == "failed"]
+        if failed and all(n.healthy for n in self.fleet if model_id in n.models):
+            raise errors.marked_failed(model_id, failed[0].name)  # a retry cannot succeed
         if any(model_id in n.models or n.is_loading(model_id) for n in self.fleet):
             raise errors.no_healthy_neuron(model_id)
         raise errors.model_not_found(model_id)
