@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
@@ -70,6 +71,26 @@ async def test_routes_and_envelopes(start_neuron: NeuronFactory) -> None:
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "request_too_large"
     assert r.headers["x-request-id"].startswith("req_")
+
+
+async def test_principal_headers_are_logged_with_the_request_id(
+    start_neuron: NeuronFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = await start_neuron()
+    caplog.set_level(logging.DEBUG, logger="helexa.neuron")
+    headers = {
+        "x-request-id": "req_abc",
+        "x-helexa-account-id": "acct-7",
+        "x-helexa-key-id": "key-9",
+    }
+    r = await rig.client.post("/v1/chat/completions", json={"messages": []}, headers=headers)
+    assert r.status_code == 400 and r.headers["x-request-id"] == "req_abc"
+    lines = [rec.getMessage() for rec in caplog.records if "request=req_abc" in rec.getMessage()]
+    assert lines == ["POST /v1/chat/completions 400 request=req_abc account=acct-7 key=key-9"]
+    r = await rig.client.get("/models")
+    rid = r.headers["x-request-id"]
+    assert rid.startswith("req_")
+    assert f"GET /models 200 request={rid} account=- key=-" in caplog.messages
 
 
 async def test_unhandled_error_is_500(

@@ -20,26 +20,17 @@ log = logging.getLogger("helexa.neuron.routes.plumbing")
 
 
 PUBLIC = frozenset({"/health", "/version"})
-
-
 INFERENCE = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/responses": "responses",
     "/v1/embeddings": "embeddings",
 }
-
-
 PROMPT_HEADER = "x-helexa-prompt-tokens"
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 MODEL_KEY = web.RequestKey("model", str)
-
-
 PROMPT_KEY = web.RequestKey("prompt_tokens", int)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 
 def missing_token() -> ApiError:
@@ -71,6 +62,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     neuron = request.app[NEURON]
     path = request.path
     endpoint = INFERENCE.get(path)
+    request[REQUEST_ID_KEY] = request.headers.get("x-request-id") or "req_" + secrets.token_hex(12)
     status = 500
     counted = False
     try:
@@ -111,6 +103,21 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
             model = request.get(MODEL_KEY)
             if model is not None:
                 neuron.metrics.requests(model, endpoint, str(status)).inc()
+        _log_request(request, status)
+
+
+def _log_request(request: web.Request, status: int) -> None:
+    """The access line: who cortex says is asking (its principal headers), by request id."""
+    h = request.headers
+    log.debug(
+        "%s %s %d request=%s account=%s key=%s",
+        request.method,
+        request.path,
+        status,
+        request[REQUEST_ID_KEY],
+        h.get("x-helexa-account-id", "-"),
+        h.get("x-helexa-key-id", "-"),
+    )
 
 
 def _authenticate(request: web.Request, neuron: Neuron) -> None:
@@ -126,8 +133,9 @@ def _authenticate(request: web.Request, neuron: Neuron) -> None:
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    rid = request.headers.get("x-request-id")
-    response.headers["x-request-id"] = rid if rid else "req_" + secrets.token_hex(12)
+    rid = request.get(REQUEST_ID_KEY)  # None only where the pipeline never ran
+    if rid is not None:
+        response.headers["x-request-id"] = rid
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
