@@ -1,4 +1,5 @@
-"""Shared fixtures: a real cortex on an ephemeral loopback port in front of fake neurons."""
+"""Shared fixtures: a real cortex on an ephemeral loopback port in front of fake neurons; and
+the tier hooks (torch / gpu / slow markers, see rig/tiers.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ from aiohttp.typedefs import Middleware
 from helexa.config.cortex import load_settings
 from helexa.cortex.app import make_app, make_metrics_app
 from helexa.cortex.gateway import Gateway
-from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory, write_toml
+from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron
+from rig.tiers import (
+    pytest_collection_modifyitems as pytest_collection_modifyitems,
+)
+from rig.tiers import pytest_make_collect_report as pytest_make_collect_report
+from rig.tiers import pytest_runtest_makereport as pytest_runtest_makereport
+from rig.toml import write_toml
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 from pathlib import Path
 
 import httpx
@@ -16,6 +15,7 @@ from helexa.bench.store import Store
 from helexa.version import version_line
 from rig.cli_rig import clean_env as rig_clean_env
 from rig.cli_rig import console_script, run_cli
+from rig.net import free_port, listening_port
 
 
 def exe() -> str:
@@ -28,12 +28,6 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     return await run_cli(exe(), *args, env=env or clean_env(), timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(tmp_path: Path, body: str = "", seeded: bool = True) -> Path:
@@ -181,10 +175,7 @@ async def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 async def test_serve_port_in_use_exits_1(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        port = s.getsockname()[1]
+    with listening_port() as port:
         cfg = write_config(tmp_path, f'[api]\nlisten = "127.0.0.1:{port}"\n')
         rc, _, err = await cli("serve", "--config", str(cfg))
     assert rc == 1 and "cannot listen" in err

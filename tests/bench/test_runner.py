@@ -177,6 +177,8 @@ async def test_cold_load_cell_on_a_neuron_target(
     assert row["scenario_id"] == "cold_load" and json.loads(row["extra"])["load_s"] >= 0.1
 
 
+@pytest.mark.torch
+@pytest.mark.slow
 async def test_real_neuron_chat_and_cold_load(tmp_path: Path) -> None:
     """One real `neuron serve` with the tiny Qwen3: chat:N and cold_load end to end."""
     pytest.importorskip("torch")

@@ -14,8 +14,9 @@ import pytest
 from helexa.config.cortex import load_settings
 from helexa.cortex.idle import parse_keep_alive
 from helexa.wire.errors import ApiError
-from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory, write_toml
+from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron, model_info
+from rig.toml import write_toml
 
 M = "test-model"
 NODE = "mock-node"

@@ -15,8 +15,10 @@ import pytest
 
 from helexa.config.cortex import load_settings
 from rig.cli_rig import clean_env, console_script
-from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory, free_port, write_toml
+from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron, model_info
+from rig.net import free_port
+from rig.toml import write_toml
 
 ONE = "m/one"
 TWO = "m/two"

@@ -17,8 +17,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from rig.cortex_rig import NODE_TOKEN, free_port, write_toml
+from rig.cortex_rig import NODE_TOKEN
 from rig.fake_neuron import FakeNeuron
+from rig.net import free_port
+from rig.toml import write_toml
 
 CHAT = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 

@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from helexa.cortex.upstream import IDLE_SECS, UpstreamConnectError, UpstreamPool
-from rig.cortex_rig import Cortex, free_port
+from rig.cortex_rig import Cortex
+from rig.net import free_port
 
 BIG = bytes(range(256)) * 8192  # 2 MiB: well past the pause threshold
 

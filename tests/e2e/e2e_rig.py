@@ -24,7 +24,9 @@ from typing import Any, TypeVar
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from rig.cortex_rig import free_port, write_toml
+from rig.net import free_port
+from rig.procs import alive, cmdline, descendants
+from rig.toml import write_toml
 
 TOKEN = "e2e-node-secret"
 API_KEY = "e2e-client-key"  # the SDKs always send a key, and cortex refuses unknown ones
@@ -68,49 +70,6 @@ def until(check: Callable[[], T | None], within: float, what: str, step: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         time.sleep(step)
-
-
-def _ppid_map() -> dict[int, int]:
-    out: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(entry)] = int(fields[1])
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (children first found, then theirs)."""
-    parents = _ppid_map()
-    found: list[int] = []
-    frontier = [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        found.extend(kids)
-        frontier.extend(kids)
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -22,6 +22,8 @@ from e2e_rig import API_KEY, Cortex, Neuron, Stack, copy_model, until
 
 openai = pytest.importorskip("openai")
 
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
 SLOW = "local/slow"
 SCRIPT = "The quick brown fox jumps over the lazy dog. " * 8
 POLL_SECS = 1.0

@@ -16,6 +16,8 @@ from e2e_rig import API_KEY, Cortex, Neuron, Stack, copy_model, until
 
 openai = pytest.importorskip("openai")
 
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
 NODE = "np"
 POLL_SECS = 1.0
 PINNED, B, C, D = "local/pa", "local/pb", "local/pc", "local/pd"

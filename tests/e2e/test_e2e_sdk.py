@@ -14,6 +14,8 @@ from e2e_rig import API_KEY, Stack
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
 
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
 MODEL = "local/qa"
 PROMPT = "Read the file /etc/hosts please."
 MSGS: list[Any] = [{"role": "user", "content": PROMPT}]

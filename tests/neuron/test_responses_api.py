@@ -21,7 +21,7 @@ from helexa.neuron.openai.responses import parse_responses
 from helexa.neuron.openai.responses_reply import ResponsesStream, response_body
 from helexa.neuron.parse import ContentDelta, OutputParser, ReasoningDelta, ToolCall
 from helexa.wire.errors import ApiError
-from helexa.wire.sse import SSEDecoder
+from rig.sse import named_events
 
 MODEL = "Qwen/Qwen3-8B"
 EVENT = TypeAdapter(ResponseStreamEvent)
@@ -60,12 +60,9 @@ def err(b: dict[str, Any], **kw: Any) -> ApiError:
 
 
 def events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for name, data in SSEDecoder().feed(raw):
-        assert name is not None
-        obj = orjson.loads(data)
+    out = named_events(raw)
+    for name, obj in out:
         assert obj["type"] == name
-        out.append((name, obj))
     return out
 
 

@@ -24,6 +24,7 @@ from helexa.translate.response import translate_response
 from helexa.translate.stream import PING, AnthropicStream, error_event
 from helexa.wire.sse import SSEDecoder
 from rig.anthropic_types import check_event
+from rig.sse import named_events
 
 MODEL = "Qwen/Qwen3-8B"
 MSG_ID = "msg_a1"
@@ -102,11 +103,9 @@ def run(payloads: list[bytes], prompt: int = 0, eof: bool = True) -> bytes:
 
 def events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
     """The frames, each checked against the anthropic SDK's own event types."""
-    out = []
-    for name, data in SSEDecoder().feed(raw):
-        assert name is not None, f"a frame without an event name leaked: {data!r}"
+    out = named_events(raw)
+    for name, data in out:
         check_event(name, data)
-        out.append((name, orjson.loads(data)))
     return out
 
 

@@ -9,7 +9,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,19 +25,17 @@ from click.testing import CliRunner
 from helexa.cli import main
 from helexa.up import configs
 from helexa.version import version_line
+from rig.net import free_port
+from rig.procs import children, cmdline, wait_gone
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 openai = pytest.importorskip("openai")
 
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
 MODEL_DIR = "tinyup"
 SERVED = f"local/{MODEL_DIR}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def up_env(home: Path) -> dict[str, str]:
@@ -58,40 +55,6 @@ def up_env(home: Path) -> dict[str, str]:
     env.pop("HELEXA_API_KEY", None)
     env.pop("HELEXA_NEURON_WORKER_CMD", None)
     return env
-
-
-def children(pid: int) -> list[int]:
-    """Live (non-zombie) processes whose parent is `pid`."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        rest = stat.rsplit(")", 1)[1].split()
-        if int(rest[1]) == pid and rest[0] != "Z":
-            out.append(int(entry))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_gone(pids: list[int], secs: float) -> list[int]:
-    deadline = time.monotonic() + secs
-    while time.monotonic() < deadline:
-        left = [p for p in pids if alive(p)]
-        if not left:
-            return []
-        time.sleep(0.1)
-    return [p for p in pids if alive(p)]
 
 
 @dataclass
@@ -320,7 +283,7 @@ def test_second_run_adds_only_the_missing_model(stack: Up, tiny: Path) -> None:
 
 def test_killed_neuron_is_restarted_and_service_resumes(stack: Up) -> None:
     mine = children(stack.proc.pid)
-    neuron_pid = next(p for p in mine if "helexa.neuron.cli" in _cmdline(p))
+    neuron_pid = next(p for p in mine if "helexa.neuron.cli" in cmdline(p))
     workers = children(neuron_pid)
     assert workers, "the pre-warmed model should have a worker"
     os.kill(neuron_pid, signal.SIGKILL)
@@ -365,13 +328,6 @@ def test_sigterm_stops_everything(stack: Up) -> None:
     assert "helexa: stopped" in stack.text()
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def test_version_and_help() -> None:
     r = CliRunner().invoke(main, ["--version"])
     assert r.exit_code == 0 and r.output.strip() == version_line("helexa")
@@ -386,6 +342,15 @@ def test_bad_model_id_is_a_usage_error(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["up", "--config-dir", str(tmp_path), "--model", "nope"])
     assert r.exit_code == 2
     assert "missing the '/' between org and name" in r.output
+
+
+def test_gguf_model_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    gguf = tmp_path / "m.Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF")
+    r = CliRunner().invoke(main, ["up", "--config-dir", str(tmp_path / "c"), "--model", str(gguf)])
+    assert r.exit_code == 2
+    assert "GGUF files need the llama.cpp harness" in r.output
+    assert not (tmp_path / "c" / "neuron.toml").exists()
 
 
 def test_ensure_appends_and_keeps_comments(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ words of a failed child, the banner's model list, and what the generated files c
 from __future__ import annotations
 
 import re
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from helexa.up import configs
 from helexa.up.banner import Served, model_lines
 from helexa.up.supervise import Child, Stack
 from helexa.wire.advice import get_model_advice
+from rig.net import free_port, listening_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API = "http://127.0.0.1:31313"
@@ -25,10 +25,8 @@ API = "http://127.0.0.1:31313"
 @pytest.fixture
 def busy_port() -> Iterator[int]:
     """A port something listens on: `helexa up` stops there, after reading its files."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield int(s.getsockname()[1])
+    with listening_port() as port:
+        yield port
 
 
 def up(config_dir: Path, port: int) -> list[str]:
@@ -77,9 +75,7 @@ def test_generated_files_cite_only_what_is_shipped(tmp_path: Path) -> None:
 
 
 def stack_with(tmp_path: Path, code: str, said: list[str]) -> tuple[Stack, Child]:
-    with socket.socket() as s:  # a port nobody listens on: the neuron never answers
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens there: the neuron never answers
     log = tmp_path / "neuron.log"
     log.write_text("".join(f"an earlier run's line {i}\n" for i in range(40)))
     neuron = Child("neuron", [sys.executable, "-c", code], {}, log, grace=1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -27,43 +26,11 @@ from helexa.neuron.app import Neuron, make_app
 from helexa.neuron.discovery import NeuronDiscovery
 from helexa.neuron.supervisor import Supervisor
 from helexa.wire.neuron import Device, DeviceHealth
-from helexa.wire.sse import SSEDecoder
 
 FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
 WORKER_CMD = [sys.executable, str(FAKE_WORKER)]
 TOKEN = "node-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return str(v)
-    return json.dumps(v)  # strings (and lists of strings) are valid TOML in JSON spelling
-
-
-def write_toml(path: Path, data: Mapping[str, Any]) -> None:
-    """neuron.toml for tests: scalars, [tables] and [[arrays of tables]] one level deep."""
-    lines: list[str] = []
-    tables: list[str] = []
-    for key, v in data.items():
-        if isinstance(v, dict):
-            tables.append(f"\n[{key}]")
-            tables += [f"{k} = {_toml_value(x)}" for k, x in v.items()]
-        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            for item in v:
-                tables.append(f"\n[[{key}]]")
-                tables += [f"{k} = {_toml_value(x)}" for k, x in item.items()]
-        else:
-            lines.append(f"{key} = {_toml_value(v)}")
-    path.write_text("\n".join(lines + tables) + "\n")
 
 
 # -- model directories ------------------------------------------------------------------------
@@ -305,22 +272,6 @@ async def until(pred: Callable[[], bool], within: float = 5.0) -> None:
 
 def chat_body(model: str, content: str = "hi", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
-
-
-async def sse_events(resp: httpx.Response) -> list[tuple[str | None, bytes]]:
-    dec = SSEDecoder()
-    out: list[tuple[str | None, bytes]] = []
-    async for chunk in resp.aiter_bytes():
-        out.extend(dec.feed(chunk))
-    return out
-
-
-async def sse_data(resp: httpx.Response) -> list[Any]:
-    """`data:` payloads of an OpenAI stream: JSON objects, and the string "[DONE]"."""
-    out: list[Any] = []
-    for _, data in await sse_events(resp):
-        out.append("[DONE]" if data == b"[DONE]" else json.loads(data))
-    return out
 
 
 NeuronFactory = Callable[..., Awaitable[Rig]]

@@ -19,12 +19,12 @@ from daemon_rig import (
     chat_body,
     chat_prompt_len,
     set_fake,
-    sse_data,
-    sse_events,
     until,
     worker_events,
 )
 from daemon_rig import start_neuron as start_neuron  # the fixture
+
+from rig.sse import sse_data, sse_events
 
 
 async def loaded(

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_rig import CHATML, NeuronFactory, Rig, chat_body, sse_data, write_tokenizer
+from daemon_rig import CHATML, NeuronFactory, Rig, chat_body, write_tokenizer
 from daemon_rig import start_neuron as start_neuron  # the fixture
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from helexa.neuron.tokenizer import ChatTokenizer
+from rig.sse import sse_data
 
 # Qwen3's switch, reduced: thinking off pre-fills an empty think block.
 SWITCH = CHATML + (

@@ -9,13 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from daemon_rig import NeuronFactory, chat_body, sse_data, until
+from daemon_rig import NeuronFactory, chat_body, until
 from daemon_rig import start_neuron as start_neuron  # the fixture
 
 from helexa.neuron.supervisor import Supervisor, rss_mb
+from rig.sse import sse_data
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.torch
 
 ENGINE_CMD = [sys.executable, "-m", "helexa.neuron.engine.worker"]
 

@@ -10,21 +10,14 @@ import time
 from pathlib import Path
 
 import httpx
-from daemon_rig import (
-    AUTH,
-    TOKEN,
-    WORKER_CMD,
-    chat_body,
-    free_port,
-    model_dir,
-    write_tokenizer,
-    write_toml,
-)
+from daemon_rig import AUTH, TOKEN, WORKER_CMD, chat_body, model_dir, write_tokenizer
 
 from helexa.version import version_line
 from rig.cli_rig import clean_env as rig_clean_env
 from rig.cli_rig import console_script
 from rig.cli_rig import run_cli as run
+from rig.net import free_port, listening_port
+from rig.toml import write_toml
 
 
 def neuron_exe() -> str:
@@ -159,12 +152,7 @@ async def test_cli_version_help_and_config_errors(tmp_path: Path) -> None:
 
 
 async def test_cannot_listen_exits_1(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        port = s.getsockname()[1]
+    with listening_port() as port:
         cfg = tmp_path / "neuron.toml"
         write_toml(cfg, {"listen": f"127.0.0.1:{port}"})
         rc, _, err = await run_cli("serve", "--config", str(cfg))

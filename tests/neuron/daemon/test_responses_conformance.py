@@ -19,10 +19,12 @@ from typing import Any
 
 import openresponses_types as ort
 import pytest
-from daemon_rig import NeuronFactory, Rig, set_fake, sse_events
+from daemon_rig import NeuronFactory, Rig, set_fake
 from daemon_rig import start_neuron as start_neuron  # the fixture
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
+
+from rig.sse import sse_events
 
 OPENAI_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 

@@ -12,6 +12,8 @@ torch = pytest.importorskip("torch")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from workerctl import WorkerClient  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 ARCHS = ("qwen3_moe", "qwen3_next", "qwen3_5")
 
 

@@ -13,6 +13,8 @@ torch = pytest.importorskip("torch")
 from transformers import AutoModel  # noqa: E402
 from workerctl import WorkerClient  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 INPUTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14]]
 
 

@@ -18,6 +18,8 @@ from workerctl import WorkerClient, markers_whole
 
 from helexa.neuron.engine.loader import LoadError, LoadSpec
 
+pytestmark = pytest.mark.torch
+
 MARKERS = ["<think>", "</think>", "<tool_call>", "</tool_call>"]
 SCRIPT = (
     "Let me see<think>step by step, naïve 日本語</think>\n\n"

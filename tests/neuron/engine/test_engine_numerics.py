@@ -17,6 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from helexa.neuron.engine.loader import LoadSpec  # noqa: E402
 from helexa.neuron.engine.torch_engine import Generation, TorchEngine  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 ARCHS = ("qwen3", "qwen3_moe", "qwen3_next", "qwen3_5")
 STEPS = 12
 

@@ -24,6 +24,8 @@ from helexa.neuron.engine.sampling import (  # noqa: E402
     resolve,
 )
 
+pytestmark = pytest.mark.torch
+
 CPU = torch.device("cpu")
 
 

@@ -12,6 +12,8 @@ import pytest
 pytest.importorskip("torch")
 from workerctl import WorkerClient
 
+pytestmark = pytest.mark.torch
+
 MAX_PROMPT = 200
 
 
