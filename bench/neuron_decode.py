@@ -111,6 +111,7 @@ async def through_neuron(url: str, tokens: int, runs: int) -> tuple[list[float],
         "max_tokens": tokens,
         "temperature": 0,
         "stream": True,
+        "stream_options": {"include_usage": True},  # the usage chunk carries the token count
     }
     ttfts, tps = [], []
     produced = 0

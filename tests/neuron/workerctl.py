@@ -5,11 +5,14 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import struct
 import subprocess
 import sys
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from helexa.neuron.engine.protocol import FrameSocket
 
@@ -98,7 +101,9 @@ class WorkerClient:
             return f
 
     def send(self, frame: dict[str, Any]) -> None:
-        self.fs.send(frame)
+        """Send a raw frame object: these tests also probe the worker with malformed ones."""
+        payload = orjson.dumps(frame)
+        self.sock.sendall(struct.pack(">I", len(payload)) + payload)
 
     def recv(self) -> dict[str, Any] | None:
         return self.fs.recv()

@@ -32,6 +32,8 @@ from typing import Any
 from pydantic import Field
 
 from helexa.config.neuron import NeuronConfig, physical_memory_mb
+from helexa.neuron.engine import harnesses
+from helexa.neuron.memory import mem_available_mb
 from helexa.wire.neuron import Device, DeviceHealth, Discovery
 
 log = logging.getLogger("helexa.neuron.discovery")
@@ -319,23 +321,13 @@ def os_pretty_name(path: Path = Path("/etc/os-release")) -> str:
     return platform.system()
 
 
-def mem_available_mb(path: Path = Path("/proc/meminfo")) -> int | None:
-    try:
-        for line in path.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def available_harnesses(
     cfg: NeuronConfig, has_module: Callable[[str], bool] | None = None
 ) -> list[str]:
-    """`torch` when torch and transformers are importable (found, never imported here), filtered
-    by `[[harnesses]]`."""
+    """The registered harnesses whose modules are installed (found, never imported here),
+    filtered by `[[harnesses]]`."""
     found = has_module or (lambda name: importlib.util.find_spec(name) is not None)
-    usable = ["torch"] if found("torch") and found("transformers") else []
+    usable = harnesses.usable(found)
     enabled = cfg.enabled_harnesses()
     return [h for h in usable if enabled is None or h in enabled]
 

@@ -22,14 +22,34 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from helexa.neuron.engine.protocol import ProtocolError, encode, read_frame
+from helexa.neuron.engine.errors import LoadError
+from helexa.neuron.engine.frames import (
+    Cancel,
+    Delta,
+    Done,
+    Embed,
+    Embedding,
+    Error,
+    FaultReport,
+    Generate,
+    Load,
+    LoadFailed,
+    Op,
+    Ping,
+    Pong,
+    Progress,
+    Ready,
+    Shutdown,
+)
+from helexa.neuron.engine.loader import LoadSpec
+from helexa.neuron.engine.protocol import ProtocolError, encode, read_event
+from helexa.neuron.memory import rss_mb
 
 log = logging.getLogger("helexa.neuron.supervisor")
 
 WORKER_CMD_ENV = "HELEXA_NEURON_WORKER_CMD"  # tests point this at a fake worker
 DEFAULT_STOP_GRACE = 10.0
 DEFAULT_STALL_SECS = 300.0
-_REQUEST_EVENTS = frozenset({"delta", "done", "error", "embedding", "pong"})
 
 
 class WorkerError(Exception):
@@ -49,19 +69,6 @@ class WorkerStopped(WorkerError):
     """The worker was stopped on purpose (unload, shutdown) while the request ran."""
 
 
-class LoadFailed(WorkerError):
-    """The worker answered `load_failed`: its status, code and message go to the client."""
-
-    def __init__(
-        self, status: int, code: str, message: str, extras: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.extras = extras or {}
-
-
 class RequestFailed(WorkerError):
     """The worker refused or failed one request (`error` frame) but is itself fine."""
 
@@ -72,13 +79,8 @@ class RequestFailed(WorkerError):
         self.param = param
 
 
-def _request_failed(frame: dict[str, Any]) -> RequestFailed:
-    param = frame.get("param")
-    return RequestFailed(
-        str(frame.get("code") or "internal_error"),
-        str(frame.get("message") or ""),
-        param if isinstance(param, str) else None,
-    )
+def _request_failed(frame: Error) -> RequestFailed:
+    return RequestFailed(frame.code, frame.message, frame.param)
 
 
 def default_worker_cmd() -> list[str]:
@@ -98,20 +100,9 @@ def visible_devices(devices: Sequence[int], parent: str | None) -> str:
     return ",".join(ours[d] if 0 <= d < len(ours) else str(d) for d in devices)
 
 
-def rss_mb(pid: int) -> int | None:
-    """Resident memory of a process in MB (from /proc), or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 OnFault = Callable[["WorkerHandle", WorkerCrashed], None]
-OnProgress = Callable[[dict[str, Any]], None]
+OnProgress = Callable[[Progress], None]
+_Reply = Delta | Done | Error | Embedding | Pong
 CudaEnv = Callable[[list[int], str], dict[str, str]]
 """`cuda_env(devices, kind)`: the CUDA_VISIBLE_DEVICES (etc.) a worker for those devices needs."""
 
@@ -122,7 +113,7 @@ class WorkerHandle:
     def __init__(
         self,
         model_id: str,
-        spec: dict[str, Any],
+        spec: LoadSpec,
         *,
         cmd: Sequence[str],
         env: Mapping[str, str],
@@ -141,7 +132,7 @@ class WorkerHandle:
         self.info: dict[str, Any] = {}
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._pending: dict[str, asyncio.Queue[Any]] = {}
+        self._pending: dict[str, asyncio.Queue[_Reply | WorkerError]] = {}
         self._ids = itertools.count(1)
         self._monitor: asyncio.Task[None] | None = None
         self._read_task: asyncio.Task[None] | None = None
@@ -168,7 +159,7 @@ class WorkerHandle:
         return rss_mb(self.proc.pid) if self.proc is not None else None
 
     async def start(self, on_progress: OnProgress | None = None) -> dict[str, Any]:
-        """Spawn, send `load`, wait for `ready`. Raises LoadFailed or WorkerCrashed; either way
+        """Spawn, send `load`, wait for `ready`. Raises LoadError or WorkerCrashed; either way
         the process is gone when it raises."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -192,7 +183,7 @@ class WorkerHandle:
             self._reader, self._writer = await asyncio.open_unix_connection(
                 sock=parent, limit=1 << 20
             )
-            self._writer.write(encode({"op": "load", "spec": self.spec}))
+            self._writer.write(encode(Load(self.spec)))
             await self._writer.drain()
             self.info = await self._await_ready(on_progress)
         except BaseException:
@@ -214,7 +205,7 @@ class WorkerHandle:
         assert self._reader is not None and self.proc is not None
         while True:
             try:
-                frame = await read_frame(self._reader)
+                frame = await read_event(self._reader)
             except (ProtocolError, OSError, ValueError) as e:
                 frame, problem = None, f"{type(e).__name__}: {e}"
             else:
@@ -225,26 +216,17 @@ class WorkerHandle:
                 if self._fault is not None:
                     detail = f"{self._fault[0]}: {self._fault[1]}"
                 raise WorkerCrashed(self._fault[0] if self._fault else "crash", problem or detail)
-            ev = frame.get("ev")
-            if ev == "ready":
-                info = frame.get("info")
-                return info if isinstance(info, dict) else {}
-            if ev == "progress":
+            if isinstance(frame, Ready):
+                return frame.info
+            if isinstance(frame, Progress):
                 if on_progress is not None:
                     on_progress(frame)
-            elif ev == "load_failed":
-                status = frame.get("status")
-                extras = frame.get("extras")
-                raise LoadFailed(
-                    status if isinstance(status, int) else 500,
-                    str(frame.get("code") or "load_failed"),
-                    str(frame.get("message") or "the worker could not load the model"),
-                    extras if isinstance(extras, dict) else None,
-                )
-            elif ev == "fault":
-                self._fault = (str(frame.get("kind") or "crash"), str(frame.get("detail") or ""))
+            elif isinstance(frame, LoadFailed):
+                raise LoadError(frame.status, frame.code, frame.message, frame.extras)
+            elif isinstance(frame, FaultReport):
+                self._fault = (frame.kind, frame.detail)
             else:
-                log.debug("worker for %s sent %r before ready", self.model_id, ev)
+                log.debug("worker for %s sent %r before ready", self.model_id, frame)
 
     async def _read_loop(self) -> None:
         assert self._reader is not None
@@ -252,20 +234,16 @@ class WorkerHandle:
         pending = self._pending
         try:
             while True:
-                frame = await read_frame(reader)
+                frame = await read_event(reader)
                 if frame is None:
                     return
                 self.last_frame_at = time.monotonic()
-                ev = frame.get("ev")
-                if ev in _REQUEST_EVENTS:
-                    q = pending.get(frame.get("id"))  # type: ignore[arg-type]
+                if isinstance(frame, _Reply):
+                    q = pending.get(frame.id)
                     if q is not None:
                         q.put_nowait(frame)
-                elif ev == "fault":
-                    self._fault = (
-                        str(frame.get("kind") or "crash"),
-                        str(frame.get("detail") or ""),
-                    )
+                elif isinstance(frame, FaultReport):
+                    self._fault = (frame.kind, frame.detail)
                     log.error(
                         "worker for %s reported a fault: %s %s",
                         self.model_id,
@@ -273,8 +251,8 @@ class WorkerHandle:
                         self._fault[1][:512],
                     )
                     return
-                elif ev != "progress":
-                    log.debug("worker for %s sent unexpected %r", self.model_id, ev)
+                elif not isinstance(frame, Progress):
+                    log.debug("worker for %s sent unexpected %r", self.model_id, frame)
         except OSError as e:  # ECONNRESET when the worker dies: _watch reports it
             log.debug("worker for %s: socket closed: %s", self.model_id, e)
         except (ProtocolError, ValueError) as e:
@@ -336,7 +314,7 @@ class WorkerHandle:
         self._stopping = True
         if self.proc.returncode is None:
             with contextlib.suppress(Exception):
-                self._send({"op": "shutdown"})
+                self._send(Shutdown())
             if await self._wait_exit(min(1.0, self.stop_grace)) is None:
                 self._signal(signal.SIGTERM)
                 if await self._wait_exit(self.stop_grace) is None:
@@ -382,66 +360,72 @@ class WorkerHandle:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def _send(self, frame: dict[str, Any]) -> None:
+    def _send(self, frame: Op) -> None:
         if self._writer is None or self._writer.is_closing():
             raise WorkerCrashed("crash", "the worker's socket is closed")
         self._writer.write(encode(frame))
 
-    def _open(self) -> tuple[str, asyncio.Queue[Any]]:
+    def _open(self) -> tuple[str, asyncio.Queue[_Reply | WorkerError]]:
         if not self.alive:
             raise WorkerStopped("the worker is not running")
         rid = f"r{next(self._ids)}"
-        q: asyncio.Queue[Any] = asyncio.Queue()
+        q: asyncio.Queue[_Reply | WorkerError] = asyncio.Queue()
         if not self._pending:
             self.last_frame_at = time.monotonic()
         self._pending[rid] = q
         return rid, q
 
-    def generate(self, request: dict[str, Any]) -> Generation:
-        """A streamed generation: `async with handle.generate({...}) as gen: async for ev in gen`.
+    def generate(self, request: Generate) -> Stream:
+        """A streamed generation: `async with handle.generate(req) as s: async for ev in s`.
 
-        `request` holds the generate frame's fields besides `op` and `id`. Leaving the block
-        early (client gone) sends `cancel` to the worker."""
-        return Generation(self, request)
+        The request's `id` is replaced by one of this handle's. Leaving the block early
+        (client gone) sends `cancel` to the worker."""
+        return Stream(self, request)
 
-    async def _call(self, op: str, fields: dict[str, Any], expect: str) -> dict[str, Any]:
+    async def _call(self, make: Callable[[str], Op], expect: type[_Reply]) -> _Reply:
         rid, q = self._open()
         try:
-            self._send({"op": op, "id": rid, **fields})
+            self._send(make(rid))
             item = await q.get()
         finally:
             self._pending.pop(rid, None)
         if isinstance(item, BaseException):
             raise item
-        if item.get("ev") == "error":
+        if isinstance(item, Error):
             raise _request_failed(item)
-        if item.get("ev") != expect:
-            raise RequestFailed("protocol_error", f"expected {expect}, got {item.get('ev')}")
+        if not isinstance(item, expect):
+            raise RequestFailed("protocol_error", f"expected {expect.__name__}, got {item!r}")
         return item
 
-    async def embed(self, inputs: list[list[int]]) -> dict[str, Any]:
-        return await self._call("embed", {"inputs": inputs}, "embedding")
+    async def embed(self, inputs: list[list[int]]) -> Embedding:
+        reply = await self._call(lambda rid: Embed(rid, inputs), Embedding)
+        assert isinstance(reply, Embedding)
+        return reply
 
-    async def ping(self) -> dict[str, Any]:
-        return await self._call("ping", {}, "pong")
+    async def ping(self) -> Pong:
+        reply = await self._call(Ping, Pong)
+        assert isinstance(reply, Pong)
+        return reply
 
 
-class Generation:
-    """The daemon's view of one generate request: an async iterator of delta and done frames."""
+class Stream:
+    """The daemon's side of one generate request (the worker's is a GenerationState): an async
+    iterator of Delta frames ending with one Done."""
 
     __slots__ = ("_handle", "_id", "_q", "_request", "finished")
 
-    def __init__(self, handle: WorkerHandle, request: dict[str, Any]) -> None:
+    def __init__(self, handle: WorkerHandle, request: Generate) -> None:
         self._handle = handle
         self._request = request
         self._id = ""
-        self._q: asyncio.Queue[Any] | None = None
+        self._q: asyncio.Queue[_Reply | WorkerError] | None = None
         self.finished = False
 
-    async def __aenter__(self) -> Generation:
+    async def __aenter__(self) -> Stream:
         self._id, self._q = self._handle._open()
+        self._request.id = self._id
         try:
-            self._handle._send({"op": "generate", "id": self._id, **self._request})
+            self._handle._send(self._request)
         except BaseException:
             self._handle._pending.pop(self._id, None)
             raise
@@ -452,26 +436,26 @@ class Generation:
         h._pending.pop(self._id, None)
         if not self.finished and h.alive:
             with contextlib.suppress(Exception):
-                h._send({"op": "cancel", "id": self._id})
+                h._send(Cancel(self._id))
 
-    def __aiter__(self) -> Generation:
+    def __aiter__(self) -> Stream:
         return self
 
-    async def __anext__(self) -> dict[str, Any]:
+    async def __anext__(self) -> Delta | Done:
         if self.finished:
             raise StopAsyncIteration
         assert self._q is not None
         item = await self._q.get()
-        if isinstance(item, BaseException):
-            self.finished = True
-            raise item
-        ev = item.get("ev")
-        if ev == "done":
-            self.finished = True
-        elif ev == "error":
-            self.finished = True
+        if isinstance(item, Delta):
+            return item
+        self.finished = True
+        if isinstance(item, Done):
+            return item
+        if isinstance(item, Error):
             raise _request_failed(item)
-        return item
+        if isinstance(item, WorkerError):
+            raise item
+        raise RequestFailed("protocol_error", f"unexpected {item!r} in a generation")
 
 
 class Supervisor:
@@ -507,7 +491,7 @@ class Supervisor:
     def handle(
         self,
         model_id: str,
-        spec: dict[str, Any],
+        spec: LoadSpec,
         devices: Sequence[int],
         kind: str,
         on_fault: OnFault | None = None,

@@ -23,6 +23,7 @@ can see that a cancel reached the worker; the last generate frame is kept in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -34,7 +35,25 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "src"))
 
+from helexa.neuron.engine.frames import (
+    Cancel,
+    Delta,
+    Done,
+    Embed,
+    Embedding,
+    Error,
+    FaultReport,
+    Generate,
+    LoadFailed,
+    Ping,
+    Pong,
+    Progress,
+    Ready,
+    Shutdown,
+)
 from helexa.neuron.engine.protocol import FrameSocket
+
+_OPS = {Generate: "generate", Cancel: "cancel", Embed: "embed", Ping: "ping", Shutdown: "shutdown"}
 
 
 class Fake:
@@ -69,9 +88,7 @@ class Fake:
         self.log(f"load {action} pid={os.getpid()} cvd={os.environ.get('CUDA_VISIBLE_DEVICES')}")
         if cfg.get("progress"):
             for i in range(3):
-                self.sock.send(
-                    {"ev": "progress", "phase": "load", "done_bytes": i, "total_bytes": 2}
-                )
+                self.sock.send(Progress("load", i, 2))
         time.sleep(float(cfg.get("load_delay", 0)))
         if action == "hang":
             time.sleep(3600)
@@ -83,7 +100,7 @@ class Fake:
                 if action == "oom"
                 else {"status": 500, "code": "load_failed", "message": "RuntimeError: broken"}
             )
-            self.sock.send({"ev": "load_failed", **err})
+            self.sock.send(LoadFailed(**err))
             os._exit(1)
         info = {
             "vram_used_mb": 123,
@@ -96,20 +113,20 @@ class Fake:
             "load_secs": 0.01,
         }
         info.update(cfg.get("info") or {})
-        self.sock.send({"ev": "ready", "info": info})
+        self.sock.send(Ready(info))
 
-    def generate(self, frame: dict[str, Any]) -> None:
-        rid = frame["id"]
+    def generate(self, frame: Generate) -> None:
+        rid = frame.id
         reply = dict(self.cfg().get("reply") or {})
         pieces = list(reply.get("pieces", ["Hello", " world", "!"]))
         delay = float(reply.get("delay", 0))
         per = int(reply.get("tokens", 1))
-        max_tokens = int(frame.get("max_tokens") or 1 << 30)
+        max_tokens = frame.max_tokens or 1 << 30
         with self.lock:
-            (self.dir / "last_generate.json").write_text(json.dumps(frame))
+            (self.dir / "last_generate.json").write_text(json.dumps(dataclasses.asdict(frame)))
         time.sleep(float(reply.get("first_delay", 0)))
         if reply.get("error"):
-            self.sock.send({"ev": "error", "id": rid, **reply["error"]})
+            self.sock.send(Error(rid, **reply["error"]))
             return
         sent = 0
         finish = str(reply.get("finish_reason", "stop"))
@@ -117,7 +134,7 @@ class Fake:
             if i == reply.get("crash_after"):
                 os._exit(int(reply.get("exit_code", 9)))
             if i == reply.get("fault_after"):
-                self.sock.send({"ev": "fault", "kind": "non_finite", "detail": "nan in logits"})
+                self.sock.send(FaultReport("non_finite", "nan in logits"))
                 os._exit(1)
             if i == reply.get("hang_after"):
                 time.sleep(3600)
@@ -127,47 +144,36 @@ class Fake:
             if sent + per > max_tokens:
                 finish = "length"
                 break
-            self.sock.send({"ev": "delta", "id": rid, "text": text, "tokens": per})
+            self.sock.send(Delta(rid, text, per))
             sent += per
             if delay:
                 time.sleep(delay)
         if rid in self.cancelled:
             self.log(f"cancelled {rid} after {len(pieces)}")
             return
-        self.sock.send(
-            {
-                "ev": "done",
-                "id": rid,
-                "finish_reason": finish,
-                "stop_reason": reply.get("stop_reason"),
-                "completion_tokens": sent,
-            }
-        )
+        self.sock.send(Done(rid, finish, reply.get("stop_reason"), sent))
 
     def serve(self) -> None:
-        first = self.sock.recv()
+        first = self.sock.recv()  # raw: the fake loads whatever spec it is given
         if first is None or first.get("op") != "load":
             os._exit(2)
         self.load(first["spec"])
         while True:
-            frame = self.sock.recv()
-            if frame is None:
+            op = self.sock.recv_op()
+            if op is None:
                 os._exit(0)
-            op = frame.get("op")
-            self.log(f"{op} {frame.get('id', '')}")
-            if op == "generate":
-                threading.Thread(target=self.generate, args=(frame,), daemon=True).start()
-            elif op == "cancel":
-                self.cancelled.add(frame["id"])
-            elif op == "embed":
-                vecs = [[float(len(ids)), float(sum(ids) % 7), 1.0] for ids in frame["inputs"]]
-                toks = sum(len(ids) for ids in frame["inputs"])
-                self.sock.send(
-                    {"ev": "embedding", "id": frame["id"], "vectors": vecs, "prompt_tokens": toks}
-                )
-            elif op == "ping":
-                self.sock.send({"ev": "pong", "id": frame["id"], "vram_used_mb": 123})
-            elif op == "shutdown":
+            self.log(f"{_OPS[type(op)]} {getattr(op, 'id', '')}")
+            if isinstance(op, Generate):
+                threading.Thread(target=self.generate, args=(op,), daemon=True).start()
+            elif isinstance(op, Cancel):
+                self.cancelled.add(op.id)
+            elif isinstance(op, Embed):
+                vecs = [[float(len(ids)), float(sum(ids) % 7), 1.0] for ids in op.inputs]
+                toks = sum(len(ids) for ids in op.inputs)
+                self.sock.send(Embedding(op.id, vecs, toks))
+            elif isinstance(op, Ping):
+                self.sock.send(Pong(op.id, 123))
+            elif isinstance(op, Shutdown):
                 if self.cfg().get("ignore_shutdown"):
                     continue
                 os._exit(0)

@@ -20,7 +20,7 @@ from daemon_rig import (
 )
 from daemon_rig import start_neuron as start_neuron  # the fixture
 
-from helexa.neuron.supervisor import rss_mb
+from helexa.neuron.memory import rss_mb
 
 
 async def test_load_then_models_shows_it(start_neuron: NeuronFactory) -> None:

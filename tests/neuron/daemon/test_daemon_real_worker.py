@@ -12,7 +12,8 @@ import pytest
 from daemon_rig import NeuronFactory, chat_body, until
 from daemon_rig import start_neuron as start_neuron  # the fixture
 
-from helexa.neuron.supervisor import Supervisor, rss_mb
+from helexa.neuron.memory import rss_mb
+from helexa.neuron.supervisor import Supervisor
 from rig.sse import sse_data
 
 pytest.importorskip("torch")

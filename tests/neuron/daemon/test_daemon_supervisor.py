@@ -12,14 +12,16 @@ from typing import Any
 import pytest
 from daemon_rig import WORKER_CMD, model_dir, set_fake, worker_events
 
+from helexa.neuron.engine.errors import LoadError
+from helexa.neuron.engine.frames import Delta, Done, Generate, Pong, Progress
+from helexa.neuron.engine.loader import LoadSpec
+from helexa.neuron.memory import rss_mb
 from helexa.neuron.supervisor import (
-    LoadFailed,
     RequestFailed,
     Supervisor,
     WorkerCrashed,
     WorkerHandle,
     WorkerStopped,
-    rss_mb,
     visible_devices,
 )
 
@@ -27,12 +29,20 @@ from helexa.neuron.supervisor import (
 def handle_for(path: Path, faults: list[WorkerCrashed] | None = None, **kw: Any) -> WorkerHandle:
     sup = Supervisor(WORKER_CMD, stop_grace=kw.pop("stop_grace", 1.0), **kw)
     sink = faults if faults is not None else []
-    return sup.handle("m", {"path": str(path)}, [0], "cpu", on_fault=lambda h, e: sink.append(e))
+    return sup.handle("m", spec(path), [0], "cpu", on_fault=lambda h, e: sink.append(e))
 
 
-async def collect(h: WorkerHandle, **frame: Any) -> list[dict[str, Any]]:
-    out = []
-    async with h.generate({"prompt_ids": [1, 2], "max_tokens": 100, **frame}) as gen:
+def spec(path: Path) -> LoadSpec:
+    return LoadSpec(path=str(path), served_id="m")
+
+
+def gen_req(prompt_ids: list[int], max_tokens: int, **kw: Any) -> Generate:
+    return Generate("", prompt_ids, max_tokens, **kw)
+
+
+async def collect(h: WorkerHandle, **frame: Any) -> list[Delta | Done]:
+    out: list[Delta | Done] = []
+    async with h.generate(gen_req([1, 2], 100, **frame)) as gen:
         async for ev in gen:
             out.append(ev)
     return out
@@ -46,12 +56,13 @@ async def test_load_generate_embed_ping_stop(tmp_path: Path) -> None:
     assert h.alive and h.pid is not None
     assert (h.rss_mb() or 0) > 0
     evs = await collect(h)
-    assert [e["ev"] for e in evs] == ["delta", "delta", "delta", "done"]
-    assert "".join(e.get("text", "") for e in evs) == "abc"
-    assert evs[-1]["completion_tokens"] == 3
+    assert [type(e) for e in evs] == [Delta, Delta, Delta, Done]
+    assert "".join(e.text for e in evs if isinstance(e, Delta)) == "abc"
+    done = evs[-1]
+    assert isinstance(done, Done) and done.completion_tokens == 3
     emb = await h.embed([[1, 2], [3]])
-    assert emb["prompt_tokens"] == 3 and len(emb["vectors"]) == 2
-    assert (await h.ping())["ev"] == "pong"
+    assert emb.prompt_tokens == 3 and len(emb.vectors) == 2
+    assert isinstance(await h.ping(), Pong)
     pid = h.pid
     await h.stop()
     assert h.proc is not None and h.proc.returncode is not None
@@ -65,9 +76,9 @@ async def test_concurrent_requests_are_demultiplexed(tmp_path: Path) -> None:
     await h.start()
     results = await asyncio.gather(*(collect(h) for _ in range(4)))
     for evs in results:
-        assert [e["ev"] for e in evs] == ["delta"] * 5 + ["done"]
-        assert len({e["id"] for e in evs}) == 1
-    assert len({evs[0]["id"] for evs in results}) == 4
+        assert [type(e) for e in evs] == [Delta] * 5 + [Done]
+        assert len({e.id for e in evs}) == 1
+    assert len({evs[0].id for evs in results}) == 4
     assert h.in_flight == 0
     await h.stop()
 
@@ -76,7 +87,7 @@ async def test_leaving_early_sends_cancel(tmp_path: Path) -> None:
     d = model_dir(tmp_path, "m", {"reply": {"pieces": ["x"] * 200, "delay": 0.01}})
     h = handle_for(d)
     await h.start()
-    async with h.generate({"prompt_ids": [1], "max_tokens": 1000}) as gen:
+    async with h.generate(gen_req([1], 1000)) as gen:
         async for _ in gen:
             break
     deadline = time.monotonic() + 3
@@ -94,9 +105,10 @@ async def test_crash_mid_stream(tmp_path: Path) -> None:
     await h.start()
     got: list[str] = []
     with pytest.raises(WorkerCrashed) as ei:
-        async with h.generate({"prompt_ids": [1], "max_tokens": 10}) as gen:
+        async with h.generate(gen_req([1], 10)) as gen:
             async for ev in gen:
-                got.append(ev["text"])
+                assert isinstance(ev, Delta)
+                got.append(ev.text)
     assert got == ["a", "b"]  # frames sent before the crash are delivered first
     assert ei.value.reason == "crash" and "code 9" in ei.value.detail
     await h.wait_ended()
@@ -156,7 +168,7 @@ async def test_request_error_frame(tmp_path: Path) -> None:
 async def test_load_failed_and_crash_before_ready(tmp_path: Path) -> None:
     d = model_dir(tmp_path, "m", {"load": "load_failed"})
     h = handle_for(d)
-    with pytest.raises(LoadFailed) as ei:
+    with pytest.raises(LoadError) as ei:
         await h.start()
     assert ei.value.status == 500 and "broken" in ei.value.message
     assert h.proc is not None and h.proc.returncode is not None
@@ -173,7 +185,7 @@ async def test_a_failed_start_closes_its_socket_at_once(tmp_path: Path) -> None:
     d = model_dir(tmp_path, "m", {"load": "load_failed"})
     before = len(os.listdir("/proc/self/fd"))
     h = handle_for(d)
-    with pytest.raises(LoadFailed):
+    with pytest.raises(LoadError):
         await h.start()
     await asyncio.sleep(0)  # the transport's close callback runs on the next loop turn
     assert len(os.listdir("/proc/self/fd")) == before
@@ -183,9 +195,9 @@ async def test_a_failed_start_closes_its_socket_at_once(tmp_path: Path) -> None:
 async def test_progress_frames_reach_the_callback(tmp_path: Path) -> None:
     d = model_dir(tmp_path, "m", {"progress": True})
     h = handle_for(d)
-    seen: list[dict[str, Any]] = []
+    seen: list[Progress] = []
     await h.start(seen.append)
-    assert [f["done_bytes"] for f in seen] == [0, 1, 2]
+    assert [f.done_bytes for f in seen] == [0, 1, 2]
     await h.stop()
 
 
@@ -217,7 +229,7 @@ async def test_worker_env_and_devices(tmp_path: Path) -> None:
     assert sup.worker_env([0], "cuda")["CUDA_VISIBLE_DEVICES"] == "GPU-x"
     d = model_dir(tmp_path, "m")
     h = Supervisor(WORKER_CMD, environ={**os.environ, "CUDA_VISIBLE_DEVICES": "7"}).handle(
-        "m", {"path": str(d)}, [0], "cuda"
+        "m", spec(d), [0], "cuda"
     )
     await h.start()
     await h.stop()

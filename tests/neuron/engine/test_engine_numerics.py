@@ -14,8 +14,12 @@ import pytest
 torch = pytest.importorskip("torch")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from helexa.neuron.engine.frames import Generate  # noqa: E402
+from helexa.neuron.engine.generation import GenerationState  # noqa: E402
 from helexa.neuron.engine.loader import LoadSpec  # noqa: E402
-from helexa.neuron.engine.torch_engine import Generation, TorchEngine  # noqa: E402
+from helexa.neuron.engine.static_pool import StaticPool  # noqa: E402
+from helexa.neuron.engine.torch_engine import TorchEngine  # noqa: E402
+from helexa.neuron.engine.torch_load import load  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -48,14 +52,13 @@ def reference(path: Path, ids: list[int]) -> tuple[list[int], list[Any]]:
     return out.sequences[0, len(ids) :].tolist(), [lg[0] for lg in out.logits]
 
 
-def run(engine: TorchEngine, ids: list[int]) -> tuple[Generation, list[Any]]:
-    gen = engine.start(
-        {"id": "n", "prompt_ids": ids, "max_tokens": STEPS, "sampling": {"temperature": 0}}
-    )
+def run(engine: TorchEngine, ids: list[int]) -> tuple[GenerationState, list[Any]]:
+    gen = engine.start(Generate("n", ids, STEPS, {"temperature": 0}))
     gen.keep_logits = True
     seen = []
     while not gen.finished:
-        gen.step()
+        (result,) = engine.step([gen])
+        assert result.error is None
         if gen.last_logits is not None and len(seen) < len(gen.token_ids):
             seen.append(gen.last_logits)
     return gen, seen
@@ -72,9 +75,7 @@ def test_logits_and_tokens_match_generate(models: dict[str, Path], arch: str, st
     path = models[arch]
     ids = prompt_ids(path)
     ref_tokens, ref_logits = reference(path, ids)
-    engine = TorchEngine.load(
-        LoadSpec(path=str(path), served_id=arch, quant="fp32", static_cache=static)
-    )
+    engine = load(LoadSpec(path=str(path), served_id=arch, quant="fp32", static_cache=static))
     assert engine.static is static
     for _ in range(2 if static else 1):  # the second run reuses a pooled static cache
         gen, logits = run(engine, ids)
@@ -86,7 +87,7 @@ def test_logits_and_tokens_match_generate(models: dict[str, Path], arch: str, st
 
 def test_embedding_is_last_token_normalised(models: dict[str, Path]) -> None:
     path = models["qwen3"]
-    engine = TorchEngine.load(LoadSpec(path=str(path), served_id="q", quant="fp32"))
+    engine = load(LoadSpec(path=str(path), served_id="q", quant="fp32"))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     inputs = [[5, 6, 7], [8, 9], [5, 6, 7], [10, 11, 12, 13]]
     vecs, n = engine.embed(inputs)
@@ -100,9 +101,7 @@ def test_embedding_is_last_token_normalised(models: dict[str, Path]) -> None:
 
 
 def test_static_pool_sizes() -> None:
-    from helexa.neuron.engine.torch_engine import _StaticPool
-
-    buckets = _StaticPool(None, 1024)
+    buckets = StaticPool(None, 1024)
     assert [buckets.size_for(n) for n in (1, 256, 257, 700, 1024, 1500)] == [
         256,
         256,
@@ -111,5 +110,5 @@ def test_static_pool_sizes() -> None:
         1024,
         1500,
     ]
-    fixed = _StaticPool(None, 1024, fixed=True)  # the compiled path: one size, one graph
+    fixed = StaticPool(None, 1024, fixed=True)  # the compiled path: one size, one graph
     assert [fixed.size_for(n) for n in (1, 900, 2000)] == [1024, 1024, 2000]

@@ -12,9 +12,11 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from helexa.neuron.engine.errors import LoadError
 
 log = logging.getLogger("helexa.neuron.engine")
 
@@ -24,37 +26,6 @@ _LATER_QUANTS = {"int8", "int4", "q4k", "q5k", "q6k", "q8_0"}
 # GGUF tensor types (Q4_K_M, Q8_0, IQ2_XS, F16, ...): upper case, as llama.cpp names them.
 _GGUF_TYPE = re.compile(r"^(I?Q[1-8](_[0-9A-Z]+)*|F16|BF16|F32)$")
 _TEST_FAULTS_ENV = "HELEXA_TEST_FAULTS"
-
-
-class LoadError(Exception):
-    """A load failure as the `load_failed` frame carries it (§2.7 status and code)."""
-
-    def __init__(
-        self, status: int, code: str, message: str, extras: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.extras = extras or {}
-
-    def frame(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "ev": "load_failed",
-            "status": self.status,
-            "code": self.code,
-            "message": self.message,
-        }
-        if self.extras:
-            out["extras"] = self.extras
-        return out
-
-
-def load_failed(served_id: str, exc: BaseException) -> LoadError:
-    """The catch-all 500 with the §2.7 message."""
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    msg = f"loading '{served_id}' failed: {type(exc).__name__}: {detail}"
-    return LoadError(500, "load_failed", msg)
 
 
 @dataclass(slots=True)
@@ -88,6 +59,7 @@ class LoadSpec:
 
     path: str
     served_id: str
+    harness: str = "torch"
     quant: str | None = None
     device: str = "cpu"
     devices: list[int] = field(default_factory=lambda: [0])
@@ -116,6 +88,7 @@ class LoadSpec:
         out = cls(
             path=path,
             served_id=str(served),
+            harness=str(spec.get("harness") or "torch"),
             quant=spec.get("quant"),
             device=str(spec.get("device") or "cpu"),
             devices=[int(d) for d in devices],
@@ -126,6 +99,13 @@ class LoadSpec:
             test_faults=faults,
         )
         out.check()
+        return out
+
+    def wire(self) -> dict[str, Any]:
+        """The spec as the `load` frame carries it."""
+        out = asdict(self)
+        if self.test_faults is None:
+            del out["test_faults"]
         return out
 
     def check(self) -> None:

@@ -17,14 +17,31 @@ import queue
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+import time
 
 from helexa import logs
-from helexa.neuron.engine.loader import LoadError, LoadSpec, load_failed
-from helexa.neuron.engine.protocol import FrameSocket, ProtocolError
-
-if TYPE_CHECKING:
-    from helexa.neuron.engine.torch_engine import Generation, TorchEngine
+from helexa.neuron.engine import harnesses
+from helexa.neuron.engine.base import Engine
+from helexa.neuron.engine.errors import Fault, LoadError, RequestError, load_failed
+from helexa.neuron.engine.frames import (
+    Cancel,
+    Embed,
+    Embedding,
+    Error,
+    Event,
+    FaultReport,
+    Generate,
+    Load,
+    LoadFailed,
+    Op,
+    Ping,
+    Pong,
+    Ready,
+    Shutdown,
+)
+from helexa.neuron.engine.generation import GenerationState
+from helexa.neuron.engine.loader import LoadSpec
+from helexa.neuron.engine.protocol import BadOp, FrameSocket, ProtocolError
 
 log = logging.getLogger("helexa.neuron.worker")
 
@@ -33,27 +50,31 @@ class _Gone(Exception):
     """The daemon closed the socket."""
 
 
-def _die(fs: FrameSocket, frame: dict[str, Any]) -> None:
+def _die(fs: FrameSocket, fault: Fault) -> None:
     """Send a fault and leave now: the model or device can't be trusted any more."""
-    log.error("fault (%s): %s", frame.get("kind"), frame.get("detail"))
+    log.error("fault (%s): %s", fault.kind, fault.detail)
     try:
-        fs.send(frame)
+        fs.send(FaultReport(fault.kind, fault.detail))
     except OSError:
         pass
     logging.shutdown()
     os._exit(1)
 
 
+def _error(rid: str, e: RequestError) -> Error:
+    return Error(rid, e.code, e.message, e.param)
+
+
 class Server:
     """Serves one loaded engine over the frame socket."""
 
-    def __init__(self, fs: FrameSocket, engine: TorchEngine) -> None:
+    def __init__(self, fs: FrameSocket, engine: Engine) -> None:
         self.fs = fs
         self.engine = engine
-        self.inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self.active: dict[Any, Generation] = {}
+        self.inbox: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
+        self.active: dict[str, GenerationState] = {}
 
-    def send(self, frame: dict[str, Any]) -> None:
+    def send(self, frame: Event) -> None:
         try:
             self.fs.send(frame)
         except OSError as e:
@@ -62,19 +83,22 @@ class Server:
     def _reader(self) -> None:
         try:
             while True:
-                frame = self.fs.recv()
-                if frame is None:
-                    break
-                if frame.get("op") == "ping":
-                    self.fs.send(
-                        {
-                            "ev": "pong",
-                            "id": frame.get("id"),
-                            "vram_used_mb": self.engine.vram_used_mb(),
-                        }
-                    )
+                try:
+                    op = self.fs.recv_op()
+                except BadOp as e:
+                    log.warning("%s", e)
+                    if e.error is not None:
+                        self.fs.send(e.error)
                     continue
-                self.inbox.put(frame)
+                except LoadError as e:
+                    log.warning("ignoring a second load frame: %s", e)
+                    continue
+                if op is None:
+                    break
+                if isinstance(op, Ping):
+                    self.fs.send(Pong(op.id, self.engine.memory_mb()))
+                    continue
+                self.inbox.put(op)
         except (ProtocolError, OSError, ValueError) as e:
             log.warning("frame socket failed: %s", e)
         self.inbox.put(None)
@@ -83,7 +107,7 @@ class Server:
         threading.Thread(target=self._reader, name="frames", daemon=True).start()
         try:
             while True:
-                batch: list[dict[str, Any] | None] = []
+                batch: list[Op | None] = []
                 if not self.active:
                     batch.append(self.inbox.get())
                 while True:
@@ -91,140 +115,119 @@ class Server:
                         batch.append(self.inbox.get_nowait())
                     except queue.Empty:
                         break
-                for frame in batch:
-                    if frame is None:
+                for op in batch:
+                    if op is None:
                         log.info("daemon closed the socket; exiting")
                         return 0
-                    if frame.get("op") == "shutdown":
+                    if isinstance(op, Shutdown):
                         log.info("shutdown")
                         return 0
-                    self.handle(frame)
-                for gen in list(self.active.values()):
-                    self.step(gen)
+                    self.handle(op)
+                if self.active:
+                    self.step()
         except _Gone:
             log.info("daemon went away; exiting")
             return 0
 
-    def handle(self, frame: dict[str, Any]) -> None:
-        from helexa.neuron.engine.torch_engine import RequestError
-
-        op = frame.get("op")
-        rid = frame.get("id")
-        if op == "cancel":
-            gen = self.active.pop(rid, None)
+    def handle(self, op: Op) -> None:
+        if isinstance(op, Cancel):
+            gen = self.active.pop(op.id, None)
             if gen is not None:
-                for f in gen.cancel():
+                for f in self.engine.cancel(gen):
                     self.send(f)
-            return
-        if rid is None:
-            log.warning("dropping a %r frame without an id", op)
-            return
-        if op == "generate":
-            if rid in self.active:
-                self.send(RequestError("invalid_value", f"request id {rid!r} is in use").frame(rid))
+        elif isinstance(op, Generate):
+            if op.id in self.active:
+                err = RequestError("invalid_value", f"request id {op.id!r} is in use")
+                self.send(_error(op.id, err))
                 return
             try:
-                self.active[rid] = self.engine.start(frame)
+                self.active[op.id] = self.engine.start(op)
             except RequestError as e:
-                self.send(e.frame(rid))
-        elif op == "embed":
-            self.embed(rid, frame)
+                self.send(_error(op.id, e))
+        elif isinstance(op, Embed):
+            self.embed(op)
         else:
-            log.warning("unknown op %r", op)
-            self.send(RequestError("unknown_op", f"unknown op {op!r}").frame(rid))
+            log.warning("ignoring a %s frame after load", type(op).__name__)
 
-    def embed(self, rid: Any, frame: dict[str, Any]) -> None:
-        from helexa.neuron.engine.torch_engine import RequestError
-
+    def embed(self, op: Embed) -> None:
         try:
-            vectors, n = self.engine.embed(frame.get("inputs"))
-        except RequestError as e:
-            self.send(e.frame(rid))
-            return
+            vectors, n = self.engine.embed(op.inputs)
         except Exception as e:
-            self.send(self._failure(rid, e))
+            self.send(_error(op.id, self._request_error(e)))
             return
-        self.send({"ev": "embedding", "id": rid, "vectors": vectors, "prompt_tokens": n})
+        self.send(Embedding(op.id, vectors, n))
 
-    def step(self, gen: Generation) -> None:
-        try:
-            frames = gen.step()
-        except Exception as e:
-            self.active.pop(gen.id, None)
-            gen.cancel()  # releases the cache; its frame is not sent
-            self.send(self._failure(gen.id, e))
-            return
-        for f in frames:
-            self.send(f)
-        if gen.finished:
-            self.active.pop(gen.id, None)
+    def step(self) -> None:
+        for r in self.engine.step(list(self.active.values())):
+            if r.error is not None:
+                self.active.pop(r.state.id, None)
+                self.send(_error(r.state.id, self._request_error(r.error)))
+                continue
+            for f in r.events:
+                self.send(f)
+            if r.state.finished:
+                self.active.pop(r.state.id, None)
 
-    def _failure(self, rid: Any, exc: Exception) -> dict[str, Any]:
-        """The frame for a request that raised; exits the process for faults."""
-        from helexa.neuron.engine.torch_engine import Fault, is_cuda_error, is_oom
+    def _request_error(self, exc: Exception) -> RequestError:
+        """What a failed request is answered with; exits the process for faults."""
+        verdict = self.engine.classify(exc)
+        if isinstance(verdict, Fault):
+            _die(self.fs, verdict)
+        assert isinstance(verdict, RequestError)
+        return verdict
 
-        if isinstance(exc, Fault):
-            _die(self.fs, exc.frame())
-        if self.engine.device.type == "cuda" and is_cuda_error(exc):
-            _die(self.fs, Fault("cuda_error", f"{type(exc).__name__}: {exc}").frame())
-        if is_oom(exc):
-            log.warning("out of memory on request %s: %s", rid, exc)
-            if self.engine.device.type == "cuda":
-                import torch
 
-                torch.cuda.empty_cache()
-            return {
-                "ev": "error",
-                "id": rid,
-                "code": "insufficient_memory",
-                "message": f"out of memory while serving the request: {exc}".strip(),
-            }
-        log.exception("request %s failed", rid)
-        return {
-            "ev": "error",
-            "id": rid,
-            "code": "internal_error",
-            "message": f"{type(exc).__name__}: {exc}",
-        }
+def _load(spec: LoadSpec, fs: FrameSocket) -> Engine:
+    """The spec's harness, loaded; wrapped in the test faults when the spec carries them."""
+    plan = spec.test_faults
+    if plan is not None and plan.load_delay_secs:
+        time.sleep(plan.load_delay_secs)
+    engine = harnesses.load(spec, fs.send)
+    if plan is None:
+        return engine
+    from helexa.neuron.engine.faults import FaultyEngine
+
+    return FaultyEngine(engine, plan)
 
 
 def serve(fs: FrameSocket) -> int:
     """The whole life of a worker on an open frame socket; returns the exit code."""
     try:
-        first = fs.recv()
-    except (ProtocolError, OSError, ValueError) as e:
+        first = fs.recv_op()
+    except LoadError as e:
+        log.error("load failed: %s", e.message)
+        fs.send(LoadFailed(e.status, e.code, e.message, e.extras))
+        return 1
+    except (BadOp, ProtocolError, OSError, ValueError) as e:
         log.error("no load frame: %s", e)
         return 2
     if first is None:
         return 0
-    if first.get("op") != "load":
-        fs.send(LoadError(400, "invalid_value", "the first frame must be 'load'").frame())
+    if not isinstance(first, Load):
+        fs.send(LoadFailed(400, "invalid_value", "the first frame must be 'load'"))
         return 1
-    served = str((first.get("spec") or {}).get("served_id") or "?")
+    spec = first.spec
     try:
-        spec = LoadSpec.from_frame(first.get("spec") or {})
         log.info("loading %s from %s (%s)", spec.served_id, spec.path, spec.device)
-        from helexa.neuron.engine.torch_engine import TorchEngine
-
-        engine = TorchEngine.load(spec, progress=fs.send)
+        engine = _load(spec, fs)
     except LoadError as e:
         log.error("load failed: %s", e.message)
-        fs.send(e.frame())
+        fs.send(LoadFailed(e.status, e.code, e.message, e.extras))
         return 1
     except Exception as e:
         log.exception("load failed")
-        fs.send(load_failed(served, e).frame())
+        err = load_failed(spec.served_id, e)
+        fs.send(LoadFailed(err.status, err.code, err.message))
         return 1
     info = engine.info()
     log.info(
-        "ready: %s (%s on %s, %s MB, %.1fs)",
+        "ready: %s (%s, %s MB, %.1fs)",
         spec.served_id,
-        info["dtype"],
-        engine.device,
-        info["vram_used_mb"],
-        info["load_secs"],
+        info.get("dtype"),
+        info.get("vram_used_mb"),
+        info.get("load_secs") or 0.0,
     )
-    fs.send({"ev": "ready", "info": info})
+    fs.send(Ready(info))
     return Server(fs, engine).run()
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
-from helexa.neuron.errors import not_ready
+from helexa.neuron.engine.frames import Delta, Done, Generate
+from helexa.neuron.models import ModelRecord, not_ready
 from helexa.neuron.openai import common as oa
 from helexa.neuron.openai import replies
-from helexa.neuron.records import ModelRecord
 from helexa.neuron.routes.plumbing import PROMPT_HEADER
 from helexa.neuron.routes.sinks import Sink
 from helexa.neuron.service import Neuron
@@ -59,7 +58,7 @@ async def generate(
     request: web.Request,
     neuron: Neuron,
     rec: ModelRecord,
-    frame: dict[str, Any],
+    req: Generate,
     prompt_len: int,
     sink: Sink,
     stream: bool,
@@ -76,7 +75,7 @@ async def generate(
         m = neuron.metrics
         m.prompt_tokens(model).inc(prompt_len)
         started = time.monotonic()
-        async with handle.generate(frame) as gen:
+        async with handle.generate(req) as gen:
             events = gen.__aiter__()
             try:
                 first = await events.__anext__()
@@ -97,14 +96,14 @@ async def generate(
         adm.release()
 
 
-def _usage(sink: Sink, prompt_len: int, done: dict[str, Any]) -> replies.Usage:
-    completion = int(done.get("completion_tokens") or 0)
+def _usage(sink: Sink, prompt_len: int, done: Done) -> replies.Usage:
+    completion = done.completion_tokens
     reasoning = sink.parser.reasoning_tokens if sink.parser is not None else 0
     return replies.Usage(prompt_len, completion, min(reasoning, completion))
 
 
-def _observe_done(neuron: Neuron, model: str, done: dict[str, Any], t_first: float) -> None:
-    n = int(done.get("completion_tokens") or 0)
+def _observe_done(neuron: Neuron, model: str, done: Done, t_first: float) -> None:
+    n = done.completion_tokens
     neuron.metrics.generated_tokens(model).inc(n)
     dt = time.monotonic() - t_first
     if n > 1 and dt > 0:
@@ -114,16 +113,16 @@ def _observe_done(neuron: Neuron, model: str, done: dict[str, Any], t_first: flo
 async def _collect(
     neuron: Neuron,
     rec: ModelRecord,
-    first: dict[str, Any],
-    events: AsyncIterator[dict[str, Any]],
+    first: Delta | Done,
+    events: AsyncIterator[Delta | Done],
     prompt_len: int,
     sink: Sink,
     t_first: float,
 ) -> web.Response:
     ev = first
     try:
-        while ev.get("ev") != "done":
-            sink.delta(str(ev.get("text") or ""), int(ev.get("tokens") or 0))
+        while isinstance(ev, Delta):
+            sink.delta(ev.text, ev.tokens)
             ev = await events.__anext__()
     except WorkerError as e:
         raise client_error(e, rec.id) from None
@@ -136,8 +135,8 @@ async def _pump(
     neuron: Neuron,
     rec: ModelRecord,
     resp: web.StreamResponse,
-    first: dict[str, Any],
-    events: AsyncIterator[dict[str, Any]],
+    first: Delta | Done,
+    events: AsyncIterator[Delta | Done],
     prompt_len: int,
     sink: Sink,
     t_first: float,
@@ -145,8 +144,8 @@ async def _pump(
     ev = first
     out = sink.start()
     try:
-        while ev.get("ev") != "done":
-            out += sink.delta(str(ev.get("text") or ""), int(ev.get("tokens") or 0))
+        while isinstance(ev, Delta):
+            out += sink.delta(ev.text, ev.tokens)
             if out:
                 await resp.write(out)
                 out = b""

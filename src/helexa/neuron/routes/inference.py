@@ -10,14 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
-from helexa.neuron.errors import not_ready
+from helexa.neuron.engine.frames import Generate
+from helexa.neuron.models import ModelRecord, not_ready
 from helexa.neuron.openai import chat as oc
 from helexa.neuron.openai import common as oa
 from helexa.neuron.openai import completions as ocm
 from helexa.neuron.openai import embeddings as emb
 from helexa.neuron.openai import responses as ra
 from helexa.neuron.parse import MARKERS, OutputParser
-from helexa.neuron.records import ModelRecord
 from helexa.neuron.routes.drive import client_error, generate
 from helexa.neuron.routes.plumbing import MODEL_KEY, PROMPT_HEADER, PROMPT_KEY, read_json
 from helexa.neuron.routes.sinks import ChatSink, CompletionSink, ResponsesSink, Sink
@@ -93,14 +93,15 @@ async def _chat_like(
         tools_enabled=tools,
         max_calls=chat.call_limit,
     )
-    frame = {
-        "prompt_ids": ids,
-        "max_tokens": oa.clamp_max_tokens(chat.max_tokens, len(ids), limits),
-        "sampling": chat.sampling.to_wire(),
-        "stop": chat.stop,
-        "hold": _hold(tok, tools),
-    }
-    return await generate(request, neuron, rec, frame, len(ids), make_sink(parser), chat.stream)
+    req = Generate(
+        "",
+        ids,
+        oa.clamp_max_tokens(chat.max_tokens, len(ids), limits),
+        chat.sampling.to_wire(),
+        chat.stop,
+        _hold(tok, tools),
+    )
+    return await generate(request, neuron, rec, req, len(ids), make_sink(parser), chat.stream)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -134,17 +135,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
     request[PROMPT_KEY] = len(ids)
     limits = _limits(neuron, rec)
     oa.check_prompt(len(ids), limits)
-    frame = {
-        "prompt_ids": ids,
-        "max_tokens": oa.clamp_max_tokens(
-            req.max_tokens, len(ids), limits, default=ocm.DEFAULT_MAX_TOKENS
-        ),
-        "sampling": req.sampling.to_wire(),
-        "stop": req.stop,
-        "hold": [],
-    }
+    gen = Generate(
+        "",
+        ids,
+        oa.clamp_max_tokens(req.max_tokens, len(ids), limits, default=ocm.DEFAULT_MAX_TOKENS),
+        req.sampling.to_wire(),
+        req.stop,
+    )
     sink = CompletionSink(model, req.include_usage)
-    return await generate(request, neuron, rec, frame, len(ids), sink, req.stream)
+    return await generate(request, neuron, rec, gen, len(ids), sink, req.stream)
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -173,6 +172,6 @@ async def embeddings(request: web.Request) -> web.Response:
             reply = await handle.embed(batches)
         except WorkerError as e:
             raise client_error(e, model) from None
-    vectors = reply.get("vectors") or []
+    vectors = reply.vectors
     out = emb.embeddings_reply(model, vectors, prompt_len, req.encoding_format, req.dimensions)
     return json_response(out, headers={PROMPT_HEADER: str(prompt_len)})

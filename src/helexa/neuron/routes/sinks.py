@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from helexa.neuron.engine.frames import Done
 from helexa.neuron.openai import chat as oc
 from helexa.neuron.openai import completions as ocm
 from helexa.neuron.openai import replies
@@ -28,18 +29,18 @@ class Sink:
     def delta(self, text: str, tokens: int) -> bytes:
         return b""
 
-    def end(self, done: dict[str, Any], usage: replies.Usage) -> bytes:
+    def end(self, done: Done, usage: replies.Usage) -> bytes:
         return b""
 
     def error(self, err: ApiError) -> bytes:
         return sse.error_frame(err)
 
-    def body(self, done: dict[str, Any], usage: replies.Usage) -> dict[str, Any]:
+    def body(self, done: Done, usage: replies.Usage) -> dict[str, Any]:
         raise NotImplementedError
 
-    def finish_parser(self, done: dict[str, Any]) -> list[Any]:
+    def finish_parser(self, done: Done) -> list[Any]:
         assert self.parser is not None
-        return self.parser.finish(hit_cap=done.get("finish_reason") == "length")
+        return self.parser.finish(hit_cap=done.finish_reason == "length")
 
 
 class ChatSink(Sink):
@@ -55,15 +56,15 @@ class ChatSink(Sink):
         events = self.parser.feed(text, tokens)
         return self.stream.events(events) if events else b""
 
-    def end(self, done: dict[str, Any], usage: replies.Usage) -> bytes:
+    def end(self, done: Done, usage: replies.Usage) -> bytes:
         assert self.parser is not None
         tail = self.stream.events(self.finish_parser(done))
-        return tail + self.stream.end(self.parser.finish_reason, done.get("stop_reason"), usage)
+        return tail + self.stream.end(self.parser.finish_reason, done.stop_reason, usage)
 
-    def body(self, done: dict[str, Any], usage: replies.Usage) -> dict[str, Any]:
+    def body(self, done: Done, usage: replies.Usage) -> dict[str, Any]:
         assert self.parser is not None
         self.finish_parser(done)
-        return oc.chat_completion(self.model, self.parser, usage, done.get("stop_reason"))
+        return oc.chat_completion(self.model, self.parser, usage, done.stop_reason)
 
 
 class CompletionSink(Sink):
@@ -77,11 +78,11 @@ class CompletionSink(Sink):
         self.text.append(text)
         return self.stream.text(text)
 
-    def end(self, done: dict[str, Any], usage: replies.Usage) -> bytes:
-        return self.stream.end(str(done.get("finish_reason") or "stop"), usage)
+    def end(self, done: Done, usage: replies.Usage) -> bytes:
+        return self.stream.end(done.finish_reason, usage)
 
-    def body(self, done: dict[str, Any], usage: replies.Usage) -> dict[str, Any]:
-        finish = str(done.get("finish_reason") or "stop")
+    def body(self, done: Done, usage: replies.Usage) -> dict[str, Any]:
+        finish = done.finish_reason
         return ocm.completion(self.model, "".join(self.text), finish, usage)
 
 
@@ -99,14 +100,14 @@ class ResponsesSink(Sink):
         events = self.parser.feed(text, tokens)
         return self.stream.events(events) if events else b""
 
-    def end(self, done: dict[str, Any], usage: replies.Usage) -> bytes:
+    def end(self, done: Done, usage: replies.Usage) -> bytes:
         tail = self.stream.events(self.finish_parser(done))
-        return tail + self.stream.finish(done.get("finish_reason") == "length", usage)
+        return tail + self.stream.finish(done.finish_reason == "length", usage)
 
     def error(self, err: ApiError) -> bytes:
         return self.stream.error(err)
 
-    def body(self, done: dict[str, Any], usage: replies.Usage) -> dict[str, Any]:
+    def body(self, done: Done, usage: replies.Usage) -> dict[str, Any]:
         assert self.parser is not None
         self.finish_parser(done)
         return rr.response_body(self.req, self.parser, usage)

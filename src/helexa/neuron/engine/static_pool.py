@@ -1,0 +1,39 @@
+"""Reusable StaticCaches, so compiled graphs keep their tensor addresses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MIN_STATIC = 256
+
+
+class StaticPool:
+    """StaticCaches by size. Sizes are powers of two (>= 256) up to the context cap; with
+    `fixed` (the compiled path) every request that fits gets a cache of the full cap, so one
+    graph, compiled at load, serves them all instead of a recompile per new size."""
+
+    def __init__(self, config: Any, cap: int | None, *, fixed: bool = False) -> None:
+        self.config = config
+        self.cap = cap
+        self.fixed = fixed and cap is not None
+        self.free: dict[int, list[Any]] = {}
+
+    def size_for(self, n: int) -> int:
+        if self.cap is not None and (n >= self.cap or self.fixed):
+            return max(n, self.cap)  # past the cap (the daemon clamps, so rare): exactly n
+        size = max(MIN_STATIC, 1 << max(0, n - 1).bit_length())
+        return size if self.cap is None else min(size, self.cap)
+
+    def acquire(self, n: int) -> tuple[Any, int]:
+        from transformers import StaticCache
+
+        size = self.size_for(n)
+        spare = self.free.get(size)
+        if spare:
+            cache = spare.pop()
+            cache.reset()
+            return cache, size
+        return StaticCache(config=self.config, max_cache_len=size), size
+
+    def release(self, cache: Any, size: int) -> None:
+        self.free.setdefault(size, []).append(cache)

@@ -1,0 +1,115 @@
+"""The torch device a worker runs on: which one, its default dtype, its memory, its failures."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+
+from helexa.neuron.engine.errors import LoadError
+from helexa.neuron.engine.loader import LoadSpec
+from helexa.neuron.memory import mem_available_mb, rss_mb
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def default_quant(device: torch.device) -> str:
+    """bf16 on CUDA with compute capability >= 8.0, fp16 on older CUDA, fp32 on CPU."""
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        return "bf16" if major >= 8 else "fp16"
+    return "fp32"
+
+
+def pick_device(spec: LoadSpec) -> torch.device:
+    if spec.device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise LoadError(
+            500,
+            "load_failed",
+            f"loading '{spec.served_id}' failed: RuntimeError: CUDA is not available to this "
+            f"worker (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+        )
+    return torch.device("cuda", 0)
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def is_cuda_error(exc: BaseException) -> bool:
+    """A device error that leaves the CUDA context unusable (unlike an out-of-memory)."""
+    if is_oom(exc):
+        return False
+    name = type(exc).__name__
+    text = str(exc)
+    return name in ("AcceleratorError", "CudaError") or any(
+        s in text for s in ("CUDA error", "CUBLAS_STATUS", "cuDNN error", "device-side assert")
+    )
+
+
+def free_mb(device: torch.device) -> int | None:
+    """Memory a load could still get: free CUDA memory over the visible GPUs, or host memory."""
+    if device.type != "cuda":
+        return mem_available_mb()
+    with contextlib.suppress(Exception):
+        torch.cuda.empty_cache()
+    try:
+        free = sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    except Exception:
+        return None
+    return free // (1024 * 1024)
+
+
+class MemoryProbe:
+    """What this process holds: NVML per-process memory over our GPUs (else torch's reserved
+    bytes) on CUDA, RSS on CPU. Keeps NVML initialised between calls."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._nvml: Any = None
+        self._handles: list[Any] | None = None
+
+    def used_mb(self) -> int | None:
+        if self.device.type != "cuda":
+            return rss_mb()
+        used = self._nvml_used()
+        if used is not None:
+            return used
+        total = sum(torch.cuda.memory_reserved(i) for i in range(torch.cuda.device_count()))
+        return max(1, total // (1024 * 1024))
+
+    def _nvml_used(self) -> int | None:
+        try:
+            if self._handles is None:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+                handles = []
+                for i in range(torch.cuda.device_count()):
+                    uuid = str(torch.cuda.get_device_properties(i).uuid)
+                    if not uuid.startswith("GPU-"):
+                        uuid = "GPU-" + uuid
+                    handles.append(pynvml.nvmlDeviceGetHandleByUUID(uuid))
+                self._handles = handles
+            pid = os.getpid()
+            total = 0
+            found = False
+            for h in self._handles:
+                for p in self._nvml.nvmlDeviceGetComputeRunningProcesses(h):
+                    if p.pid == pid and p.usedGpuMemory:
+                        total += int(p.usedGpuMemory)
+                        found = True
+            return max(1, total // (1024 * 1024)) if found else None
+        except Exception:
+            self._handles = []
+            return None
