@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helexa.neuron.models import token_limit
+from helexa.neuron.views import token_limit
 
 
 def test_default_caps_on_a_long_context_model() -> None:

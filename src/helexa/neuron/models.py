@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,28 @@ from helexa.neuron.admission import Admission
 from helexa.neuron.engine.errors import LoadError
 from helexa.neuron.engine.frames import Progress
 from helexa.neuron.engine.loader import FaultPlan, LoadSpec
+from helexa.neuron.errors import (
+    insufficient_memory,
+    load_failed,
+    not_known,
+    not_loaded,
+    not_ready,
+    still_loading,
+)
 from helexa.neuron.metrics import NeuronMetrics
+from helexa.neuron.records import (
+    FAILED,
+    LOADED,
+    LOADING,
+    RECOVERING,
+    UNLOADED,
+    Activation,
+    DeviceView,
+    ModelRecord,
+)
 from helexa.neuron.sources import ResolvedSpec, resolve_spec
 from helexa.neuron.supervisor import Supervisor, WorkerCrashed, WorkerHandle
+from helexa.neuron.views import token_limit
 from helexa.wire.errors import ApiError
 from helexa.wire.harness import default_quant
 from helexa.wire.modelid import ModelId, parse_model_id
@@ -34,13 +53,6 @@ from helexa.wire.neuron import ModelSpec
 
 log = logging.getLogger("helexa.neuron.models")
 
-LOADED, LOADING, RECOVERING, UNLOADED, FAILED = (
-    "loaded",
-    "loading",
-    "recovering",
-    "unloaded",
-    "failed",
-)
 HARNESSES = ("torch",)
 RESTART_BACKOFF = (1.0, 5.0, 15.0)
 UNLOAD_GRACE = 30.0
@@ -62,99 +74,10 @@ def parse_spec(body: Mapping[str, Any]) -> ModelSpec:
         ) from None
 
 
-# -- devices, as the registry needs them --------------------------------------------------------
-
-
-@dataclass(slots=True)
-class DeviceView:
-    """One device's identity and free memory right now (from discovery / health)."""
-
-    index: int
-    kind: str  # "cuda" | "cpu"
-    total_mb: int | None = None
-    free_mb: int | None = None
-    compute_capability: str | None = None
-
-
 DevicesFn = Callable[[], Awaitable[list[DeviceView]]]
 ResolveFn = Callable[[ModelId, Callable[[int | None, int | None], None]], Path]
 EstimateFn = Callable[[Path, str], "int | None"]
 TokenizerFn = Callable[[Path], Any]
-
-
-def token_limit(mpe: Any, max_prompt: int, max_output: int) -> dict[str, int]:
-    """A model's `limit`, split so a client can rely on it: `input` prompt tokens still leave
-    room for `output` generated ones (input + output <= context). When the model's context is
-    shorter than the two caps together, the output cap gets at most half of it, so neither
-    side is 0 (an 8k model with the default caps: 4096 + 4096)."""
-    total = max_prompt + max_output
-    context = min(int(mpe), total) if isinstance(mpe, int) and mpe > 0 else total
-    output = min(max_output, max(context // 2, context - max_prompt))
-    return {"context": context, "input": min(max_prompt, context - output), "output": output}
-
-
-# -- records --------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelRecord:
-    id: str
-    source: str
-    spec: ModelSpec
-    admission: Admission
-    status: str = LOADING
-    info: dict[str, Any] = field(default_factory=dict)
-    restarts: int = 0
-    error: str | None = None
-    progress: dict[str, Any] | None = None
-    loaded_at: int | None = None
-    last_used_at: int | None = None
-    harness: str = "torch"
-    quant: str | None = None
-    devices: list[int] = field(default_factory=list)
-    kind: str = "cpu"
-    path: Path | None = None
-    tokenizer: Any = None
-    handle: WorkerHandle | None = None
-    draining: bool = False
-    test_faults: Any = None
-    op: asyncio.Task[dict[str, Any]] | None = None
-    unload_op: asyncio.Task[dict[str, Any]] | None = None
-
-    @property
-    def serving(self) -> bool:
-        return self.status == LOADED and not self.draining and self.handle is not None
-
-    def memory_mb(self) -> int | None:
-        """Measured memory: the worker's RSS on CPU, what the worker reported on CUDA."""
-        if self.status != LOADED or self.handle is None:
-            return None
-        if self.kind == "cpu":
-            rss = self.handle.rss_mb()
-            if rss is not None:
-                return rss
-        v = self.info.get("vram_used_mb")
-        return int(v) if isinstance(v, (int, float)) else None
-
-
-@dataclass
-class Activation:
-    """The start-time pre-warm of `[[default_models]]` (§2.5, §2.12)."""
-
-    state: str = "ready"
-    pending: list[str] = field(default_factory=list)
-    in_progress: str | None = None
-    completed: list[str] = field(default_factory=list)
-    failed: list[dict[str, str]] = field(default_factory=list)
-
-    def as_api(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "pending": list(self.pending),
-            "in_progress": self.in_progress,
-            "completed": list(self.completed),
-            "failed": list(self.failed),
-        }
 
 
 @dataclass
@@ -166,54 +89,6 @@ class _Snapshot:
 
 
 _SNAP_FIELDS = ("status", "spec", "source", "error", "progress", "harness", "quant", "devices")
-
-
-# -- error constructors (§2.7, §2.8, §2.15, §2.21) ------------------------------------------------
-
-
-def not_known(model: str) -> ApiError:
-    return ApiError(404, "model_not_found", f"model '{model}' is not known to this neuron")
-
-
-def not_loaded(model: str) -> ApiError:
-    return ApiError(404, "model_not_found", f"model '{model}' is not loaded on this neuron")
-
-
-def not_ready(model: str, status: str) -> ApiError:
-    return ApiError(
-        503,
-        "model_not_ready",
-        f"model '{model}' is {status} on this neuron; retry shortly",
-        retry_after=2,
-    )
-
-
-def still_loading(model: str) -> ApiError:
-    return ApiError(
-        409,
-        "model_loading",
-        f"model '{model}' is still loading; retry when the load completes",
-        retry_after=5,
-    )
-
-
-def load_failed(model: str, detail: str) -> ApiError:
-    msg = (
-        detail
-        if detail.startswith(f"loading '{model}' failed")
-        else (f"loading '{model}' failed: {detail}")
-    )
-    return ApiError(500, "load_failed", msg)
-
-
-def insufficient_memory(model: str, required: int, free: int, devices: Sequence[int]) -> ApiError:
-    devs = ",".join(str(d) for d in devices)
-    return ApiError(
-        507,
-        "insufficient_memory",
-        f"model '{model}' needs about {required} MB but only {free} MB is free on device(s) {devs}",
-        extras={"required_mb": required, "free_mb": free},
-    )
 
 
 def _now() -> int:
@@ -270,63 +145,6 @@ class Registry:
             rec.info.get("max_position_embeddings"), self.max_prompt_tokens, self.max_output_tokens
         )
 
-    def model_info(self, rec: ModelRecord) -> dict[str, Any]:
-        tok = rec.tokenizer
-        caps = rec.info.get("capabilities") or ["text"]
-        out: dict[str, Any] = {
-            "id": rec.id,
-            "source": rec.source,
-            "harness": rec.info.get("harness") or rec.harness,
-            "quant": rec.info.get("quant") or rec.quant,
-            "status": rec.status,
-            "devices": list(rec.devices),
-            "vram_used_mb": rec.memory_mb(),
-            "capabilities": list(caps),
-            "limit": self.limit(rec),
-            "tool_call": bool(getattr(tok, "tool_call", False)),
-            "reasoning": bool(getattr(tok, "reasoning", False)),
-            "loaded_at": rec.loaded_at,
-            "last_used_at": rec.last_used_at,
-            "restarts": rec.restarts,
-            "max_in_flight": rec.admission.max_in_flight,
-            "max_queue_depth": rec.admission.max_queue_depth,
-            "max_wait_secs": rec.admission.max_wait_secs,
-        }
-        if rec.status == LOADING:
-            out["progress"] = rec.progress or {
-                "phase": "load",
-                "done_bytes": None,
-                "total_bytes": None,
-            }
-        if rec.status == FAILED:
-            out["error"] = rec.error
-        return out
-
-    def list_models(self) -> list[dict[str, Any]]:
-        return [self.model_info(self.records[k]) for k in sorted(self.records)]
-
-    def health_models(self) -> list[dict[str, Any]]:
-        out = []
-        for k in sorted(self.records):
-            rec = self.records[k]
-            out.append(
-                {
-                    "id": rec.id,
-                    "status": rec.status,
-                    "in_flight": rec.admission.in_flight,
-                    "queue_depth": rec.admission.queue_depth,
-                }
-            )
-        return out
-
-    def openai_models(self) -> dict[str, Any]:
-        data = [
-            {"id": r.id, "object": "model", "created": r.loaded_at or 0, "owned_by": "helexa"}
-            for k, r in sorted(self.records.items())
-            if r.status == LOADED
-        ]
-        return {"object": "list", "data": data}
-
     def workers_rss_mb(self) -> int:
         """Summed RSS of CPU workers: the `vram_used_mb` of the cpu device (§2.5)."""
         total = 0
@@ -334,15 +152,6 @@ class Registry:
             if rec.kind == "cpu" and rec.handle is not None:
                 total += rec.handle.rss_mb() or 0
         return total
-
-    def degraded(self) -> bool:
-        return any(r.status in (FAILED, RECOVERING) for r in self.records.values())
-
-    def gauge_rows(self) -> list[tuple[str, int, int, int | None]]:
-        return [
-            (r.id, r.admission.in_flight, r.admission.queue_depth, r.memory_mb())
-            for r in self.records.values()
-        ]
 
     # -- inference lookups ------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ from helexa.config.neuron import NeuronConfig
 from helexa.neuron import sources
 from helexa.neuron.discovery import DeviceProbe, NeuronDiscovery, worker_cuda_env
 from helexa.neuron.metrics import NeuronMetrics
-from helexa.neuron.models import DeviceView, Registry
+from helexa.neuron.models import Registry
+from helexa.neuron.records import DeviceView
 from helexa.neuron.supervisor import (
     Supervisor,
 )

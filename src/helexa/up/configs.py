@@ -74,14 +74,16 @@ class ModelArg:
     path: str | None = None
     source: str | None = None
 
-    @property
-    def gguf(self) -> bool:
-        return self.load_id.endswith(".gguf")
-
 
 def parse_model_arg(raw: str) -> ModelArg:
     """A path (absolute, relative, `~`, or anything that exists) or a hub id (`org/name`,
     `scheme:org/name`). Relative paths are made absolute: the children run elsewhere."""
+    if raw.lower().endswith(".gguf"):
+        # The neuron has no llama.cpp harness yet and would refuse every load of it.
+        raise UpConfigError(
+            f"--model {raw}: GGUF files need the llama.cpp harness, which this version does "
+            "not have yet; use a safetensors model directory or a hub id (org/name)"
+        )
     expanded = os.path.expanduser(raw)
     if raw.startswith(("/", ".", "~")) or os.path.exists(expanded):
         path = os.path.abspath(expanded)
@@ -201,16 +203,11 @@ def catalogue_block(m: ModelArg) -> str:
         lines.append(f"path = {q(m.path)}\n")
     if m.source:
         lines.append(f"source = {q(m.source)}\n")
-    if m.gguf:
-        lines.append('harness = "llamacpp"\n')
     return "".join(lines)
 
 
 def default_model_block(m: ModelArg) -> str:
-    out = f"\n[[default_models]]  # added by helexa up --model\nmodel_id = {q(m.load_id)}\n"
-    if m.gguf:
-        out += 'harness = "llamacpp"\n'
-    return out
+    return f"\n[[default_models]]  # added by helexa up --model\nmodel_id = {q(m.load_id)}\n"
 
 
 # ---- files -------------------------------------------------------------------------------------

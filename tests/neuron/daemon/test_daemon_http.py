@@ -10,6 +10,8 @@ import pytest
 from daemon_rig import NeuronFactory, chat_body, starts, write_tokenizer
 from daemon_rig import start_neuron as start_neuron  # the fixture
 
+from helexa.neuron import views
+
 
 async def test_auth(start_neuron: NeuronFactory) -> None:
     rig = await start_neuron(token="s3cret")
@@ -94,14 +96,14 @@ async def test_principal_headers_are_logged_with_the_request_id(
 
 
 async def test_unhandled_error_is_500(
-    start_neuron: NeuronFactory, caplog: pytest.LogCaptureFixture
+    start_neuron: NeuronFactory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rig = await start_neuron()
 
-    def boom() -> Any:
+    def boom(*_: Any) -> Any:
         raise RuntimeError("secret detail")
 
-    rig.registry.list_models = boom
+    monkeypatch.setattr(views, "list_models", boom)
     r = await rig.client.get("/models")
     assert r.status_code == 500
     assert r.json()["error"] == {

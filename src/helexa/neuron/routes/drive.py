@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from helexa.neuron.engine.frames import Delta, Done, Generate
-from helexa.neuron.models import ModelRecord, not_ready
+from helexa.neuron.errors import not_ready
 from helexa.neuron.openai import common as oa
 from helexa.neuron.openai import replies
+from helexa.neuron.records import ModelRecord
 from helexa.neuron.routes.plumbing import PROMPT_HEADER
 from helexa.neuron.routes.sinks import Sink
 from helexa.neuron.service import Neuron

@@ -11,13 +11,14 @@ from typing import Any
 from aiohttp import web
 
 from helexa.neuron.engine.frames import Generate
-from helexa.neuron.models import ModelRecord, not_ready
+from helexa.neuron.errors import not_ready
 from helexa.neuron.openai import chat as oc
 from helexa.neuron.openai import common as oa
 from helexa.neuron.openai import completions as ocm
 from helexa.neuron.openai import embeddings as emb
 from helexa.neuron.openai import responses as ra
 from helexa.neuron.parse import MARKERS, OutputParser
+from helexa.neuron.records import ModelRecord
 from helexa.neuron.routes.drive import client_error, generate
 from helexa.neuron.routes.plumbing import MODEL_KEY, PROMPT_HEADER, PROMPT_KEY, read_json
 from helexa.neuron.routes.sinks import ChatSink, CompletionSink, ResponsesSink, Sink

@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from helexa.neuron import views
 from helexa.neuron.discovery import NeuronDiscovery
 from helexa.neuron.service import NEURON
 from helexa.version import build_info
@@ -19,13 +20,15 @@ async def health(request: web.Request) -> web.Response:
     reg = neuron.registry
     devices = [d.model_dump() for d in await neuron.device_health()]
     disc = neuron.discovery
-    degraded = reg.degraded() or (disc is not None and disc.cuda_unavailable_reason is not None)
+    degraded = views.degraded(reg.records) or (
+        disc is not None and disc.cuda_unavailable_reason is not None
+    )
     return json_response(
         {
             "status": "degraded" if degraded else "ok",
             "uptime_secs": int(time.monotonic() - neuron.started),
             "devices": devices,
-            "models": reg.health_models(),
+            "models": views.health_models(reg.records),
             "activation": reg.activation.as_api(),
         }
     )
@@ -64,7 +67,7 @@ async def discovery(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     neuron = request.app[NEURON]
     m = neuron.metrics
-    m.set_model_gauges(neuron.registry.gauge_rows())
+    m.set_model_gauges(views.gauge_rows(neuron.registry.records))
     for d in await neuron.device_health():
         if d.vram_used_mb is not None:
             m.device_used(str(d.index)).set(d.vram_used_mb)

@@ -6,7 +6,8 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from helexa.neuron.models import not_known
+from helexa.neuron import views
+from helexa.neuron.errors import not_known
 from helexa.neuron.openai import common as oa
 from helexa.neuron.routes.plumbing import read_json
 from helexa.neuron.service import NEURON
@@ -15,11 +16,12 @@ from helexa.wire.http import json_response
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return json_response(request.app[NEURON].registry.list_models())
+    reg = request.app[NEURON].registry
+    return json_response(views.list_models(reg.records, reg.limit))
 
 
 async def v1_models(request: web.Request) -> web.Response:
-    return json_response(request.app[NEURON].registry.openai_models())
+    return json_response(views.openai_models(request.app[NEURON].registry.records))
 
 
 async def load_model(request: web.Request) -> web.Response:

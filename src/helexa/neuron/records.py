@@ -1,0 +1,93 @@
+"""What the neuron records per model and per device; the registry changes them, the views
+(views.py) read them."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from helexa.neuron.admission import Admission
+from helexa.neuron.supervisor import WorkerHandle
+from helexa.wire.neuron import ModelSpec
+
+LOADED, LOADING, RECOVERING, UNLOADED, FAILED = (
+    "loaded",
+    "loading",
+    "recovering",
+    "unloaded",
+    "failed",
+)
+
+
+@dataclass(slots=True)
+class DeviceView:
+    """One device's identity and free memory right now (from discovery / health)."""
+
+    index: int
+    kind: str  # "cuda" | "cpu"
+    total_mb: int | None = None
+    free_mb: int | None = None
+    compute_capability: str | None = None
+
+
+@dataclass
+class ModelRecord:
+    id: str
+    source: str
+    spec: ModelSpec
+    admission: Admission
+    status: str = LOADING
+    info: dict[str, Any] = field(default_factory=dict)
+    restarts: int = 0
+    error: str | None = None
+    progress: dict[str, Any] | None = None
+    loaded_at: int | None = None
+    last_used_at: int | None = None
+    harness: str = "torch"
+    quant: str | None = None
+    devices: list[int] = field(default_factory=list)
+    kind: str = "cpu"
+    path: Path | None = None
+    tokenizer: Any = None
+    handle: WorkerHandle | None = None
+    draining: bool = False
+    test_faults: Any = None
+    op: asyncio.Task[dict[str, Any]] | None = None
+    unload_op: asyncio.Task[dict[str, Any]] | None = None
+
+    @property
+    def serving(self) -> bool:
+        return self.status == LOADED and not self.draining and self.handle is not None
+
+    def memory_mb(self) -> int | None:
+        """Measured memory: the worker's RSS on CPU, what the worker reported on CUDA."""
+        if self.status != LOADED or self.handle is None:
+            return None
+        if self.kind == "cpu":
+            rss = self.handle.rss_mb()
+            if rss is not None:
+                return rss
+        v = self.info.get("vram_used_mb")
+        return int(v) if isinstance(v, (int, float)) else None
+
+
+@dataclass
+class Activation:
+    """The start-time pre-warm of `[[default_models]]` (§2.5, §2.12)."""
+
+    state: str = "ready"
+    pending: list[str] = field(default_factory=list)
+    in_progress: str | None = None
+    completed: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def as_api(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "pending": list(self.pending),
+            "in_progress": self.in_progress,
+            "completed": list(self.completed),
+            "failed": list(self.failed),
+        }
