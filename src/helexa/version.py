@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 from helexa import __version__
 from helexa.wire.neuron import BuildInfo
 
-_STAMP = Path(__file__).with_name("_build_sha.txt")
+_STAMP = Path(__file__).with_name("_build_stamp.json")  # written by setup.py at build time
 
 
 @functools.cache
@@ -40,26 +41,36 @@ def _git() -> tuple[str, bool] | None:
     return (sha, bool(dirty)) if sha else None
 
 
+@functools.cache
+def _stamp() -> dict[str, object]:
+    try:
+        data = json.loads(_STAMP.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def git_sha_long() -> tuple[str, bool]:
-    """HELEXA_BUILD_SHA, else the stamped file, else `git rev-parse`, else unknown."""
+    """HELEXA_BUILD_SHA, else the build stamp, else `git rev-parse`, else unknown."""
     env = os.environ.get("HELEXA_BUILD_SHA", "").strip()
     if env:
         return env, False
-    if _STAMP.exists():
-        stamped = _STAMP.read_text().strip()
-        if stamped:
-            return stamped, False
+    stamped = _stamp().get("git_sha_long")
+    if isinstance(stamped, str) and stamped and stamped != "unknown":
+        return stamped, _stamp().get("git_dirty") is True
     found = _git()
     return found if found is not None else ("unknown", False)
 
 
 def build_info(features: tuple[str, ...] = ()) -> BuildInfo:
     sha, dirty = git_sha_long()
+    built = _stamp().get("build_timestamp")
     return BuildInfo(
         package_version=__version__,
         git_sha=sha[:7] if sha != "unknown" else sha,
         git_sha_long=sha if sha != "unknown" else None,
         git_dirty=dirty,
+        build_timestamp=built if isinstance(built, str) else None,
         python_version=platform.python_version(),
         platform=f"{sys.platform}-{platform.machine()}",
         features=list(features),
