@@ -1,7 +1,7 @@
 """Frames between the neuron daemon and a worker process (one per loaded model), typed.
 
-Every frame is a class below; `encode` and the `decode_*` functions are the only code that
-reads or writes frame dicts.
+Every frame is a class in `frames.py`; `encode` and the `decode_*` functions here are the only
+code that reads or writes frame dicts.
 
 Transport: a Unix socketpair; the worker gets its end as an inherited fd. Each frame is a 4-byte
 big-endian length followed by one orjson-encoded object. The daemon side is asyncio; the worker
