@@ -32,8 +32,7 @@ class Accounting:
 
     def dispatch(self, ctx: RequestContext) -> None:
         """A routed request is about to go upstream: count it and mark the model busy."""
-        assert ctx.node is not None and ctx.model is not None
-        node, model = ctx.node, ctx.model
+        model, node = ctx.routed()
         self.metrics.requests(model, node.name).inc()
         if ctx.cold_start:
             self.metrics.cold_starts(model, node.name).inc()
@@ -103,9 +102,9 @@ class Accounting:
 
     def move(self, ctx: RequestContext, new: NodeState) -> None:
         """Failover: the request's busy mark follows it to the replica."""
-        assert ctx.node is not None and ctx.model is not None
-        self._busy(ctx.node, ctx.model, -1)
-        self._busy(new, ctx.model, +1)
+        model, old = ctx.routed()
+        self._busy(old, model, -1)
+        self._busy(new, model, +1)
         ctx.node = new
 
     @staticmethod

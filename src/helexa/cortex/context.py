@@ -45,6 +45,13 @@ class RequestContext:
     overhead_ms: float | None = None
     finished_at: float | None = None
 
+    def routed(self) -> tuple[str, NodeState]:
+        """(model, node): routing sets both before anything goes upstream, so a miss is a bug,
+        checked here once rather than at every use."""
+        if self.model is None or self.node is None:
+            raise RuntimeError(f"request {self.request_id} used before it was routed")
+        return self.model, self.node
+
     def helexa_headers(self) -> dict[str, str]:
         h = {"x-request-id": self.request_id}
         if self.model is not None:

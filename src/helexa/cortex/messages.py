@@ -55,8 +55,7 @@ async def relay(
 ) -> web.StreamResponse:
     """Send the translated chat request and answer in Anthropic form, streaming or not."""
     upstream = await proxy.open(request, ctx, CHAT_PATH, payload)
-    assert ctx.node is not None and ctx.model is not None
-    node, model = ctx.node, ctx.model
+    model, node = ctx.routed()
     metrics = proxy.metrics
     try:
         metrics.duration(model, node.name).observe(time.perf_counter() - ctx.started)
@@ -114,9 +113,9 @@ async def _stream(
     ctx: RequestContext,
     headers: dict[str, str],
 ) -> web.StreamResponse:
-    assert ctx.node is not None and ctx.model is not None
+    model, node = ctx.routed()
     prompt = upstream.headers.get(PROMPT_HEADER, "0")
-    machine = AnthropicStream(ctx.model, message_id(), int(prompt) if prompt.isdigit() else 0)
+    machine = AnthropicStream(model, message_id(), int(prompt) if prompt.isdigit() else 0)
     resp = web.StreamResponse(status=200, headers={**sse.HEADERS, **headers})
     await resp.prepare(request)
     await resp.write(machine.start())
@@ -162,8 +161,8 @@ async def _stream(
         failure = repr(e)
         await resp.write(machine.fail("upstream connection lost mid-stream"))
     if failure is not None:
-        log.warning("messages stream for %s failed mid-stream: %s", ctx.model, failure)
-        proxy.metrics.request_errors(ctx.model, ctx.node.name).inc()
+        log.warning("messages stream for %s failed mid-stream: %s", model, failure)
+        proxy.metrics.request_errors(model, node.name).inc()
         ctx.status = 502
     await resp.write_eof()
     return resp

@@ -99,11 +99,10 @@ class Proxy:
         self, request: web.Request, ctx: RequestContext, path: str, body: bytes
     ) -> Response:
         """Send the request and wait for the upstream headers, failing over once."""
-        assert ctx.node is not None and ctx.model is not None
-        model = ctx.model
+        model = ctx.routed()[0]
         failed_over = False
         while True:
-            node = ctx.node
+            node = ctx.routed()[1]
             try:
                 url = await self.router.endpoint(node, model) + path
                 headers = self.upstream_headers(request, ctx, node)
@@ -140,8 +139,7 @@ class Proxy:
     ) -> web.StreamResponse:
         """Relay the reply; with `fall_back`, an upstream 503 raises UpstreamUnavailable."""
         upstream = await self.open(request, ctx, path, body)
-        assert ctx.node is not None and ctx.model is not None
-        node, model = ctx.node, ctx.model
+        model, node = ctx.routed()
         try:
             self.metrics.duration(model, node.name).observe(time.perf_counter() - ctx.started)
             status = upstream.status
@@ -189,12 +187,12 @@ class Proxy:
     async def read_whole(self, upstream: Response, ctx: RequestContext) -> bytes:
         """Read a whole reply body. If the upstream dies while sending it, nothing has reached
         the client yet, so it gets a proper 502 (or 504) envelope."""
-        assert ctx.node is not None and ctx.model is not None
+        model, node = ctx.routed()
         try:
             return await upstream.read()
         except (TimeoutError, aiohttp.ClientError) as e:
-            log.warning("upstream %s lost while sending a reply: %r", ctx.node.name, e)
-            self.metrics.request_errors(ctx.model, ctx.node.name).inc()
+            log.warning("upstream %s lost while sending a reply: %r", node.name, e)
+            self.metrics.request_errors(model, node.name).inc()
             if isinstance(e, TimeoutError):
                 raise errors.upstream_timeout(self.settings.request_timeout_secs) from None
             raise errors.upstream_connection_error() from None
@@ -267,8 +265,8 @@ class Proxy:
         code: str,
         message: str,
     ) -> None:
-        assert ctx.node is not None and ctx.model is not None
-        self.metrics.request_errors(ctx.model, ctx.node.name).inc()
+        model, node = ctx.routed()
+        self.metrics.request_errors(model, node.name).inc()
         ctx.status = 502
         if resp.content_type != "text/event-stream":
             # A JSON body cut short can't carry an error frame: end the connection so the
