@@ -10,21 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from helexa.neuron.engine.errors import LoadError
+from helexa.wire.harness import QuantRefused, normalise_quant
 
 log = logging.getLogger("helexa.neuron.engine")
 
-QUANTS = ("bf16", "fp16", "fp32")
-# Quant strings the torch harness will accept in W2 (torchao int8/int4) or never (GGUF types).
-_LATER_QUANTS = {"int8", "int4", "q4k", "q5k", "q6k", "q8_0"}
-# GGUF tensor types (Q4_K_M, Q8_0, IQ2_XS, F16, ...): upper case, as llama.cpp names them.
-_GGUF_TYPE = re.compile(r"^(I?Q[1-8](_[0-9A-Z]+)*|F16|BF16|F32)$")
 _TEST_FAULTS_ENV = "HELEXA_TEST_FAULTS"
 
 
@@ -110,22 +105,10 @@ class LoadSpec:
 
     def check(self) -> None:
         """The cheap checks, before torch is imported."""
-        q = self.quant
-        if q is not None:
-            if _GGUF_TYPE.match(q):
-                raise LoadError(
-                    400, "unsupported_quant", f"quant '{q}' is a GGUF type; use harness 'llamacpp'"
-                )
-            if q in _LATER_QUANTS:
-                raise LoadError(
-                    400,
-                    "unsupported_quant",
-                    f"quant '{q}' is not supported by harness 'torch' yet; use 'bf16'",
-                )
-            if q not in QUANTS:
-                raise LoadError(
-                    400, "unsupported_quant", f"quant '{q}' is not supported by harness 'torch'"
-                )
+        try:
+            self.quant = normalise_quant(self.quant, self.harness)
+        except QuantRefused as e:
+            raise LoadError(400, "unsupported_quant", str(e)) from None
         if self.device not in ("cpu", "cuda"):
             raise LoadError(400, "invalid_devices", f"device kind '{self.device}' is not known")
         p = Path(self.path)
