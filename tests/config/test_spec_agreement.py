@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from helexa.config.catalogue import ModelProfile
 from helexa.neuron.models import parse_spec
+from helexa.neuron.sources import check_quant
 from helexa.wire.errors import ApiError
 
 KNOBS: list[tuple[str, Any]] = [
@@ -53,3 +54,21 @@ def test_zero_max_wait_is_refused_where_it_is_written() -> None:
     # It used to pass the catalogue and then fail every cold load on the neuron.
     with pytest.raises(ValidationError, match="max_wait_secs"):
         ModelProfile.model_validate({"id": "a/b", "max_wait_secs": 0})
+
+
+@pytest.mark.parametrize(
+    "quant", ["bf16", "bfloat16", "F16", "half", "int8", "q4k", "Q4_K_M", "fp8"]
+)
+def test_cortex_and_neuron_agree_on_a_quant(quant: str) -> None:
+    try:
+        ModelProfile.model_validate({"id": "a/b", "quant": quant})
+        accepted = True
+    except ValidationError:
+        accepted = False
+    try:
+        check_quant(quant, "torch")
+        refused = False
+    except ApiError as e:
+        assert e.code == "unsupported_quant"
+        refused = True
+    assert accepted is not refused

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from helexa.config.loader import read_toml, validate
-from helexa.wire.harness import effective_harness
+from helexa.wire.harness import effective_harness, normalise_quant
 from helexa.wire.neuron import ModelSpec
 
 log = logging.getLogger("helexa.config")
@@ -74,6 +74,7 @@ class ModelProfile(BaseModel):
             raise ValueError("set either 'source' or 'path', not both")
         if self.path is not None and not self.path.startswith("/"):
             raise ValueError("'path' must be absolute")
+        normalise_quant(self.quant, self.harness)  # the neuron would refuse every load of it
         try:
             self.load_spec([])
         except ValidationError as e:
