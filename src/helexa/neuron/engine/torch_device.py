@@ -11,16 +11,17 @@ import torch
 from helexa.neuron.engine.errors import LoadError
 from helexa.neuron.engine.loader import LoadSpec
 from helexa.neuron.memory import mem_available_mb, rss_mb
+from helexa.wire import harness
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def default_quant(device: torch.device) -> str:
-    """bf16 on CUDA with compute capability >= 8.0, fp16 on older CUDA, fp32 on CPU."""
+    """The daemon's rule (wire.harness), applied to the device this worker actually has."""
     if device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
-        return "bf16" if major >= 8 else "fp16"
-    return "fp32"
+        major, minor = torch.cuda.get_device_capability(device)
+        return harness.default_quant("cuda", f"{major}.{minor}")
+    return harness.default_quant(device.type, None)
 
 
 def pick_device(spec: LoadSpec) -> torch.device:
