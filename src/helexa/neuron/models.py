@@ -10,10 +10,9 @@ operation, so `/models/load` joins a recovery the same way it joins a load.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from helexa.neuron.admission import Admission
-from helexa.neuron.engine.errors import LoadError
-from helexa.neuron.engine.frames import Progress
-from helexa.neuron.engine.loader import FaultPlan, LoadSpec
 from helexa.neuron.errors import (
     insufficient_memory,
     load_failed,
@@ -46,6 +42,15 @@ from helexa.neuron.records import (
 from helexa.neuron.sources import ResolvedSpec, resolve_spec
 from helexa.neuron.supervisor import Supervisor, WorkerCrashed, WorkerHandle
 from helexa.neuron.views import token_limit
+from helexa.neuron.worker_start import (
+    DevicesFn,
+    EstimateFn,
+    choose_devices,
+    free_mb,
+    load_spec,
+    oom_error,
+    start_worker,
+)
 from helexa.wire.errors import ApiError
 from helexa.wire.harness import default_quant
 from helexa.wire.modelid import ModelId, parse_model_id
@@ -74,9 +79,7 @@ def parse_spec(body: Mapping[str, Any]) -> ModelSpec:
         ) from None
 
 
-DevicesFn = Callable[[], Awaitable[list[DeviceView]]]
 ResolveFn = Callable[[ModelId, Callable[[int | None, int | None], None]], Path]
-EstimateFn = Callable[[Path, str], "int | None"]
 TokenizerFn = Callable[[Path], Any]
 
 
@@ -313,13 +316,13 @@ class Registry:
             rec.progress = {"phase": "download", "done_bytes": done, "total_bytes": total}
 
         path = await asyncio.to_thread(self.resolve_source, rs.source, on_download)
-        chosen = self._choose_devices(rs.devices, await self.refresh_devices())
+        chosen = choose_devices(rs.devices, await self.refresh_devices())
         kind = chosen[0].kind if chosen else "cpu"
         indexes = [d.index for d in chosen] or [0]
         quant = rs.quant or default_quant(kind, chosen[0].compute_capability if chosen else None)
         if self.estimate_mb is not None:
             required = await asyncio.to_thread(self.estimate_mb, path, quant)
-            free = _free_mb(chosen)
+            free = free_mb(chosen)
             if required is not None and free is not None and required > free:
                 raise insufficient_memory(rec.id, required, free, indexes)
         rec.progress = {"phase": "load", "done_bytes": None, "total_bytes": None}
@@ -340,70 +343,15 @@ class Registry:
         self._configure_admission(rec)
         rec.admission.resume()
 
-    def _worker_spec(self, rec: ModelRecord) -> LoadSpec:
-        """The worker's load spec (helexa.neuron.engine.protocol)."""
-        return LoadSpec(
-            path=str(rec.path),
-            served_id=rec.id,
-            harness=rec.harness,
-            quant=rec.quant,
-            device=rec.kind,
-            devices=list(rec.devices),
-            max_prompt_tokens=self.max_prompt_tokens,
-            max_output_tokens=self.max_output_tokens,
-            # honoured only with HELEXA_TEST_FAULTS=1 in the worker's environment
-            test_faults=FaultPlan.parse(rec.test_faults) if rec.test_faults else None,
-        )
-
     async def _start_worker(self, rec: ModelRecord) -> tuple[WorkerHandle, dict[str, Any]]:
-        """Spawn and load; worker failures become the §2.7 errors."""
-
-        def on_progress(frame: Progress) -> None:
-            rec.progress = {
-                "phase": frame.phase,
-                "done_bytes": frame.done_bytes,
-                "total_bytes": frame.total_bytes,
-            }
-
-        try:
-            handle = self.supervisor.handle(
-                rec.id, self._worker_spec(rec), rec.devices, rec.kind, on_fault=self._on_fault
-            )
-            info = await handle.start(on_progress)
-        except LoadError as e:
-            if e.status == 507 or e.code == "insufficient_memory":
-                if {"required_mb", "free_mb"} <= set(e.extras):
-                    raise ApiError(507, "insufficient_memory", e.message, extras=e.extras) from None
-                raise await self._oom(rec) from None
-            if e.status == 500 or e.code == "load_failed":
-                raise load_failed(rec.id, e.message) from None
-            raise ApiError(e.status, e.code, e.message) from None
-        except WorkerCrashed as e:
-            raise load_failed(rec.id, f"WorkerCrashed: {e.detail}") from None
-        except OSError as e:
-            raise load_failed(rec.id, f"{type(e).__name__}: {e}") from None
-        return handle, info
-
-    async def _oom(self, rec: ModelRecord) -> ApiError:
-        """An out-of-memory while loading is a 507 with what we know of need and room."""
-        devices = [d for d in await self.devices() if d.index in rec.devices]
-        free = _free_mb(devices) or 0
-        required = None
-        if self.estimate_mb is not None and rec.path is not None:
-            with contextlib.suppress(Exception):
-                required = await asyncio.to_thread(self.estimate_mb, rec.path, rec.quant or "")
-        return insufficient_memory(rec.id, required or free + 1, free, rec.devices)
-
-    @staticmethod
-    def _choose_devices(asked: list[int] | None, devices: list[DeviceView]) -> list[DeviceView]:
-        by_index = {d.index: d for d in devices}
-        if asked:
-            return [by_index[i] for i in asked if i in by_index]
-        if not devices:
-            return []
-        if devices[0].kind == "cpu":
-            return [devices[0]]
-        return [max(devices, key=lambda d: (d.free_mb or 0, -d.index))]
+        spec = load_spec(rec, self.max_prompt_tokens, self.max_output_tokens)
+        return await start_worker(
+            self.supervisor,
+            rec,
+            spec,
+            self._on_fault,
+            lambda: oom_error(rec, self.devices, self.estimate_mb),
+        )
 
     def _loaded_reply(self, rec: ModelRecord, already: bool) -> dict[str, Any]:
         return {
@@ -600,10 +548,3 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None
 
 async def _value(reply: dict[str, Any]) -> dict[str, Any]:
     return reply
-
-
-def _free_mb(devices: list[DeviceView]) -> int | None:
-    frees = [d.free_mb for d in devices]
-    if not frees or any(f is None for f in frees):
-        return None
-    return sum(f for f in frees if f is not None)
