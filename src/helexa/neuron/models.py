@@ -10,6 +10,7 @@ operation, so `/models/load` joins a recovery the same way it joins a load.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from helexa.neuron.activation import Activation, Job
 from helexa.neuron.admission import Admission
 from helexa.neuron.errors import (
     insufficient_memory,
@@ -35,7 +37,6 @@ from helexa.neuron.records import (
     LOADING,
     RECOVERING,
     UNLOADED,
-    Activation,
     DeviceView,
     ModelRecord,
 )
@@ -474,7 +475,7 @@ class Registry:
     def activate(self, entries: Sequence[Mapping[str, Any] | ModelSpec]) -> asyncio.Task[None]:
         """Register every default model as loading and pre-warm them one after another."""
         act = self.activation
-        jobs: list[tuple[str, asyncio.Task[dict[str, Any]]]] = []
+        jobs: list[Job] = []
         for entry in entries:
             body = entry.model_dump(exclude_none=True) if isinstance(entry, ModelSpec) else entry
             ident = str(body.get("served_model_id") or body.get("model_id") or "")
@@ -482,39 +483,15 @@ class Registry:
                 spec = parse_spec(body)
                 ident = self._served_id(spec)
                 act.pending.append(ident)
-
-                def started(ident: str = ident) -> None:
-                    if ident in act.pending:
-                        act.pending.remove(ident)
-                    act.in_progress = ident
-
-                jobs.append((ident, self.start_load(spec, on_start=started)))
+                on_start = functools.partial(act.started, ident)
+                jobs.append((ident, self.start_load(spec, on_start=on_start)))
             except ApiError as e:
-                if ident in act.pending:
-                    act.pending.remove(ident)
-                act.failed.append({"model_id": ident, "error": e.message})
+                act.refused(ident, e.message)
         if jobs:
             act.state = "pre_warming"
-        task = asyncio.create_task(self._activation(jobs), name="activation")
+        task = asyncio.create_task(act.run(jobs, self._join), name="activation")
         self._keep(task)
         return task
-
-    async def _activation(self, jobs: list[tuple[str, asyncio.Task[dict[str, Any]]]]) -> None:
-        act = self.activation
-        for ident, op in jobs:
-            try:
-                await self._join(op, ident)
-            except ApiError as e:
-                act.failed.append({"model_id": ident, "error": e.message})
-            else:
-                act.completed.append(ident)
-            if ident in act.pending:
-                act.pending.remove(ident)
-            if act.in_progress == ident:
-                act.in_progress = None
-        act.state = "ready"
-        if jobs:
-            log.info("activation done: %d loaded, %d failed", len(act.completed), len(act.failed))
 
     # -- shutdown ---------------------------------------------------------------------------------
 

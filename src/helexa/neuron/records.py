@@ -71,23 +71,3 @@ class ModelRecord:
                 return rss
         v = self.info.get("vram_used_mb")
         return int(v) if isinstance(v, (int, float)) else None
-
-
-@dataclass
-class Activation:
-    """The start-time pre-warm of `[[default_models]]` (§2.5, §2.12)."""
-
-    state: str = "ready"
-    pending: list[str] = field(default_factory=list)
-    in_progress: str | None = None
-    completed: list[str] = field(default_factory=list)
-    failed: list[dict[str, str]] = field(default_factory=list)
-
-    def as_api(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "pending": list(self.pending),
-            "in_progress": self.in_progress,
-            "completed": list(self.completed),
-            "failed": list(self.failed),
-        }
