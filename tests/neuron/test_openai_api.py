@@ -17,6 +17,7 @@ import pytest
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from helexa.neuron.errors import model_unloaded, worker_crashed
 from helexa.neuron.openai.chat import ChatStream, chat_completion, parse_chat
 from helexa.neuron.openai.common import (
     Limits,
@@ -25,9 +26,7 @@ from helexa.neuron.openai.common import (
     clamp_max_tokens,
     context_length_exceeded,
     embedding_only,
-    model_unloaded,
     no_chat_template,
-    worker_crashed,
 )
 from helexa.neuron.openai.completions import CompletionStream, completion, parse_completion
 from helexa.neuron.openai.embeddings import (

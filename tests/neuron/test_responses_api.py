@@ -14,7 +14,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from helexa.neuron.openai.common import worker_crashed
+from helexa.neuron.errors import worker_crashed
 from helexa.neuron.openai.params import PREVIOUS_RESPONSE_UNSUPPORTED
 from helexa.neuron.openai.replies import Usage
 from helexa.neuron.openai.responses import parse_responses

@@ -51,3 +51,20 @@ def insufficient_memory(model: str, required: int, free: int, devices: Sequence[
         f"model '{model}' needs about {required} MB but only {free} MB is free on device(s) {devs}",
         extras={"required_mb": required, "free_mb": free},
     )
+
+
+def worker_crashed(model: str) -> ApiError:
+    return ApiError(
+        503,
+        "worker_crashed",
+        f"model worker for '{model}' crashed during the request; it is being restarted",
+        retry_after=2,
+    )
+
+
+def model_unloaded(model: str) -> ApiError:
+    return ApiError(503, "model_unloaded", f"model '{model}' was unloaded", retry_after=2)
+
+
+def generation_failed(model: str) -> ApiError:
+    return ApiError(500, "internal_server_error", f"generation failed for model '{model}'")

@@ -59,19 +59,6 @@ def context_length_exceeded(prompt_len: int, max_prompt: int) -> ApiError:
     )
 
 
-def worker_crashed(model: str) -> ApiError:
-    return ApiError(
-        503,
-        "worker_crashed",
-        f"model worker for '{model}' crashed during the request; it is being restarted",
-        retry_after=2,
-    )
-
-
-def model_unloaded(model: str) -> ApiError:
-    return ApiError(503, "model_unloaded", f"model '{model}' was unloaded", retry_after=2)
-
-
 # -- field readers ------------------------------------------------------------------------------
 
 

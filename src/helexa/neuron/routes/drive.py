@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from helexa.neuron.engine.frames import Delta, Done, Generate
-from helexa.neuron.errors import not_ready
-from helexa.neuron.openai import common as oa
+from helexa.neuron.errors import generation_failed, model_unloaded, not_ready, worker_crashed
 from helexa.neuron.openai import replies
 from helexa.neuron.records import ModelRecord
 from helexa.neuron.routes.plumbing import PROMPT_HEADER
@@ -32,10 +31,6 @@ from helexa.wire.http import json_response
 log = logging.getLogger("helexa.neuron.routes.drive")
 
 
-def generation_failed(model: str) -> ApiError:
-    return ApiError(500, "internal_server_error", f"generation failed for model '{model}'")
-
-
 _CLIENT_CODES = frozenset(
     {"invalid_value", "context_length_exceeded", "unsupported_model_capability"}
 )
@@ -45,9 +40,9 @@ def client_error(err: WorkerError, model: str) -> ApiError:
     """A worker failure as the client sees it. The engine's 400s are written for clients;
     anything else is logged and answered without the worker's text (§0.4)."""
     if isinstance(err, WorkerCrashed):
-        return oa.worker_crashed(model)
+        return worker_crashed(model)
     if isinstance(err, WorkerStopped):
-        return oa.model_unloaded(model)
+        return model_unloaded(model)
     if isinstance(err, RequestFailed):
         if err.code in _CLIENT_CODES:
             return ApiError(400, err.code, err.message, param=err.param)
