@@ -1,4 +1,4 @@
-"""Worker processes: one per loaded model, spoken to in frames over a socketpair (§2.11).
+"""Worker processes: one per loaded model, spoken to in frames over a socketpair.
 
 A `WorkerHandle` starts the process, sends the `load` frame and waits for `ready`, then
 demultiplexes the worker's frames by request id into one queue per request. Whatever way the

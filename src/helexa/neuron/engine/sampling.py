@@ -1,4 +1,4 @@
-"""Per-request sampling (§2.15): penalties, temperature, top-k, top-p, min-p, seeded draws.
+"""Per-request sampling: penalties, temperature, top-k, top-p, min-p, seeded draws.
 
 The filters follow transformers' logits processors exactly (same order, same tie rules), so a
 request means the same thing here as in `generate`: repetition penalty over prompt + output,
