@@ -2,7 +2,7 @@
 
 It is a raw ``asyncio.Protocol`` HTTP/1.1 server (keep-alive, Content-Length or chunked
 request bodies) on uvloop, so it spends as little CPU as possible per request. It answers
-enough of the neuron contract (§2.4-2.9, §5.0) for cortex to route to it:
+enough of the neuron contract (see docs/reference.md#endpoints-neuron) for cortex to route to it:
 
 - ``GET /health``, ``GET /discovery``, ``GET /models``, ``GET /version``, ``GET /v1/models``
 - ``GET /models/{id}/endpoint`` (id may be ``%2F``-encoded) → ``{"url": <own base url>}``

@@ -102,12 +102,12 @@ async def start_cortex(tmp_path: Path) -> AsyncIterator[CortexFactory]:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeNeuron]:
-    """The §5.0 mock neuron (test-model loaded, 8000 MB) guarded by the node token."""
+    """The mock neuron (test-model loaded, 8000 MB) guarded by the node token."""
     async with FakeNeuron(token=NODE_TOKEN) as n:
         yield n
 
 
 @pytest.fixture
 async def cortex(start_cortex: CortexFactory, fake: FakeNeuron) -> Cortex:
-    """The §5.0 gateway rig: one neuron `mock-node`, empty catalogue, test-model loaded."""
+    """The gateway rig: one neuron `mock-node`, empty catalogue, test-model loaded."""
     return await start_cortex({"mock-node": fake})

@@ -14,7 +14,7 @@ LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=Fals
 
 
 def version_option(prog: str) -> Callable[[Any], Any]:
-    """`--version` prints `{prog} {version} ({sha})` and exits 0 (contract §1.17)."""
+    """`--version` prints `{prog} {version} ({sha})` and exits 0."""
 
     def show(ctx: click.Context, _: click.Parameter, value: bool) -> None:
         if value and not ctx.resilient_parsing:

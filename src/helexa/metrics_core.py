@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-# Bucket sets of contract §1.15 (neuron §2.22 reuses them).
+# Bucket sets of cortex's histograms (neuron's reuse them).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TPS_BUCKETS = (1, 5, 10, 20, 30, 40, 60, 80, 100, 150, 200, 300, 500)
 LOAD_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)

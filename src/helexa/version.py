@@ -1,4 +1,4 @@
-"""Which build is live: BuildInfo for `/version` and `--version` (contract §2.3)."""
+"""Which build is live: BuildInfo for `/version` and `--version`."""
 
 from __future__ import annotations
 

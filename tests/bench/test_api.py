@@ -1,4 +1,4 @@
-"""The read-only JSON API (contract §3.4) on a real loopback listener over a seeded store."""
+"""The read-only JSON API on a real loopback listener over a seeded store."""
 
 from __future__ import annotations
 

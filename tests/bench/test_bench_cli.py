@@ -1,4 +1,4 @@
-"""The `helexa-bench` command line (contract §3.5), run as the installed console script."""
+"""The `helexa-bench` command line, run as the installed console script."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`helexa-bench report` Markdown (contract §3.5 + the issue's comparison table)."""
+"""`helexa-bench report` Markdown (with the issue's comparison table)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The SQLite store (contract §3.3, issue 6): schema + migrations, WAL, read shapes, medians."""
+"""The SQLite store (issue 6): schema + migrations, WAL, read shapes, medians."""
 
 from __future__ import annotations
 

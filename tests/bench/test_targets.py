@@ -1,4 +1,4 @@
-"""Target clients against real loopback servers: the fake neuron (§5.0) and a fake OpenAI engine."""
+"""Target clients against real loopback servers: the fake neuron and a fake OpenAI engine."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""cortex.toml and models.toml (contract §1.16, the config and catalogue cases of §5.14)."""
+"""cortex.toml and models.toml (docs/reference.md#configuration)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-# ---- catalogue unit cases (§5.14) -------------------------------------------------------------
+# ---- catalogue unit cases -------------------------------------------------------------
 
 
 def parse_catalogue(text: str) -> Catalogue:

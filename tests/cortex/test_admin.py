@@ -1,4 +1,4 @@
-"""Admin and fleet routes (contract §1.18.3, pulled into W1 by issue 2): POST /api/models/load,
+"""Admin and fleet routes (pulled into the first wave by issue 2): POST /api/models/load,
 POST /api/models/unload (admin keys only), GET /api/fleet, GET /api/history."""
 
 from __future__ import annotations

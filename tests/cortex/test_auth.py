@@ -1,4 +1,4 @@
-"""Contract §5.10: auth and metering (§1.13) — keys, principal stamps, public paths, the
+"""Auth and metering — keys, principal stamps, public paths, the
 ledger, spend metrics, and [W2] budget enforcement with its reservation released on every
 failure path."""
 

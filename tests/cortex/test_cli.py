@@ -1,4 +1,4 @@
-"""The `cortex` command line (contract §1.17, §5.14), run as the installed console script."""
+"""The `cortex` command line, run as the installed console script."""
 
 from __future__ import annotations
 

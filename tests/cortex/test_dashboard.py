@@ -1,4 +1,4 @@
-"""`GET /dashboard` (contract §1.18.3): the page as served, and as a real Chromium renders it."""
+"""`GET /dashboard`: the page as served, and as a real Chromium renders it."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ async def test_open_fleet_renders_nodes_devices_models_and_history_as_text(
             "[...document.querySelectorAll('[data-node=\"node-a\"] tr[data-model]')]"
             ".map(r => [...r.cells].map(c => c.textContent))"
         )
-        # in flight is cortex's busy score: the neuron's 2 running + 1 queued (§1.4 step 3).
+        # in flight is cortex's busy score: the neuron's 2 running + 1 queued.
         assert [c for i, c in enumerate(row[0]) if i != 6] == [
             "test-model",
             "loaded",

@@ -1,5 +1,5 @@
-"""Contract §5.2: errors — every cortex error is an enveloped JSON reply with the exact code,
-message and Retry-After of the §1.3 catalogue; neuron errors pass through unchanged."""
+"""Errors — every cortex error is an enveloped JSON reply with the exact code,
+message and Retry-After of the error catalogue; neuron errors pass through unchanged."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ INFERENCE = ("/chat/completions", "/completions", "/responses", "/embeddings")
 
 
 def envelope(r: httpx.Response, status: int, code: str, type_: str | None = None) -> dict[str, Any]:
-    """Assert the §0.4 OpenAI envelope and return its `error` object."""
+    """Assert the OpenAI envelope and return its `error` object."""
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()

@@ -1,4 +1,4 @@
-"""Placement and eviction through HTTP with fake neurons (contract §1.5, acceptance §5.4)."""
+"""Placement and eviction through HTTP with fake neurons."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def unloads(fake: FakeNeuron) -> list[str]:
 
 
 def touch(cortex: Cortex, node: str, ages: dict[str, float]) -> None:
-    """Set cortex's last_accessed (seconds ago); cortex alone knows it (§1.14)."""
+    """Set cortex's last_accessed (seconds ago); cortex alone knows it."""
     now = time.time()
     for model, age in ages.items():
         cortex.gw.fleet.nodes[node].models[model].last_accessed = now - age
@@ -82,7 +82,7 @@ def assert_503_no_room(r: httpx.Response) -> None:
     assert err["code"] == "service_unavailable" and err["type"] == "api_error"
 
 
-# ---- §5.4 ------------------------------------------------------------------------------------
+# ---- placement and eviction ----------------------------------------------------------------------
 
 
 async def test_full_node_evicts_the_older_idle_model_then_loads(
@@ -544,7 +544,7 @@ async def test_only_cuda_unavailable_node_gives_503(start_cortex: CortexFactory)
         assert a.count("/models/load") == 0
 
 
-# ---- §1.5 steps 1, 2, 7 and the defrag advisory -----------------------------------------------
+# ---- feasibility, the unload call and the defrag advisory ----------------------------------------
 
 
 async def test_infeasible_everywhere_is_model_not_servable(start_cortex: CortexFactory) -> None:

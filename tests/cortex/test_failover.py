@@ -1,4 +1,4 @@
-"""Failover before the first byte and passive health (contract §1.7, §5.6, §5.11).
+"""Failover before the first byte and passive health.
 
 Two fake neurons both serve `test-model`; node-a wins ties by name, so it is always tried first.
 """
@@ -206,7 +206,7 @@ async def test_passive_mark_then_recovery_on_next_poll(cortex: Cortex, fake: Fak
 
 
 def test_loopback_rewrite_vectors_hold() -> None:
-    """§1.4: the upstream URL cortex dials for a neuron that reports a loopback bind."""
+    """the upstream URL cortex dials for a neuron that reports a loopback bind."""
     assert (
         rewrite_loopback("http://localhost:13131", "http://beast.hanzalova.internal:13131")
         == "http://beast.hanzalova.internal:13131"

@@ -1,4 +1,4 @@
-"""Fallback chains: a 503 before any byte moves the request to the next model (§1.18.2)."""
+"""Fallback chains: a 503 before any byte moves the request to the next model."""
 
 from __future__ import annotations
 

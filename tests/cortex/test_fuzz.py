@@ -1,6 +1,6 @@
 """Malformed input never breaks cortex: random bodies, JSON of the wrong types, odd and large
-header values, wrong methods and random paths, thrown at every route (issue 2 "Tests", §1.2,
-§1.3). The properties: never a 5xx, every error is a JSON envelope (OpenAI shape, or the
+header values, wrong methods and random paths, thrown at every route (issue 2 "Tests").
+The properties: never a 5xx, every error is a JSON envelope (OpenAI shape, or the
 Anthropic shape on /v1/messages*), never a hang, and nothing stays reserved or in flight.
 
 One gateway serves every example. It runs on the test's event loop, and hypothesis drives a

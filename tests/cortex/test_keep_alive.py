@@ -1,4 +1,4 @@
-"""Idle TTL: `keep_alive` per request and `keep_alive_secs` per model (contract §1.18.1)."""
+"""Idle TTL: `keep_alive` per request and `keep_alive_secs` per model."""
 
 from __future__ import annotations
 

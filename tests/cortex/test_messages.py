@@ -1,4 +1,4 @@
-"""`/v1/messages` and `/v1/messages/count_tokens` over HTTP: contract §1.10, §1.11, §5.7, §5.8.
+"""`/v1/messages` and `/v1/messages/count_tokens` over HTTP.
 
 A real cortex in front of the fake neuron; requests go in as Anthropic bodies (by hand with
 httpx, and through the official anthropic SDK) and the tests check both what the neuron received

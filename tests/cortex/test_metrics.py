@@ -1,4 +1,4 @@
-"""Prometheus metrics (contract §1.15, §5.12) and the token observer behind them (§1.7)."""
+"""Prometheus metrics and the token observer behind them."""
 
 from __future__ import annotations
 

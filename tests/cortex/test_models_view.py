@@ -1,4 +1,4 @@
-"""Contract §5.9: `GET /v1/models` (§1.8) — limits from neurons, catalogue cost, ordering,
+"""`GET /v1/models` — limits from neurons, catalogue cost, ordering,
 capability union, feasibility, activation-derived `loading`, unhealthy locations."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pure placement functions (contract §1.5): feasibility, required memory, displaceable models,
+"""Pure placement functions: feasibility, required memory, displaceable models,
 victim order, fit classes, ranking and device choice. No I/O: fleet state is built by hand."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def big_profile(**kw: Any) -> ModelProfile:
     return ModelProfile.model_validate(base)
 
 
-# ---- feasibility (§1.5, §5.14 catalogue unit cases) -----------------------------------------
+# ---- feasibility (catalogue unit cases) -----------------------------------------
 
 
 def test_feasible_with_two_devices_meeting_the_floor() -> None:

@@ -1,4 +1,4 @@
-"""The poller and node state (contract §1.14, §5.11): discovery, /models, /health per neuron."""
+"""The poller and node state: discovery, /models, /health per neuron."""
 
 from __future__ import annotations
 

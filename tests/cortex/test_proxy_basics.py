@@ -1,4 +1,4 @@
-"""Contract §5.1: proxy basics — passthrough, x-helexa-* headers, /health, /version,
+"""Proxy basics — passthrough, x-helexa-* headers, /health, /version,
 request ids and the header allow-list toward neurons."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Catalogue hot reload on SIGHUP and on a file change; a bad edit keeps the old catalogue
-(contract §1.18.3)."""
+."""
 
 from __future__ import annotations
 

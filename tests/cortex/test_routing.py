@@ -1,4 +1,4 @@
-"""Contract §5.3: routing and aliases (§1.4) — alias rewrite, untouched bodies, least-busy
+"""Routing and aliases — alias rewrite, untouched bodies, least-busy
 replica choice, pass-through of neuron 429s, unhealthy and failed locations."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Graceful shutdown of a real `cortex serve` process (contract §1.16 shutdown_grace_secs, §1.17):
+"""Graceful shutdown of a real `cortex serve` process (gateway.shutdown_grace_secs):
 on SIGTERM it stops accepting, lets in-flight streams finish, and exits 0."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Single-flight cold starts and cold-load error mapping (contract §1.6, §1.3, acceptance §5.5)."""
+"""Single-flight cold starts and cold-load error mapping (see docs/reference.md#errors)."""
 
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ async def test_client_disconnect_does_not_cancel_the_load(
     assert gated.count("/models/load") == 1
 
 
-# ---- cold-load error mapping (§1.3 closed set of reasons) ---------------------------------------
+# ---- cold-load error mapping (a closed set of reasons) ---------------------------------------
 
 
 def assert_cold_load_failed(r: httpx.Response, reason: str, status: Any, code: Any) -> None:

@@ -1,4 +1,4 @@
-"""Streaming through cortex (contract §1.7, §1.12, §5.6, §5.8): SSE passes through as it arrives,
+"""Streaming through cortex: SSE passes through as it arrives,
 mid-stream failures become the route's own error event, a client that leaves cancels upstream,
 and a neuron that never answers is a 504."""
 
@@ -277,7 +277,7 @@ async def test_upstream_never_sends_headers_is_504(
 async def test_stream_stall_mid_stream_is_upstream_timeout_event(
     start_cortex: CortexFactory, fake: FakeNeuron
 ) -> None:
-    """request_timeout_secs also bounds the gap between two chunks (§1.7)."""
+    """request_timeout_secs also bounds the gap between two chunks."""
     cortex = await start_cortex({"mock-node": fake}, gateway={"request_timeout_secs": 1})
     fake.stream_chunks = 1
     fake.stream_delay = 1.6  # headers go out at once, then 1.6 s of silence

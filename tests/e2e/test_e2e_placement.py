@@ -136,7 +136,7 @@ def test_lru_is_evicted_and_the_pinned_model_stays(stack: Stack) -> None:
         10,
         "cortex to see three models loaded",
     )
-    # A model counts as busy while the last polled /health showed it in flight (§1.5): let a
+    # A model counts as busy while the last polled /health showed it in flight: let a
     # poll pass with nothing in flight, or C would be spared for being busy, not for LRU.
     time.sleep(2 * POLL_SECS + 0.2)
 

@@ -1,4 +1,4 @@
-"""Discovery and device health from a fake NVML and nvidia-smi fixtures (contract §2.4, §2.5)."""
+"""Discovery and device health from a fake NVML and nvidia-smi fixtures."""
 
 from __future__ import annotations
 

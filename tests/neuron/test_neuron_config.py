@@ -1,4 +1,4 @@
-"""neuron.toml (contract §2.23)."""
+"""neuron.toml (see docs/reference.md#configuration)."""
 
 from __future__ import annotations
 

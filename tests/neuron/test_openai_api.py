@@ -1,5 +1,5 @@
 # ruff: noqa: E501  (exact wire shapes are pinned on one line each)
-"""Chat, completions and embeddings shaping on the neuron (§2.15, §2.16, §2.18, §2.20).
+"""Chat, completions and embeddings shaping on the neuron.
 
 Pins the exact error codes, params and messages, the reply objects, and the SSE frames byte for
 byte; the built objects are also validated against the official `openai` SDK's types.

@@ -1,4 +1,4 @@
-"""The streaming output parser (contract §2.17): every rule, then split-invariance.
+"""The streaming output parser: every rule, then split-invariance.
 
 The property part cuts sample outputs (reasoning, text, tool calls, invalid spans, unclosed
 spans, stray markers, multi-byte characters) at every character boundary (every single cut,

@@ -1,5 +1,5 @@
 # ruff: noqa: E501  (exact wire shapes are pinned on one line each)
-"""Responses on the neuron (§2.19): input → chat mapping, the reply object, the event sequence.
+"""Responses on the neuron: input → chat mapping, the reply object, the event sequence.
 
 Shapes are pinned exactly and also validated against the official `openai` SDK's types.
 """
@@ -29,7 +29,7 @@ EVENT = TypeAdapter(ResponseStreamEvent)
 
 def sdk_ok(obj: dict[str, Any]) -> None:
     """Validate against the SDK's types. This SDK's usage type also demands
-    `input_tokens_details.cache_write_tokens`, a field §2.19 doesn't have (the SDK never
+    `input_tokens_details.cache_write_tokens`, a field Open Responses doesn't have (the SDK never
     validates replies, so clients don't mind): it is added here only."""
 
     def fix(v: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Load id → local directory, hub errors, progress, weight estimate (contract §2.7, §2.14).
+"""Load id → local directory, hub errors, progress, weight estimate.
 
 The hub is never reached: a fake `snapshot_download` serves repos from local directories, and
 the real one is only run offline (`local_files_only`) or against a closed loopback port.

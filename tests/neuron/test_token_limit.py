@@ -1,4 +1,4 @@
-"""A model's `limit` (contract §2.6): a client may send `input` tokens and still get `output`."""
+"""A model's `limit`: a client may send `input` tokens and still get `output`."""
 
 from __future__ import annotations
 

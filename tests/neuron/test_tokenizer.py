@@ -1,4 +1,4 @@
-"""The torch-free chat tokenizer equals transformers token for token (contract §2.10, §2.15)."""
+"""The torch-free chat tokenizer equals transformers token for token."""
 
 from __future__ import annotations
 

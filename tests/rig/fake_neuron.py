@@ -1,4 +1,4 @@
-"""A scriptable fake neuron: a real aiohttp server speaking the neuron contract (§2, §5.0).
+"""A scriptable fake neuron: a real aiohttp server speaking the neuron contract.
 
 cortex tests need a node that answers over real sockets (so connection errors, stream drops and
 cancellation behave as in production) yet is trivially steerable. Every piece of state is a plain
@@ -49,12 +49,12 @@ def _rand_id(prefix: str, n: int = 24) -> str:
 def error_body(
     message: str, type_: str, code: str | None, param: str | None = None, **extras: Any
 ) -> JsonDict:
-    """Build the §0.4 OpenAI/neuron error envelope, extras inside `error`."""
+    """Build the OpenAI/neuron error envelope, extras inside `error`."""
     return {"error": {"message": message, "type": type_, "code": code, "param": param, **extras}}
 
 
 def model_info(model_id: str, **overrides: Any) -> JsonDict:
-    """A §5.0-style ModelInfo dict (loaded, 8000 MB on device 0); overrides win."""
+    """A ModelInfo dict (loaded, 8000 MB on device 0); overrides win."""
     info: JsonDict = {
         "id": model_id,
         "harness": "torch",
@@ -155,7 +155,7 @@ class Recorded:
 
 
 class FakeNeuron:
-    """Mock neuron on 127.0.0.1:<ephemeral>; see module docstring and §5.0."""
+    """Mock neuron on 127.0.0.1:<ephemeral>; see the module docstring."""
 
     def __init__(
         self,
@@ -489,7 +489,7 @@ class FakeNeuron:
                 400, error_body("empty model id", "invalid_request_error", "invalid_model_id")
             )
         served = body.get("served_model_id") or model_id
-        # Single-flight per served id, like the real neuron (§2.7): joiners get the same reply.
+        # Single-flight per served id, like the real neuron: joiners get the same reply.
         pending = self._loads.get(served)
         if pending is not None:
             return _scripted(await asyncio.shield(pending))
@@ -497,7 +497,7 @@ class FakeNeuron:
             asyncio.get_running_loop().create_future()
         )
         self._loads[served] = fut
-        # A client disconnect must not cancel the load (§2.7): run it detached.
+        # A client disconnect must not cancel the load: run it detached.
         task = asyncio.ensure_future(self._do_load(served, model_id, body))
         task.add_done_callback(lambda t: self._finish_load(served, fut, t))
         return _scripted(await asyncio.shield(fut))
@@ -549,7 +549,7 @@ class FakeNeuron:
         elif self.load_response is not None:
             scripted = self.load_response
         if scripted is not None and scripted[0] != 200:
-            # Failed load: the model keeps its previous record, or none (§2.7, simplified).
+            # Failed load: the model keeps its previous record, or none (simplified).
             if previous is None:
                 self.models.remove(entry)
             else:

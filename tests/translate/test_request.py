@@ -1,4 +1,4 @@
-"""Anthropic Messages request → OpenAI chat request: every row of contract §1.10.1-§1.10.2."""
+"""Anthropic Messages request → OpenAI chat request: every mapping rule."""
 
 from __future__ import annotations
 

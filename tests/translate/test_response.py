@@ -1,4 +1,4 @@
-"""OpenAI chat completion → Anthropic message: contract §1.10.3."""
+"""OpenAI chat completion → Anthropic message."""
 
 from __future__ import annotations
 

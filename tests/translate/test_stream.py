@@ -1,5 +1,5 @@
 # ruff: noqa: E501  (the contract example below is quoted verbatim)
-"""OpenAI chat SSE → Anthropic SSE, the pure state machine (contract §1.10.4).
+"""OpenAI chat SSE → Anthropic SSE, the pure state machine.
 
 Unit tests pin the exact event grammar for the cases the contract names; a hypothesis property
 test feeds arbitrary (but realistic) OpenAI chunk sequences, serialised as SSE and cut at
@@ -151,7 +151,7 @@ class Accumulated:
 
 
 def check_grammar(raw: bytes, *, allow_ping: bool = False) -> Accumulated:
-    """Assert the §1.10.4 grammar and return the accumulated message.
+    """Assert the Anthropic stream grammar and return the accumulated message.
 
     message_start (content_block_start content_block_delta* content_block_stop)*
     (message_delta message_stop | error)

@@ -1,4 +1,4 @@
-"""`helexa up` as a user runs it (contract §1.17, §5.14): a real process that writes its files,
+"""`helexa up` as a user runs it: a real process that writes its files,
 starts a real neuron (tiny model, real engine worker) and a real cortex, prints the URLs, serves
 the openai SDK, restarts a killed neuron, fails fast on a hub model that is not cached, and stops
 everything on SIGTERM. One stack is shared by the module; the SIGTERM test runs last."""

@@ -1,4 +1,4 @@
-"""helexa-bench's read-only JSON API (contract §3.4): GET only, CORS `*`, OpenAI error envelope.
+"""helexa-bench's read-only JSON API: GET only, CORS `*`, OpenAI error envelope.
 
 Store reads are blocking SQLite calls, so each runs in a worker thread (the store keeps one
 connection per thread) and never stalls the event loop that may also be driving a sweep.

@@ -1,4 +1,4 @@
-"""`helexa-bench report`: the latest-build medians as Markdown (contract §3.5), plus a
+"""`helexa-bench report`: the latest-build medians as Markdown, plus a
 side-by-side table where several targets ran the same model and scenario, so helexa can be
 compared with another engine on the same hardware at a glance."""
 

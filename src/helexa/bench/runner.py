@@ -1,4 +1,4 @@
-"""The version-aware sweep (contract §3.1): per target, read its build and warm models, and fill
+"""The version-aware sweep: per target, read its build and warm models, and fill
 every incomplete (target, git_sha, model, scenario) cell up to `samples_per_version` runs.
 
 A cell is complete with `samples_per_version` ok runs or as many failed ones, so a steady fleet

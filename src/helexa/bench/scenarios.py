@@ -1,7 +1,7 @@
 """Scenarios: what one benchmark run does to one (target, model). A small registry, so a new
 scenario is one class with an `id`, a `prompt_size_approx` and `async run(target, model)`.
 
-- `chat:{N}` — one streamed chat with ≈N prompt tokens (§3.1);
+- `chat:{N}` — one streamed chat with ≈N prompt tokens;
 - `concurrency:{N}` — N parallel `chat:128` streams: aggregate tok/s and p50/p99 TTFT;
 - `cold_load` — neuron only: unload, then time load + first token of a small chat.
 """
@@ -121,7 +121,7 @@ def chat_body(model: str, messages: list[dict[str, Any]], max_tokens: int) -> di
 
 
 class ChatScenario(Scenario):
-    """`chat:{N}`: one streamed request with ≈N prompt tokens, temperature 0 (§3.1)."""
+    """`chat:{N}`: one streamed request with ≈N prompt tokens, temperature 0."""
 
     family = "chat"
 

@@ -1,4 +1,4 @@
-"""helexa-bench's SQLite store (contract §3.3): versioned schema, WAL, one connection per thread.
+"""helexa-bench's SQLite store: versioned schema, WAL, one connection per thread.
 
 The sweep writes from a worker thread while the API reads from others; WAL plus a connection per
 thread lets readers never block the writer and never see "database is locked".

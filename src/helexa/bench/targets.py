@@ -1,7 +1,7 @@
-"""Benchmark targets: thin clients for a neuron or any OpenAI-compatible server (contract §3.1).
+"""Benchmark targets: thin clients for a neuron or any OpenAI-compatible server.
 
 A target answers two questions for the sweep — which build is it, and which models are warm —
-and measures one streamed chat request with the §3.1 clock. The neuron kind reads `/version`,
+and measures one streamed chat request with a monotonic clock. The neuron kind reads `/version`,
 `/models` and `/discovery`; the openai kind (llama.cpp, vLLM, Ollama, cortex) has no build
 endpoint, so its build is the operator's `version` label and its models come from config or
 `/v1/models`.
@@ -49,7 +49,7 @@ class TargetInfo:
 
 @dataclass
 class StreamResult:
-    """One streamed chat request measured per §3.1 (times in seconds, monotonic clock)."""
+    """One streamed chat request measured (times in seconds, monotonic clock)."""
 
     ok: bool
     error: str | None = None
@@ -65,7 +65,7 @@ class StreamResult:
 
 
 def clip(message: str) -> str:
-    """Errors are stored, so keep them short (§3.1: at most 500 characters)."""
+    """Errors are stored, so keep them short (at most 500 characters)."""
     return message if len(message) <= ERROR_MAX else message[: ERROR_MAX - 1] + "…"
 
 
@@ -163,7 +163,7 @@ class Target:
         raise TargetError(f"{self.kind} targets cannot load models")
 
     async def stream_chat(self, body: dict[str, Any]) -> StreamResult:
-        """POST a streamed chat and time it (§3.1); never raises — failures come back ok=False."""
+        """POST a streamed chat and time it; never raises — failures come back ok=False."""
         payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
         res = StreamResult(ok=False, t0=time.monotonic())
         first: float | None = None
@@ -271,12 +271,12 @@ class NeuronTarget(Target):
         await self._post("/models/unload", {"model_id": model})
 
     async def load(self, model: str) -> None:
-        """Given only the id, the neuron reuses the spec of the last load (§2.7)."""
+        """Given only the id, the neuron reuses the spec of the last load."""
         await self._post("/models/load", {"model_id": model})
 
 
 class OpenAITarget(Target):
-    """Any OpenAI-compatible server; build = the configured `version` label (§3.1 W2)."""
+    """Any OpenAI-compatible server; build = the configured `version` label."""
 
     kind = "openai"
 

@@ -1,4 +1,4 @@
-"""helexa-bench.toml: sweep settings, scenarios, the API listener and targets (contract §3.2)."""
+"""helexa-bench.toml: sweep settings, scenarios, the API listener and targets."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ class ModelProfile(BaseModel):
     residency_priority: int = 100
     capabilities: list[str] = Field(default_factory=list)
     cost: Cost | None = None
-    limit: dict[str, object] | None = None  # accepted for compatibility, ignored (§1.16)
+    limit: dict[str, object] | None = None  # accepted for compatibility, ignored
     # Checked by the ModelSpec they become, so cortex and neuron agree on what is valid.
     max_in_flight: int | None = None
     max_queue_depth: int | None = None
@@ -83,7 +83,7 @@ class ModelProfile(BaseModel):
         return self
 
     def load_id(self) -> str:
-        """What the neuron fetches (§1.5 spec table)."""
+        """What the neuron fetches."""
         if self.path:
             return self.path
         if self.source:
@@ -145,7 +145,7 @@ class Catalogue(BaseModel):
         return self._by_id.get(model_id)
 
     def resolve_alias(self, requested: str) -> str:
-        """One flat lookup, no chaining (§1.4 step 1)."""
+        """One flat lookup, no chaining (see docs/reference.md#routing)."""
         return self.aliases.get(requested, requested)
 
     def adopt(self, other: Catalogue) -> None:

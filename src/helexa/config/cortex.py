@@ -1,4 +1,4 @@
-"""cortex.toml: gateway, eviction, neurons and API keys (contract §1.16)."""
+"""cortex.toml: gateway, eviction, neurons and API keys (see docs/reference.md#configuration)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""neuron.toml (contract §2.23): listener, limits, sources, admission defaults, default models.
+"""neuron.toml: listener, limits, sources, admission defaults, default models.
 
 Same machinery as cortex.toml: file, then `NEURON_`-prefixed environment (`__` nesting), then
 defaults; errors name the file and the key. `NEURON_TOKEN` is `[auth] token`.
@@ -42,7 +42,7 @@ def physical_memory_mb() -> int:
 
 
 def default_cpu_memory_mb() -> int:
-    """75 % of physical memory: the size of the `cpu` device (§2.4)."""
+    """75 % of physical memory: the size of the `cpu` device."""
     return physical_memory_mb() * 3 // 4
 
 
@@ -180,8 +180,7 @@ class NeuronConfig(Section):
         for entry in v or []:
             if entry.name not in HARNESSES:
                 log.warning(
-                    "neuron config: unknown harness '%s' in [[harnesses]] ignored "
-                    "(known: %s)",
+                    "neuron config: unknown harness '%s' in [[harnesses]] ignored (known: %s)",
                     entry.name,
                     ", ".join(HARNESSES),
                 )

@@ -1,4 +1,4 @@
-"""cortex's HTTP surface: the OpenAI routes, fleet views, admin routes and metrics (§1.1).
+"""cortex's HTTP surface: the OpenAI routes, fleet views, admin routes and metrics.
 
 One middleware does what every request needs (request id, auth, error envelopes) so the hot
 path pays for a single wrapper.
@@ -133,15 +133,15 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
 
 
 async def read_json_body(request: web.Request, gw: Gateway) -> tuple[bytes, dict[str, Any]]:
-    """Body limit, then parse: the §1.2 steps 3-4 every inference route shares."""
+    """Body limit, then parse: what every inference route shares."""
     body = await http.read_body(request, gw.gateway_settings.max_body_mb)
     request[CTX].body_read_at = time.perf_counter()
     return body, http.parse_object(body)
 
 
 async def _route(gw: Gateway, ctx: RequestContext, model: str, body_len: int, obj: Any) -> None:
-    """§1.2 steps 7-10: reserve budget, resolve the model, mark the request dispatched."""
-    # Errors from here on carry x-helexa-model: the alias is resolved (§0.5).
+    """Reserve budget, resolve the model, mark the request dispatched."""
+    # Errors from here on carry x-helexa-model: the alias is resolved.
     ctx.model = gw.catalogue.resolve_alias(model)
     if ctx.principal is not None and ctx.reservation is None:  # once, whatever falls back
         try:
@@ -153,7 +153,7 @@ async def _route(gw: Gateway, ctx: RequestContext, model: str, body_len: int, ob
     try:
         route = await gw.router.resolve(model)
     except ApiError as e:
-        # A cold-load failure comes after a node was chosen: x-helexa-node names it (§0.5).
+        # A cold-load failure comes after a node was chosen: x-helexa-node names it.
         node = e.extras.get("node")
         if isinstance(node, str) and node in gw.fleet.nodes:
             ctx.node = gw.fleet.nodes[node]
@@ -171,7 +171,7 @@ async def _serve(
     keep_alive: float | None,
     attempt: Attempt,
 ) -> web.StreamResponse:
-    """Route and send, falling back on a 503 (§1.18.2); keep_alive applies where it ran."""
+    """Route and send, falling back on a 503; keep_alive applies where it ran."""
     try:
         return await with_fallbacks(
             gw.catalogue,
@@ -193,7 +193,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     if not isinstance(model, str) or not model:
         raise http.missing_model()
     size = len(body)  # the client's body is what budgets estimate from
-    stripped = "keep_alive" in obj  # cortex's own field: never forwarded (§1.2 step 6)
+    stripped = "keep_alive" in obj  # cortex's own field: never forwarded
     keep_alive = parse_keep_alive(obj.pop("keep_alive", None))
     ctx.strip_usage, body = ask_upstream(request.path, obj, body)
 

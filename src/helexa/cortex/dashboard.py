@@ -1,4 +1,4 @@
-"""`GET /dashboard`: one self-contained page that polls `/api/fleet` and `/api/history` (§1.18.3).
+"""`GET /dashboard`: one self-contained page that polls `/api/fleet` and `/api/history`.
 
 The page is public (it holds no data; its API calls carry the key), so its safety rests on a
 strict Content-Security-Policy: nothing loads from anywhere but this origin, and only the page's

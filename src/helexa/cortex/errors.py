@@ -1,4 +1,4 @@
-"""The cortex error catalogue (contract §1.3): one constructor per condition, exact texts."""
+"""The cortex error catalogue: one constructor per condition, exact texts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fallback chains (contract §1.18.2): when a model can't serve right now, try the next one.
+"""Fallback chains: when a model can't serve right now, try the next one.
 
 Only a 503 before any byte reached the client falls back: the model is busy, loading elsewhere
 or unreachable. A 404, another 4xx, a 502, a 504 or a failure mid-stream is the answer itself.

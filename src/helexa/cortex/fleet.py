@@ -17,7 +17,7 @@ KNOWN_STATUSES = frozenset({"loaded", "loading", "recovering", "unloaded", "fail
 
 
 def normalise_status(status: str) -> str:
-    """`reloading` and any unknown string read as `loaded`, as the original did (§0.7)."""
+    """`reloading` and any unknown string read as `loaded`, as the original did."""
     return status if status in KNOWN_STATUSES else "loaded"
 
 
@@ -37,7 +37,7 @@ class ModelState:
     in_flight: int = 0
     queue_depth: int = 0
     evicting: bool = False
-    keep_alive: float | None = None  # the last request's idle TTL for this load (§1.18.1)
+    keep_alive: float | None = None  # the last request's idle TTL for this load
 
 
 @dataclass(slots=True)
@@ -62,7 +62,7 @@ class NodeState:
         return m.status if m is not None else None
 
     def busy(self, model_id: str) -> int:
-        """max(cortex's live count, neuron's in_flight + queue_depth) (§1.4 step 3)."""
+        """max(cortex's live count, neuron's in_flight + queue_depth)."""
         local = self.local_in_flight.get(model_id, 0)
         m = self.models.get(model_id)
         polled = m.in_flight + m.queue_depth if m is not None else 0

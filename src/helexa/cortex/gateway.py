@@ -42,7 +42,7 @@ class Gateway:
         self.draining = False
 
     async def start(self, *, poll: bool = True) -> None:
-        """Open the upstream pool and run one bounded poll round before serving (§1.14)."""
+        """Open the upstream pool and run one bounded poll round before serving."""
         connector = aiohttp.TCPConnector(
             limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
         )

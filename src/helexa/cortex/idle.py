@@ -1,4 +1,4 @@
-"""Idle TTL (contract §1.18.1): models nobody has used for their `keep_alive` are unloaded.
+"""Idle TTL: models nobody has used for their `keep_alive` are unloaded.
 
 The TTL of a (node, model) is the last request's `keep_alive` while that load lasts, else the
 catalogue's `keep_alive_secs`; without either a model stays loaded until evicted for room.
@@ -53,7 +53,7 @@ def _duration(text: str) -> float | None:
 
 def parse_keep_alive(value: Any) -> float | None:
     """A request's `keep_alive` as seconds: None when absent, math.inf for "never" (negative);
-    anything else is the §1.18.1 400."""
+    anything else is a 400 invalid_value."""
     if value is None:
         return None
     secs: float | None = None

@@ -1,4 +1,4 @@
-"""Loads and unloads on neurons: placement, eviction, single-flight cold starts (§1.5, §1.6)."""
+"""Loads and unloads on neurons: placement, eviction, single-flight cold starts."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _reason(e: NeuronCallError, timeout: float, model_id: str) -> str:
         return f"timed out after {timeout:g}s"
     reason = f"neuron returned HTTP {e.status} ({e.code or 'no code'})"
     if e.code == "model_source_not_found":
-        # Our own words, not the neuron's (§0.4): an offline host needs the files put there.
+        # Our own words, not the neuron's: an offline host needs the files put there.
         reason += f"; the model's files are not on that host: {get_model_advice(model_id)}"
     return reason
 
@@ -81,7 +81,7 @@ class Lifecycle:
 
     async def join(self, node: NodeState, model_id: str) -> NodeState:
         """A model already `loading` on a node: the neuron's single-flight turns this call
-        into a wait for that load (§1.4 step 4)."""
+        into a wait for that load (see docs/reference.md#routing)."""
         async with node.placement_lock:
             try:
                 await self._send_load(node, model_id, ModelSpec(model_id=model_id))
@@ -90,7 +90,7 @@ class Lifecycle:
         return node
 
     def candidates(self, profile: ModelProfile) -> list[Candidate]:
-        """Usable nodes for a catalogue model, best first; raises the §1.5 step 1-2 errors.
+        """Usable nodes for a catalogue model, best first; raises model_not_servable or a 503.
         No side effects, so count_tokens can use it too."""
         model_id = profile.id
         nodes = list(self.fleet)
@@ -119,7 +119,7 @@ class Lifecycle:
         return rank([self._evaluate(n, profile) for n in usable])
 
     async def place(self, profile: ModelProfile) -> NodeState:
-        """Catalogue cold-load: feasibility, ranking, eviction, load (§1.5)."""
+        """Catalogue cold-load: feasibility, ranking, eviction, load."""
         model_id = profile.id
         node = self.candidates(profile)[0].node
         async with node.placement_lock:
@@ -132,7 +132,7 @@ class Lifecycle:
 
     async def load_known(self, model_id: str, nodes: list[NodeState]) -> NodeState:
         """A model a neuron knows as `unloaded` but the catalogue doesn't: load it where the
-        most memory is free; the neuron reuses the spec it kept (§1.4 step 7)."""
+        most memory is free; the neuron reuses the spec it kept (see docs/reference.md#routing)."""
 
         def free(n: NodeState) -> int:
             return sum((n.free_by_device() or {}).values())

@@ -1,4 +1,4 @@
-"""Prometheus metrics of cortex (contract §1.15), in a registry per gateway instance.
+"""Prometheus metrics of cortex (see docs/reference.md#metrics), in a registry per gateway instance.
 
 The lock-free machinery lives in `helexa.metrics_core`, shared with neuron.
 """

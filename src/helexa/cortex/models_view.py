@@ -1,4 +1,4 @@
-"""`GET /v1/models`: the fleet catalogue as clients see it (contract §1.8)."""
+"""`GET /v1/models`: the fleet catalogue as clients see it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Where a catalogue model should be loaded, and what must go to make room (contract §1.5).
+"""Where a catalogue model should be loaded, and what must go to make room.
 
 Pure functions over fleet state: no I/O, so every ranking rule is testable in isolation.
 """

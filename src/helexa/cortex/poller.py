@@ -1,4 +1,4 @@
-"""Keeps the fleet view fresh: discovery, /models and /health of every neuron (contract §1.14)."""
+"""Keeps the fleet view fresh: discovery, /models and /health of every neuron."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ class Poller:
         self.metrics.node_healthy(node.name).set(1 if healthy else 0)
 
     def mark_unreachable(self, node: NodeState) -> None:
-        """Passive health: a connect failure while proxying (§1.7)."""
+        """Passive health: a connect failure while proxying."""
         if node.healthy:
             log.warning("node %s marked unhealthy after a connect failure", node.name)
         self.set_health(node, False)

@@ -1,4 +1,4 @@
-"""Catalogue hot reload (contract §1.18.3): models.toml is re-read on SIGHUP and when it changes.
+"""Catalogue hot reload: models.toml is re-read on SIGHUP and when it changes.
 
 A bad edit must not take a serving gateway down, so an unreadable or invalid file keeps the
 catalogue in use and says why in the log.

@@ -1,4 +1,4 @@
-"""From a requested model name to a node and an inference URL (contract §1.4)."""
+"""From a requested model name to a node and an inference URL (see docs/reference.md#routing)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ _LOOPBACK = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1"})
 
 
 class NodeUnreachable(Exception):
-    """The neuron could not be reached to resolve an endpoint: a connect failure (§1.7)."""
+    """The neuron could not be reached to resolve an endpoint: a connect failure."""
 
 
 @dataclass(slots=True)
@@ -110,7 +110,7 @@ class Router:
         raise errors.model_not_found(model_id)
 
     def tokenizer_node(self, model_id: str) -> NodeState:
-        """Where to count tokens without loading anything (§1.11 node choice)."""
+        """Where to count tokens without loading anything."""
         healthy = self.fleet.healthy()
         if not healthy:
             raise errors.no_healthy_nodes()
@@ -128,7 +128,7 @@ class Router:
         raise errors.model_not_found(model_id)
 
     def replica(self, model_id: str, exclude: NodeState) -> NodeState | None:
-        """Another healthy node serving the model, for failover (§1.7)."""
+        """Another healthy node serving the model, for failover."""
         others = [n for n in self.fleet.healthy() if n is not exclude and serving(n, model_id)]
         return least_busy(others, model_id)
 

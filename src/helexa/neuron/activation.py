@@ -1,4 +1,4 @@
-"""The start-time pre-warm of `[[default_models]]` (§2.5, §2.12): what `/health` shows of it,
+"""The start-time pre-warm of `[[default_models]]`: what `/health` shows of it,
 and the run that awaits each load in order."""
 
 from __future__ import annotations

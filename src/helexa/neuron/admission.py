@@ -1,4 +1,4 @@
-"""Per-model admission (contract §2.13): slots, a FIFO queue with a depth limit, a wait limit.
+"""Per-model admission: slots, a FIFO queue with a depth limit, a wait limit.
 
 A freed slot is handed straight to the oldest waiter, so a newcomer can never overtake the
 queue. While a model recovers the gate is paused: queued requests keep waiting (their
@@ -87,7 +87,7 @@ class Admission:
             self._on_reject(reason)
 
     async def acquire(self) -> None:
-        """Take a slot, waiting in line if needed; raises the §2.13 429 or 503."""
+        """Take a slot, waiting in line if needed; raises the admission 429 or 503."""
         if not self._paused and not self._waiters and self.in_flight < self.max_in_flight:
             self.in_flight += 1
             return

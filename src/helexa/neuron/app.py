@@ -1,4 +1,4 @@
-"""neuron's HTTP surface (contract §2.1): the composition root that wires routes to the service.
+"""neuron's HTTP surface: the composition root that wires routes to the service.
 
 The middleware (routes/plumbing.py) does what every request needs, so handlers only do their
 own job; inference is in routes/inference.py and the generation it drives in routes/drive.py.

@@ -1,4 +1,4 @@
-"""`neuron`: run the node daemon, or print what hardware it would report (contract §2.24)."""
+"""`neuron`: run the node daemon, or print what hardware it would report."""
 
 from __future__ import annotations
 

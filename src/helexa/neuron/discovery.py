@@ -1,4 +1,4 @@
-"""Hardware and host facts (contract §2.4) and per-device health (§2.5).
+"""Hardware and host facts and per-device health.
 
 GPU facts come from NVML (nvidia-ml-py), falling back to `nvidia-smi` CSV; with neither, or
 with every GPU hidden by `CUDA_VISIBLE_DEVICES`, the host serves on one `cpu` device sized by

@@ -1,4 +1,4 @@
-"""The model-level errors a neuron answers (§2.7, §2.8, §2.15, §2.21): one constructor per
+"""The model-level errors a neuron answers: one constructor per
 condition, exact texts."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prometheus metrics of neuron (contract §2.22), on the shared lock-free machinery.
+"""Prometheus metrics of neuron (see docs/reference.md#metrics), on the shared lock-free machinery.
 
 Counters and histograms are bumped on the hot path; gauges (in-flight, queue depth, memory)
 are read from live state when `/metrics` is scraped, so they can never drift.

@@ -1,4 +1,4 @@
-"""The models a neuron knows: load, unload, recovery and activation (contract §2.6-§2.12).
+"""The models a neuron knows: load, unload, recovery and activation.
 
 Every state change of a model goes through the `Registry`, on the event loop. Loads are
 single-flight per served id (a second caller joins the operation under way) and run one at a
@@ -150,7 +150,7 @@ class Registry:
         )
 
     def workers_rss_mb(self) -> int:
-        """Summed RSS of CPU workers: the `vram_used_mb` of the cpu device (§2.5)."""
+        """Summed RSS of CPU workers: the `vram_used_mb` of the cpu device."""
         total = 0
         for rec in self.records.values():
             if rec.kind == "cpu" and rec.handle is not None:
@@ -160,7 +160,7 @@ class Registry:
     # -- inference lookups ------------------------------------------------------------------------
 
     def serving(self, model: str) -> ModelRecord:
-        """The record behind an inference request, or the §2.15 404 / 503."""
+        """The record behind an inference request, or its 404 / 503."""
         rec = self.records.get(model)
         if rec is None or rec.status in (UNLOADED, FAILED):
             raise not_loaded(model)
@@ -201,7 +201,7 @@ class Registry:
         return mid.served_id(spec.served_model_id)
 
     def _resolve(self, spec: ModelSpec) -> ResolvedSpec:
-        """Every §2.7 check that needs no I/O, in the table's order."""
+        """Every load-spec check that needs no I/O, in a fixed order."""
         return resolve_spec(
             spec,
             sources=self.sources,
@@ -216,7 +216,7 @@ class Registry:
         return devices
 
     async def load(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """`POST /models/load` (§2.7): the reply body, or an ApiError."""
+        """`POST /models/load`: the reply body, or an ApiError."""
         spec = parse_spec(body)
         faults = body.get("test_faults")
         rec = self.records.get(spec.served_model_id or spec.model_id)
@@ -377,7 +377,7 @@ class Registry:
         rec.handle = None
         rec.admission.fail_waiters(not_ready(rec.id, FAILED))
 
-    # -- recovery (§2.11) -------------------------------------------------------------------------
+    # -- recovery -------------------------------------------------------------------------
 
     def _on_fault(self, handle: WorkerHandle, err: WorkerCrashed) -> None:
         rec = self.records.get(handle.model_id)
@@ -388,7 +388,7 @@ class Registry:
             return
         log.warning("model %s is recovering after a worker %s", rec.id, err.reason)
         reason = err.reason if err.reason in ("non_finite", "cuda_error") else "crash"
-        self.metrics.restarts(rec.id, reason).inc()  # §2.22 labels: a hang counts as a crash
+        self.metrics.restarts(rec.id, reason).inc()  # a hang counts as a crash
         rec.status, rec.handle = RECOVERING, None
         rec.admission.pause()
         task = asyncio.create_task(self._recover(rec, err), name=f"recover:{rec.id}")
@@ -427,7 +427,7 @@ class Registry:
         finally:
             rec.op = None
 
-    # -- unload (§2.8) ----------------------------------------------------------------------------
+    # -- unload ----------------------------------------------------------------------------
 
     async def unload(self, model: str, force: bool = False) -> dict[str, Any]:
         rec = self.records.get(model)
@@ -470,7 +470,7 @@ class Registry:
         if handle is not None:
             await handle.stop()
 
-    # -- activation (§2.12) -----------------------------------------------------------------------
+    # -- activation -----------------------------------------------------------------------
 
     def activate(self, entries: Sequence[Mapping[str, Any] | ModelSpec]) -> asyncio.Task[None]:
         """Register every default model as loading and pre-warm them one after another."""

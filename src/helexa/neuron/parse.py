@@ -1,4 +1,4 @@
-"""Streaming output parser: model text → reasoning, content and Hermes tool calls (contract §2.17).
+"""Streaming output parser: model text → reasoning, content and Hermes tool calls.
 
 Pure and incremental: the daemon feeds each worker delta and forwards the events it gets back.
 Whatever way the text is cut into feeds, the concatenated events are the same as for one feed of
@@ -32,7 +32,7 @@ _rng = random.Random()
 
 
 def new_id(prefix: str) -> str:
-    """`prefix` + 24 alphanumerics (contract §0.3): `chatcmpl-`, `cmpl-`, `resp_`, `call_`, …"""
+    """`prefix` + 24 alphanumerics: `chatcmpl-`, `cmpl-`, `resp_`, `call_`, …"""
     return prefix + "".join(_rng.choices(_ALNUM, k=24))
 
 

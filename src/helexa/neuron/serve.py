@@ -1,4 +1,4 @@
-"""Run a neuron: listener first, then pre-warm, then the SIGTERM drain (contract §2.12)."""
+"""Run a neuron: listener first, then pre-warm, then the SIGTERM drain."""
 
 from __future__ import annotations
 

@@ -133,7 +133,7 @@ class Neuron:
         await self.registry.close()
         self.probe.close()
 
-    # -- the SIGTERM drain (§2.12) -----------------------------------------------------------------
+    # -- the SIGTERM drain -----------------------------------------------------------------
 
     def _enter(self) -> None:
         self.in_flight += 1

@@ -1,9 +1,9 @@
-"""From a load spec to a local model directory (contract §2.7, §2.14).
+"""From a load spec to a local model directory (see docs/reference.md#endpoints-neuron).
 
 Two jobs, both before any worker starts so a bad request fails fast and cheaply:
 
 - `resolve_spec` checks a ModelSpec (id grammar, source scheme, harness, quant, devices,
-  tensor_parallel) and returns the effective values, raising the exact §2.7 errors;
+  tensor_parallel) and returns the effective values, raising the exact load errors;
 - `fetch_model` turns the id into a directory: an absolute path as is, a hub repo through
   `huggingface_hub.snapshot_download` of only the files the engine needs, into the HF cache.
 
@@ -34,7 +34,7 @@ from helexa.wire.neuron import ModelSpec
 log = logging.getLogger("helexa.neuron.sources")
 
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
-# What the engine needs from a repo: metadata first, then the weights it names (§2.14).
+# What the engine needs from a repo: metadata first, then the weights it names.
 META_PATTERNS = [
     "config.json",
     "generation_config.json",
@@ -61,7 +61,7 @@ ProgressFn = Callable[[int | None, int | None], None]
 thread-safe (e.g. assign to a record, or `loop.call_soon_threadsafe`)."""
 
 
-# ---- spec validation (§2.7, §2.14) -------------------------------------------------------------
+# ---- spec validation -------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +90,7 @@ def resolve_spec(
     harnesses: Sequence[str] = ("torch",),
     device_count: int = 1,
 ) -> ResolvedSpec:
-    """Check everything that can be checked without I/O, in the order of the §2.7 table."""
+    """Check everything that can be checked without I/O, in a fixed order."""
     mid = parse_model_id(spec.model_id, sources, default_source)
     harness_asked = spec.harness
     if mid.is_path and mid.path is not None and mid.path.lower().endswith(".gguf"):
@@ -226,7 +226,7 @@ def fetch_tokenizer(
     label: str | None = None,
 ) -> Path:
     """Like `fetch_model` but only the metadata (config, tokenizer, chat template): enough for
-    `/tokenize` on a model that isn't loaded, never the weights (§2.10)."""
+    `/tokenize` on a model that isn't loaded, never the weights."""
     label = label or mid.label
     if mid.path is not None:
         return _local_dir(mid.path, label)
@@ -320,7 +320,7 @@ def _is_network_error(e: BaseException) -> bool:
 
 
 class _FetchContext:
-    """Turns huggingface_hub's exceptions into the §2.7 replies."""
+    """Turns huggingface_hub's exceptions into load-error replies."""
 
     def __init__(self, mid: ModelId, label: str, endpoint: str, cache: Path, offline: bool):
         self.mid, self.label, self.endpoint, self.cache, self.offline = (
@@ -452,7 +452,7 @@ def _dir_bytes(root: Path, patterns: list[str]) -> int:
     return total
 
 
-# ---- memory estimate (§2.7 507 pre-check) ------------------------------------------------------
+# ---- memory estimate (the 507 pre-check) ------------------------------------------------------
 
 _DTYPE_BYTES = {
     "F64": 8,

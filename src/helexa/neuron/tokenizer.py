@@ -1,4 +1,4 @@
-"""A torch-free chat tokenizer: `tokenizers` + the model's Jinja chat template (§2.10, §2.15).
+"""A torch-free chat tokenizer: `tokenizers` + the model's Jinja chat template.
 
 The daemon must count and build prompts without importing transformers (which imports torch),
 yet produce exactly the tokens transformers' `apply_chat_template(..., add_generation_prompt=True)`
@@ -130,7 +130,7 @@ def compile_template(source: str) -> jinja2.Template:
     return env.from_string(source)
 
 
-# ---- message preprocessing (§2.15) -------------------------------------------------------------
+# ---- message preprocessing -------------------------------------------------------------
 
 
 def prepare_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -433,7 +433,7 @@ class ChatTokenizer:
 
 class TokenizerCache:
     """Up to `maxsize` ChatTokenizers keyed by local directory, least recently used evicted
-    (/tokenize on models that are not loaded, §2.10). Thread-safe; loading is blocking, so call
+    (/tokenize on models that are not loaded). Thread-safe; loading is blocking, so call
     `get` through `asyncio.to_thread`."""
 
     def __init__(self, maxsize: int = 8) -> None:

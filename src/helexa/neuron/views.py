@@ -23,7 +23,7 @@ def token_limit(mpe: Any, max_prompt: int, max_output: int) -> dict[str, int]:
 
 
 def model_info(rec: ModelRecord, limit: dict[str, int]) -> dict[str, Any]:
-    """One entry of `/models` (§2.6)."""
+    """One entry of `/models` (see docs/reference.md#endpoints-neuron)."""
     tok = rec.tokenizer
     caps = rec.info.get("capabilities") or ["text"]
     out: dict[str, Any] = {

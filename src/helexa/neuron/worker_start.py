@@ -1,5 +1,5 @@
 """Starting a model's worker: which devices, the load spec it gets, and its load failures as
-the §2.7 errors (a 507 with what is known of need and room, or `load_failed`)."""
+the load errors (a 507 with what is known of need and room, or `load_failed`)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ async def start_worker(
     on_fault: FaultFn,
     oom: Callable[[], Awaitable[ApiError]],
 ) -> tuple[WorkerHandle, dict[str, Any]]:
-    """Spawn and load; worker failures become the §2.7 errors."""
+    """Spawn and load; worker failures become load errors."""
 
     def on_progress(frame: Progress) -> None:
         rec.progress = {

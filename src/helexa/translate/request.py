@@ -1,4 +1,4 @@
-"""Anthropic Messages request → OpenAI chat request (contract §1.10.1-§1.10.2). Pure.
+"""Anthropic Messages request → OpenAI chat request. Pure.
 
 Only fields the contract maps are copied, so `metadata`, `cache_control`, `context_management`
 and friends are dropped by construction.

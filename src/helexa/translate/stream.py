@@ -1,4 +1,4 @@
-"""OpenAI chat SSE → Anthropic Messages SSE, one upstream event at a time (contract §1.10.4).
+"""OpenAI chat SSE → Anthropic Messages SSE, one upstream event at a time.
 
 A state machine with no I/O: the caller feeds each upstream `data:` payload and writes whatever
 bytes come back. The grammar it guarantees, whatever the input:

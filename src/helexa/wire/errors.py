@@ -28,7 +28,7 @@ _ANTHROPIC_TYPES = {
 
 
 def anthropic_type_for(status: int) -> str:
-    """Anthropic's error `type` is a function of the HTTP status (contract §0.4)."""
+    """Anthropic's error `type` is a function of the HTTP status (see docs/reference.md#errors)."""
     if status in _ANTHROPIC_TYPES:
         return _ANTHROPIC_TYPES[status]
     return "api_error" if status >= 500 else "invalid_request_error"

@@ -1,4 +1,4 @@
-"""Model ids (contract §0.6): the load-id grammar, its exact errors, and the served id.
+"""Model ids: the load-id grammar, its exact errors, and the served id.
 
 A load id is `org/name` (the neuron's default source), `scheme:org/name` (a configured source)
 or an absolute path. The grammar and its messages are the original's, so operators see the same
@@ -78,7 +78,7 @@ def parse_model_id(
     sources: Mapping[str, str] | Iterable[str] | None = None,
     default_source: str = DEFAULT_SOURCE,
 ) -> ModelId:
-    """Parse a load id; raise `400 invalid_model_id` with the exact §0.6 message.
+    """Parse a load id; raise `400 invalid_model_id` with an exact message.
 
     With `sources` (the configured schemes; `huggingface` is always known), the effective scheme
     (explicit, else `default_source`) must be one of them, else `400 unknown_source`. The returned

@@ -1,7 +1,7 @@
 """The neuron management API as cortex (and bench) read it: lenient pydantic models.
 
 Readers ignore unknown fields and default missing ones, so a newer or older neuron still parses
-(contract §0.2, §2.3).
+ (see docs/reference.md#endpoints-neuron).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class LoadReply(_Lenient):
 
 
 class ModelSpec(_Lenient):
-    """A `/models/load` request (§2.7) and a `[[default_models]]` entry (§2.23).
+    """A `/models/load` request and a `[[default_models]]` entry.
 
     Only `model_id` is required; None means "the neuron decides" (effective harness and quant,
     most-free device, `[admission]` defaults).

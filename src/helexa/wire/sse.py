@@ -1,4 +1,4 @@
-"""Server-sent event framing: the two framings of contract §0.2, as bytes."""
+"""Server-sent event framing: OpenAI's `data:` and the named `event:` framing, as bytes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Admission (§2.13) as a unit: slots, FIFO queue, depth and wait limits, pause, failures."""
+"""Admission as a unit: slots, FIFO queue, depth and wait limits, pause, failures."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HTTP layer (§2.1-§2.5, §2.9, §2.10, §2.21): auth, routes, envelopes, views, /tokenize."""
+"""The HTTP layer: auth, routes, envelopes, views, /tokenize."""
 
 from __future__ import annotations
 

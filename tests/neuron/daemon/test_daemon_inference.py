@@ -1,4 +1,4 @@
-"""Inference over HTTP against fake workers (§2.13-§2.20): replies, stream grammar, admission,
+"""Inference over HTTP against fake workers: replies, stream grammar, admission,
 faults mid-stream, cancellation, prompt and output caps."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Model lifecycle over HTTP (§2.6-§2.12): load, single-flight, errors, unload, recovery,
+"""Model lifecycle over HTTP: load, single-flight, errors, unload, recovery,
 activation; workers are fake_worker.py processes."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Tier 1: the daemon with the real engine worker on a tiny Qwen3 (CPU, fp32) — load, chat,
-/tokenize agreement, kill -9 and injected non-finite logits mid-stream, unload (§5.13)."""
+/tokenize agreement, kill -9 and injected non-finite logits mid-stream, unload."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A real `neuron serve` process with fake workers (§2.12, §2.24): listener before pre-warm,
+"""A real `neuron serve` process with fake workers: listener before pre-warm,
 SIGTERM drain with streams in flight, exit codes; and `neuron discover` on this host."""
 
 from __future__ import annotations

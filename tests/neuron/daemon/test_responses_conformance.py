@@ -74,7 +74,7 @@ def user(text: str) -> dict[str, Any]:
 
 def valid_resource(obj: Any) -> dict[str, Any]:
     """The suite's schema check, with both type sets (the SDK's usage type also wants
-    `cache_write_tokens`, which neither §2.19 nor Open Responses has)."""
+    `cache_write_tokens`, which Open Responses does not have)."""
     assert isinstance(obj, dict)
     ort.ResponseResource.model_validate(obj)
     usage = obj.get("usage")

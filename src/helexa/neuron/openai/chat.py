@@ -1,4 +1,4 @@
-"""OpenAI chat completions on the neuron (§2.16): the request checks, the reply and its stream.
+"""OpenAI chat completions on the neuron: the request checks, the reply and its stream.
 
 Pure: a body in, a `ChatRequest` out; a finished (or streaming) parse and the usage in, a JSON
 object or SSE frame bytes out.
@@ -40,7 +40,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 @dataclass(slots=True)
 class ChatRequest:
     """A checked chat request. `messages` are as the client sent them (the tokenizer does the
-    §2.15 preprocessing); `tools` is None when there are none or `tool_choice` is "none", and
+    preprocessing); `tools` is None when there are none or `tool_choice` is "none", and
     then the output is not parsed for calls."""
 
     model: str
@@ -186,7 +186,7 @@ def check_tool_choice(choice: Any) -> str | None:
 
 
 def parse_chat(body: dict[str, Any], *, vision: bool = False) -> ChatRequest:
-    """Check a `/v1/chat/completions` body (§2.15, §2.16, params.py)."""
+    """Check a `/v1/chat/completions` body (params.py)."""
     model = require_model(body)
     check_unsupported(body, CHAT_REFUSED)
     check_format(body.get("response_format"), "response_format")
@@ -233,7 +233,7 @@ def chat_completion(
     id: str | None = None,
     created: int | None = None,
 ) -> dict[str, Any]:
-    """The non-streaming chat reply (§2.16) from a finished parser."""
+    """The non-streaming chat reply from a finished parser."""
     text = parser.content
     message: dict[str, Any] = {
         "role": "assistant",
@@ -262,7 +262,7 @@ def chat_completion(
 
 
 class ChatStream(Chunks):
-    """Chat SSE frames per the §2.16 grammar: `first`, then `events(...)` for each parser
+    """Chat SSE frames in OpenAI's grammar: `first`, then `events(...)` for each parser
     batch, then `end(...)` (final chunk, usage chunk if asked, `[DONE]`). A fault:
     `error_frame(err)`."""
 

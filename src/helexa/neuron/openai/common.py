@@ -2,7 +2,7 @@
 
 Pure: bodies in, dataclasses out. The daemon owns model lookup, tokenization and generation;
 these modules own the client-visible texts of the checks, so the exact messages of the contract
-live in one place. Validation follows §2.15: `null` means absent, a wrong type or range is
+live in one place. Validation: `null` means absent, a wrong type or range is
 `invalid_value` naming the field; what we don't implement is refused by params.py.
 """
 
@@ -23,7 +23,7 @@ from helexa.wire.errors import ApiError
 MAX_STOP = 16
 
 
-# -- errors (§2.15, §2.21) ----------------------------------------------------------------------
+# -- errors ----------------------------------------------------------------------
 
 
 def unsupported_content(message: str) -> ApiError:
@@ -142,7 +142,7 @@ class Sampling:
 
 
 def parse_sampling(body: dict[str, Any], *, full: bool = True) -> Sampling:
-    """Sampling fields with their §2.15 ranges. `full=False` reads only temperature, top_p and
+    """Sampling fields with their ranges. `full=False` reads only temperature, top_p and
     the penalties (the Responses request has no others)."""
     s = Sampling(
         temperature=_number(body, "temperature", 0, 2, "must be a number between 0 and 2"),
@@ -224,7 +224,7 @@ def check_format(fmt: Any, param: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """A loaded model's limits (§2.6 `limit.context`, `limit.output`) and the neuron's
+    """A loaded model's limits (`limit.context`, `limit.output`) and the neuron's
     `max_prompt_tokens`."""
 
     context: int
@@ -249,7 +249,7 @@ def output_cap(prompt_len: int, limits: Limits) -> int:
 def clamp_max_tokens(
     requested: int | None, prompt_len: int, limits: Limits, default: int | None = None
 ) -> int:
-    """§2.15: clamp to `min(limit.output, limit.context − prompt_len)`, never reject for size.
+    """Clamp to `min(limit.output, limit.context − prompt_len)`, never reject for size.
     Absent → `default` (16 for completions) if given, else the cap itself."""
     cap = output_cap(prompt_len, limits)
     if requested is None:

@@ -1,4 +1,4 @@
-"""OpenAI text completions on the neuron (§2.18): the request checks, the reply and its stream."""
+"""OpenAI text completions on the neuron: the request checks, the reply and its stream."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from helexa.wire import sse
 
 DEFAULT_MAX_TOKENS = 16
 
-# -- text completions (§2.18) -------------------------------------------------------------------
+# -- text completions -------------------------------------------------------------------
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""OpenAI embeddings on the neuron: the request check and the reply (§2.20)."""
+"""OpenAI embeddings on the neuron: the request check and the reply."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ TOOL_CHOICE = Refused(
     " use 'auto'",
 )
 
-# refusals shared by chat and completions (their messages are pinned by the contract, §2.15)
+# refusals shared by chat and completions (their messages are pinned by tests)
 _SAMPLING = (
     Refused("n", _not_one, "'n' other than 1 is not supported"),
     Refused("best_of", _not_one, "'best_of' other than 1 is not supported"),

@@ -1,4 +1,4 @@
-"""OpenAI Responses on the neuron (contract §2.19): request → chat, and the reply and its events.
+"""OpenAI Responses on the neuron: request → chat, and the reply and its events.
 
 Pure. A Responses request becomes a `ChatRequest` (so the daemon renders and generates it like
 any chat), plus the fields the reply object echoes. Replies are built from the same parser
@@ -94,7 +94,7 @@ def _arguments(v: Any, where: str) -> str:
 
 
 def input_messages(body: dict[str, Any], model: str, vision: bool = False) -> list[dict[str, Any]]:
-    """`instructions` + `input` → chat messages (§2.19 mapping)."""
+    """`instructions` + `input` → chat messages."""
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if instructions is not None:
@@ -230,7 +230,7 @@ def _text(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_responses(body: dict[str, Any], *, vision: bool = False) -> ResponsesRequest:
-    """Check a `/v1/responses` body (§2.19, params.py)."""
+    """Check a `/v1/responses` body (params.py)."""
     model = require_model(body)
     refuse(body, RESPONSES_REFUSED)
     text = _text(body)

@@ -1,4 +1,4 @@
-"""OpenAI Responses replies on the neuron (§2.19): the response object, its items and events.
+"""OpenAI Responses replies on the neuron: the response object, its items and events.
 
 Built from the same parser events as chat, so reasoning and tool calls come out of one parse.
 """
@@ -29,7 +29,7 @@ def response_object(
     output: list[dict[str, Any]],
     usage: Usage | None,
 ) -> dict[str, Any]:
-    """The response object of §2.19 (Open Responses' `ResponseResource`), for any status
+    """The response object (Open Responses' `ResponseResource`), for any status
     (`in_progress`, `completed`, `incomplete`)."""
     return {
         "id": id,
@@ -104,7 +104,7 @@ def response_body(
 
 
 class ResponsesStream:
-    """Parser events → the §2.19 event sequence, `sequence_number` counting from 0.
+    """Parser events → the Responses event sequence, `sequence_number` counting from 0.
 
     `start()` (created, in_progress), `events(...)` per parser batch, then `finish(...)` (closes
     the open item, then `response.completed`, or `response.incomplete` on a cap hit, always
@@ -172,7 +172,7 @@ class ResponsesStream:
         ref = {"item_id": self._open["id"], "output_index": idx, "content_index": 0}
         if kind == "reasoning":
             out.append(self._ev(name, {**ref, "delta": text}))
-        else:  # `logprobs` beyond §2.19: the SDK's event type requires it
+        else:  # `logprobs`, which we never fill: the SDK's event type requires it
             out.append(self._ev(name, {**ref, "delta": text, "logprobs": []}))
 
     def _opened(self, kind: str, out: list[bytes]) -> None:

@@ -1,6 +1,6 @@
 """Driving one worker generation: admission, the first token, then the deltas into a sink.
 
-Nothing is sent before the first token exists (§2.13), so a crash before it is a clean 503;
+Nothing is sent before the first token exists, so a crash before it is a clean 503;
 after it, a failure is the sink's error frame."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ _CLIENT_CODES = frozenset(
 
 def client_error(err: WorkerError, model: str) -> ApiError:
     """A worker failure as the client sees it. The engine's 400s are written for clients;
-    anything else is logged and answered without the worker's text (§0.4)."""
+    anything else is logged and answered without the worker's text."""
     if isinstance(err, WorkerCrashed):
         return worker_crashed(model)
     if isinstance(err, WorkerStopped):

@@ -1,4 +1,4 @@
-"""`/tokenize` (§2.10): a token count with the model's tokenizer; never starts a worker."""
+"""`/tokenize`: a token count with the model's tokenizer; never starts a worker."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ log = logging.getLogger("helexa.neuron.routes.tokenize")
 
 
 async def tokenize(request: web.Request) -> web.Response:
-    """§2.10: a token count with the model's tokenizer; never starts a worker."""
+    """A token count with the model's tokenizer; never starts a worker."""
     neuron = request.app[NEURON]
     body = await read_json(request)
     model = oa.require_model(body)
