@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from helexa.neuron.activation import Activation, Job
 from helexa.neuron.admission import Admission
+from helexa.neuron.engine.frames import ReadyInfo
 from helexa.neuron.errors import (
     insufficient_memory,
     load_failed,
@@ -146,7 +147,7 @@ class Registry:
 
     def limit(self, rec: ModelRecord) -> dict[str, int]:
         return token_limit(
-            rec.info.get("max_position_embeddings"), self.max_prompt_tokens, self.max_output_tokens
+            rec.info.max_position_embeddings, self.max_prompt_tokens, self.max_output_tokens
         )
 
     def workers_rss_mb(self) -> int:
@@ -344,7 +345,7 @@ class Registry:
         self._configure_admission(rec)
         rec.admission.resume()
 
-    async def _start_worker(self, rec: ModelRecord) -> tuple[WorkerHandle, dict[str, Any]]:
+    async def _start_worker(self, rec: ModelRecord) -> tuple[WorkerHandle, ReadyInfo]:
         spec = load_spec(rec, self.max_prompt_tokens, self.max_output_tokens)
         return await start_worker(
             self.supervisor,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from helexa.neuron.admission import Admission
+from helexa.neuron.engine.frames import ReadyInfo
 from helexa.neuron.supervisor import WorkerHandle
 from helexa.wire.neuron import ModelSpec
 
@@ -39,7 +40,7 @@ class ModelRecord:
     spec: ModelSpec
     admission: Admission
     status: str = LOADING
-    info: dict[str, Any] = field(default_factory=dict)
+    info: ReadyInfo = field(default_factory=ReadyInfo)
     restarts: int = 0
     error: str | None = None
     progress: dict[str, Any] | None = None
@@ -69,5 +70,4 @@ class ModelRecord:
             rss = self.handle.rss_mb()
             if rss is not None:
                 return rss
-        v = self.info.get("vram_used_mb")
-        return int(v) if isinstance(v, (int, float)) else None
+        return self.info.vram_used_mb

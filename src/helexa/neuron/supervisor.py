@@ -39,6 +39,7 @@ from helexa.neuron.engine.frames import (
     Pong,
     Progress,
     Ready,
+    ReadyInfo,
     Shutdown,
 )
 from helexa.neuron.engine.loader import LoadSpec
@@ -129,7 +130,7 @@ class WorkerHandle:
         self.stop_grace = stop_grace
         self.stall_secs = stall_secs
         self.proc: asyncio.subprocess.Process | None = None
-        self.info: dict[str, Any] = {}
+        self.info = ReadyInfo()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[str, asyncio.Queue[_Reply | WorkerError]] = {}
@@ -158,7 +159,7 @@ class WorkerHandle:
     def rss_mb(self) -> int | None:
         return rss_mb(self.proc.pid) if self.proc is not None else None
 
-    async def start(self, on_progress: OnProgress | None = None) -> dict[str, Any]:
+    async def start(self, on_progress: OnProgress | None = None) -> ReadyInfo:
         """Spawn, send `load`, wait for `ready`. Raises LoadError or WorkerCrashed; either way
         the process is gone when it raises."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -201,7 +202,7 @@ class WorkerHandle:
         self._monitor = asyncio.create_task(self._watch(), name=f"worker-watch:{self.model_id}")
         return self.info
 
-    async def _await_ready(self, on_progress: OnProgress | None) -> dict[str, Any]:
+    async def _await_ready(self, on_progress: OnProgress | None) -> ReadyInfo:
         assert self._reader is not None and self.proc is not None
         while True:
             try:

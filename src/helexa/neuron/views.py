@@ -25,12 +25,12 @@ def token_limit(mpe: Any, max_prompt: int, max_output: int) -> dict[str, int]:
 def model_info(rec: ModelRecord, limit: dict[str, int]) -> dict[str, Any]:
     """One entry of `/models` (see docs/reference.md#endpoints-neuron)."""
     tok = rec.tokenizer
-    caps = rec.info.get("capabilities") or ["text"]
+    caps = rec.info.capabilities
     out: dict[str, Any] = {
         "id": rec.id,
         "source": rec.source,
-        "harness": rec.info.get("harness") or rec.harness,
-        "quant": rec.info.get("quant") or rec.quant,
+        "harness": rec.info.harness or rec.harness,
+        "quant": rec.info.quant or rec.quant,
         "status": rec.status,
         "devices": list(rec.devices),
         "vram_used_mb": rec.memory_mb(),

@@ -7,10 +7,9 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from helexa.neuron.engine.errors import LoadError
-from helexa.neuron.engine.frames import Progress
+from helexa.neuron.engine.frames import Progress, ReadyInfo
 from helexa.neuron.engine.loader import FaultPlan, LoadSpec
 from helexa.neuron.errors import insufficient_memory, load_failed
 from helexa.neuron.records import DeviceView, ModelRecord
@@ -63,7 +62,7 @@ async def start_worker(
     spec: LoadSpec,
     on_fault: FaultFn,
     oom: Callable[[], Awaitable[ApiError]],
-) -> tuple[WorkerHandle, dict[str, Any]]:
+) -> tuple[WorkerHandle, ReadyInfo]:
     """Spawn and load; worker failures become load errors."""
 
     def on_progress(frame: Progress) -> None:

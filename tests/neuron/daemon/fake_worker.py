@@ -49,6 +49,7 @@ from helexa.neuron.engine.frames import (
     Pong,
     Progress,
     Ready,
+    ReadyInfo,
     Shutdown,
 )
 from helexa.neuron.engine.protocol import FrameSocket
@@ -102,17 +103,18 @@ class Fake:
             )
             self.sock.send(LoadFailed(**err))
             os._exit(1)
-        info = {
-            "vram_used_mb": 123,
-            "devices": spec.get("devices") or [0],
-            "harness": "torch",
-            "quant": spec.get("quant") or "fp32",
-            "dtype": "float32",
-            "max_position_embeddings": 4096,
-            "capabilities": ["text"],
-            "load_secs": 0.01,
-        }
-        info.update(cfg.get("info") or {})
+        info = ReadyInfo(
+            harness="torch",
+            vram_used_mb=123,
+            devices=spec.get("devices") or [0],
+            quant=spec.get("quant") or "fp32",
+            dtype="float32",
+            max_position_embeddings=4096,
+            capabilities=["text"],
+            load_secs=0.01,
+        )
+        for key, value in (cfg.get("info") or {}).items():
+            setattr(info, key, value)
         self.sock.send(Ready(info))
 
     def generate(self, frame: Generate) -> None:

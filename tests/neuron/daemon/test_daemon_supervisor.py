@@ -52,7 +52,7 @@ async def test_load_generate_embed_ping_stop(tmp_path: Path) -> None:
     d = model_dir(tmp_path, "m", {"reply": {"pieces": ["a", "b", "c"]}})
     h = handle_for(d)
     info = await h.start()
-    assert info["harness"] == "torch" and info["vram_used_mb"] == 123
+    assert info.harness == "torch" and info.vram_used_mb == 123
     assert h.alive and h.pid is not None
     assert (h.rss_mb() or 0) > 0
     evs = await collect(h)

@@ -24,7 +24,7 @@ def wire(frame: f.Op | f.Event) -> dict:
 EVENTS: list[f.Event] = [
     f.Progress("load", 0, 10),
     f.Progress("warmup"),
-    f.Ready({"harness": "torch", "vram_used_mb": 3}),
+    f.Ready(f.ReadyInfo(harness="torch", vram_used_mb=3, eos_token_ids=[2], compiled=True)),
     f.LoadFailed(507, "insufficient_memory", "no room", {"required_mb": 9, "free_mb": 1}),
     f.LoadFailed(400, "unsupported_quant", "no"),
     f.Delta("r1", "héllo", 2),

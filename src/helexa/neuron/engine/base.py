@@ -7,10 +7,10 @@ in one forward pass; the shared decode loop is `generation.step`.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from helexa.neuron.engine.errors import Fault, RequestError
-from helexa.neuron.engine.frames import Event, Generate
+from helexa.neuron.engine.frames import Event, Generate, ReadyInfo
 from helexa.neuron.engine.generation import GenerationState, StepResult, TokenModel
 
 
@@ -40,7 +40,7 @@ class Engine(TokenModel, Protocol):
         """Memory this process holds for the model, measured (device memory, or RSS on CPU)."""
         ...
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ReadyInfo:
         """The `ready` frame's info."""
         ...
 

@@ -16,7 +16,7 @@ from typing import Any
 from helexa.neuron.engine import generation
 from helexa.neuron.engine.base import Engine
 from helexa.neuron.engine.errors import Fault, RequestError
-from helexa.neuron.engine.frames import Event, Generate
+from helexa.neuron.engine.frames import Event, Generate, ReadyInfo
 from helexa.neuron.engine.generation import GenerationState, StepResult
 from helexa.neuron.engine.loader import FaultPlan
 
@@ -89,7 +89,7 @@ class FaultyEngine:
     def memory_mb(self) -> int | None:
         return self.inner.memory_mb()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ReadyInfo:
         return self.inner.info()
 
     def classify(self, exc: Exception) -> RequestError | Fault:

@@ -64,8 +64,28 @@ class Progress:
 
 
 @dataclass(slots=True)
+class ReadyInfo:
+    """What a loaded worker reports about its model (the daemon's views read these fields)."""
+
+    harness: str = ""  # "" until a worker reported: views fall back to the requested harness
+    devices: list[int] = field(default_factory=lambda: [0])
+    vram_used_mb: int | None = None
+    quant: str | None = None
+    dtype: str | None = None
+    max_position_embeddings: int | None = None
+    capabilities: list[str] = field(default_factory=lambda: ["text"])
+    load_secs: float = 0.0
+    embedding_dim: int | None = None
+    vocab_size: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+    model_type: str | None = None
+    static_cache: bool = False
+    compiled: bool = False
+
+
+@dataclass(slots=True)
 class Ready:
-    info: dict[str, Any]
+    info: ReadyInfo
 
 
 @dataclass(slots=True)

@@ -99,6 +99,7 @@ from helexa.neuron.engine.frames import (
     Pong,
     Progress,
     Ready,
+    ReadyInfo,
     Shutdown,
 )
 from helexa.neuron.engine.loader import LoadSpec
@@ -180,7 +181,7 @@ def _wire(frame: Op | Event) -> dict[str, Any]:
                 "total_bytes": frame.total_bytes,
             }
         case Ready():
-            return {"ev": "ready", "info": frame.info}
+            return {"ev": "ready", "info": _ready_info_wire(frame.info)}
         case Embedding():
             return {
                 "ev": "embedding",
@@ -332,9 +333,43 @@ def _decode_load_failed(d: Mapping[str, Any]) -> LoadFailed:
     )
 
 
+def _ready_info_wire(info: ReadyInfo) -> dict[str, Any]:
+    return {name: getattr(info, name) for name in ReadyInfo.__slots__}
+
+
 def _decode_ready(d: Mapping[str, Any]) -> Ready:
-    info = d.get("info")
-    return Ready(info if isinstance(info, dict) else {})
+    raw = d.get("info")
+    i: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
+    load_secs = i.get("load_secs")
+    return Ready(
+        ReadyInfo(
+            harness=_str(i, "harness", "torch"),
+            devices=_int_list(i.get("devices")) or [0],
+            vram_used_mb=_opt_int(i, "vram_used_mb"),
+            quant=_opt_str(i, "quant"),
+            dtype=_opt_str(i, "dtype"),
+            max_position_embeddings=_opt_int(i, "max_position_embeddings"),
+            capabilities=[c for c in i.get("capabilities") or [] if isinstance(c, str)] or ["text"],
+            load_secs=float(load_secs) if isinstance(load_secs, (int, float)) else 0.0,
+            embedding_dim=_opt_int(i, "embedding_dim"),
+            vocab_size=_opt_int(i, "vocab_size"),
+            eos_token_ids=_int_list(i.get("eos_token_ids")),
+            model_type=_opt_str(i, "model_type"),
+            static_cache=i.get("static_cache") is True,
+            compiled=i.get("compiled") is True,
+        )
+    )
+
+
+def _opt_str(d: Mapping[str, Any], key: str) -> str | None:
+    v = d.get(key)
+    return v if isinstance(v, str) else None
+
+
+def _int_list(v: Any) -> list[int]:
+    if not isinstance(v, list):
+        return []
+    return [t for t in v if isinstance(t, int) and not isinstance(t, bool)]
 
 
 def _decode_progress(d: Mapping[str, Any]) -> Progress:

@@ -20,7 +20,7 @@ import torch
 from helexa.neuron.engine import generation
 from helexa.neuron.engine.detok import Detokenizer
 from helexa.neuron.engine.errors import Fault, RequestError
-from helexa.neuron.engine.frames import Event, Generate
+from helexa.neuron.engine.frames import Event, Generate, ReadyInfo
 from helexa.neuron.engine.generation import GenerationState, StepResult
 from helexa.neuron.engine.loader import LoadSpec, ModelDir, Pooling
 from helexa.neuron.engine.sampling import (
@@ -324,23 +324,23 @@ class TorchEngine:
     def memory_mb(self) -> int | None:
         return self._memory.used_mb()
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "vram_used_mb": self.memory_mb(),
-            "devices": list(self.spec.devices),
-            "harness": "torch",
-            "quant": self.quant,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "max_position_embeddings": self.max_position_embeddings,
-            "capabilities": ["embedding"] if self.embedding_only else ["text"],
-            "load_secs": self.load_secs,
-            "embedding_dim": self.hidden_size * len(self.pooling.modes),
-            "vocab_size": self.vocab_size,
-            "eos_token_ids": sorted(self.eos_ids),
-            "model_type": getattr(self.model.config, "model_type", None),
-            "static_cache": self.static,
-            "compiled": self.compiled,
-        }
+    def info(self) -> ReadyInfo:
+        return ReadyInfo(
+            vram_used_mb=self.memory_mb(),
+            devices=list(self.spec.devices),
+            harness="torch",
+            quant=self.quant,
+            dtype=str(self.dtype).removeprefix("torch."),
+            max_position_embeddings=self.max_position_embeddings,
+            capabilities=["embedding"] if self.embedding_only else ["text"],
+            load_secs=self.load_secs,
+            embedding_dim=self.hidden_size * len(self.pooling.modes),
+            vocab_size=self.vocab_size,
+            eos_token_ids=sorted(self.eos_ids),
+            model_type=getattr(self.model.config, "model_type", None),
+            static_cache=self.static,
+            compiled=self.compiled,
+        )
 
     def classify(self, exc: Exception) -> RequestError | Fault:
         if isinstance(exc, Fault | RequestError):

@@ -223,9 +223,9 @@ def serve(fs: FrameSocket) -> int:
     log.info(
         "ready: %s (%s, %s MB, %.1fs)",
         spec.served_id,
-        info.get("dtype"),
-        info.get("vram_used_mb"),
-        info.get("load_secs") or 0.0,
+        info.dtype,
+        info.vram_used_mb,
+        info.load_secs,
     )
     fs.send(Ready(info))
     return Server(fs, engine).run()

@@ -32,7 +32,7 @@ log = logging.getLogger("helexa.neuron.routes.inference")
 
 
 def _embedding_only(rec: ModelRecord) -> bool:
-    caps = rec.info.get("capabilities") or ["text"]
+    caps = rec.info.capabilities
     return "embedding" in caps and "text" not in caps
 
 
