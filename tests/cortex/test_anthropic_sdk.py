@@ -122,7 +122,9 @@ async def test_claude_code_shaped_request_through_the_beta_client(
     assert "anthropic-beta" not in sent.headers
     chat = sent.json
     assert [m["role"] for m in chat["messages"]] == ["system", "user", "system"]
-    assert chat["max_tokens"] == 128000  # the neuron clamps to the model's limit
+    # A keyed request reserves (and forwards) at most the model's output limit: here the fake
+    # node's advertised max_output_tokens, as the model reports no limit of its own.
+    assert chat["max_tokens"] == 8192
     assert chat["chat_template_kwargs"] == {"enable_thinking": False}  # effort "low"
     for dropped in ("metadata", "context_management", "output_config", "thinking"):
         assert dropped not in chat

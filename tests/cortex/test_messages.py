@@ -877,7 +877,9 @@ async def test_stream_metrics_and_metering(start_cortex: CortexFactory, fake: Fa
     before = cortex.gw.auth.snapshot(principal)
     fake.stream_usage = (225, 42)
     fake.stream_delay = 0.02
-    r = await post(cortex, body(stream=True), headers={"x-api-key": KEY})
+    # A prompt that can be 225 tokens: cortex never charges more than it reserved for it.
+    long = [{"role": "user", "content": "Hi " * 225}]
+    r = await post(cortex, body(stream=True, messages=long), headers={"x-api-key": KEY})
     assert r.status_code == 200
     assert first(sse(r.text), "message_delta")["usage"] == {
         "input_tokens": 225,

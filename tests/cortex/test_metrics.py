@@ -82,13 +82,14 @@ def test_last_count_for_null_after_a_number_gives_the_number_before() -> None:
 # -- TokenObserver --------------------------------------------------------------------------
 
 
-def test_observer_emits_once_with_zero_when_no_usage() -> None:
-    seen: list[tuple[int, int]] = []
+def test_observer_emits_once_with_none_when_no_usage() -> None:
+    seen: list[tuple[int | None, int | None]] = []
     obs = TokenObserver(0.0, True, lambda o, p, c: seen.append((p, c)))
     obs.feed(b'data: {"choices":[]}\n\n')
     obs.finish()
     obs.finish()
-    assert seen == [(0, 0)]
+    assert seen == [(None, None)]  # no usage: accounting charges what it observed instead
+    assert obs.frames == 1
 
 
 def test_observer_responses_keys() -> None:

@@ -231,7 +231,9 @@ async def test_client_disconnect_cancels_upstream_and_settles_metering(
     assert cortex.gw.accounting.history[-1]["route"] == "/v1/chat/completions"
     snap = cortex.gw.auth.snapshot(principal)
     assert snap.reserved == 0
-    assert snap.spent == 0  # no usage arrived before the drop: settled at (0, 0)
+    # No usage arrived before the drop: charged what it observably used, the prompt the
+    # neuron announced (10) and a token per frame cortex saw (at least the one read).
+    assert 10 + 1 <= snap.spent < 10 + 50
     assert cortex.metric("cortex_model_in_flight", node="mock-node", model="test-model") == 0
 
 

@@ -29,14 +29,26 @@ ENV_PREFIX = "CORTEX_"
 
 class GatewaySettings(Section):
     listen: str = "0.0.0.0:31313"
-    metrics_listen: str = "0.0.0.0:31314"
+    metrics_listen: str = "127.0.0.1:31314"  # the series name keys and accounts: loopback
     poll_interval_secs: float = Field(default=5, gt=0)
     probe_timeout_secs: float = Field(default=5, gt=0)
     discovery_interval_secs: float = Field(default=60, ge=0)
     request_timeout_secs: float = Field(default=300, gt=0)
     cold_load_timeout_secs: float = Field(default=1800, gt=0)
-    max_body_mb: float = Field(default=32, gt=0)
+    max_body_mb: float = Field(default=8, gt=0)  # text needs far less; each costs parse memory
     shutdown_grace_secs: float = Field(default=30, ge=0)
+    # Connection safety (docs/reference.md#configuration): a request head, a body, a blocked
+    # write each get a deadline; open connections, large parses and a key's requests a cap.
+    header_timeout_secs: float = Field(default=10, gt=0)
+    body_timeout_secs: float = Field(default=60, gt=0)
+    write_timeout_secs: float = Field(default=30, gt=0)
+    max_connections: int = Field(default=1024, ge=1)
+    max_large_parses: int = Field(default=4, ge=1)
+    max_in_flight_per_key: int = Field(default=16, ge=1)
+    # Browser origins allowed to call the API (CORS); none by default, never on /api/*.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Directories under which an admin may load a model by path; catalogue ids always load.
+    admin_load_roots: list[str] = Field(default_factory=list)
 
     _listen = field_validator("listen", "metrics_listen")(check_listen)
 
@@ -73,6 +85,9 @@ class KeyConfig(Section):
 class Entitlements(Section):
     require_auth: bool = False
     keys: list[KeyConfig] = Field(default_factory=list)
+    # Where the per-key ledger persists (SQLite); relative to this file's directory; "" keeps
+    # it in memory only (every budget resets on restart).
+    ledger_path: str = "ledger.sqlite3"
 
     @model_validator(mode="after")
     def _unique_keys(self) -> Entitlements:
@@ -104,6 +119,16 @@ class Settings:
         self.catalogue = catalogue
         self.path = path
         self.models_path = models_path  # re-read on SIGHUP and when it changes
+
+    @property
+    def ledger_path(self) -> Path | None:
+        """The ledger file, resolved like models_config; None when persistence is off."""
+        raw = self.config.entitlements.ledger_path
+        if not raw:
+            return None
+        p = Path(raw)
+        base = self.path.parent if self.path is not None else Path.cwd()
+        return p if p.is_absolute() else base / p
 
 
 def load_settings(

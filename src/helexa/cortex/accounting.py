@@ -7,7 +7,6 @@ Runs on the event loop only; every inference request passes through `dispatch` (
 from __future__ import annotations
 
 import collections
-import math
 import time
 from typing import Any
 
@@ -42,9 +41,25 @@ class Accounting:
         if state is not None:
             state.last_accessed = time.time()
 
-    def finish(self, ctx: RequestContext, obs: TokenObserver, prompt: int, completion: int) -> None:
-        """The token observer's sink: metrics, metering, last_accessed (§1.7, §1.13)."""
+    def finish(
+        self, ctx: RequestContext, obs: TokenObserver, prompt: int | None, completion: int | None
+    ) -> None:
+        """The token observer's sink: metrics, metering, last_accessed (§1.7, §1.13). Counts are
+        None when the reply carried no usage (cut short, or an error)."""
         node, model = ctx.node, ctx.model
+        charge: int | None
+        if prompt is not None or completion is not None:
+            prompt, completion = prompt or 0, completion or 0
+            charge = prompt + completion
+        elif not obs.ok:
+            prompt = completion = charge = 0  # the node refused it: nothing was generated
+        elif obs.streaming and obs.prompt_hint is not None:
+            # Cut short: what was observably used, the prompt and a token per frame seen.
+            prompt, completion = obs.prompt_hint, obs.frames
+            charge = prompt + completion
+        else:
+            prompt = completion = 0
+            charge = None  # unknown: the whole reservation
         ctx.prompt_tokens, ctx.completion_tokens = prompt, completion
         if node is not None and model is not None:
             m = self.metrics
@@ -63,18 +78,34 @@ class Accounting:
             state = node.models.get(model)
             if state is not None:
                 state.last_accessed = time.time()
-        if ctx.reservation is not None and ctx.principal is not None:
-            self.auth.settle(ctx.reservation, prompt + completion)
-            p = ctx.principal
-            self.metrics.spend(p.account_id, p.key_id).inc(prompt + completion)
-            self.metrics.spend_prompt(p.account_id, p.key_id).inc(prompt)
-            self.metrics.spend_completion(p.account_id, p.key_id).inc(completion)
+        if ctx.reservation is not None:
+            self._charge(ctx, charge)
+
+    def _charge(self, ctx: RequestContext, charge: int | None) -> None:
+        """Settle the reservation (None: all of it); spend metrics show what was charged."""
+        res = ctx.reservation
+        if res is None or not res.open:
+            return
+        charged = self.auth.settle(res, res.tokens if charge is None else charge)
+        p = res.principal
+        prompt = min(ctx.prompt_tokens, charged)
+        self.metrics.spend(p.account_id, p.key_id).inc(charged)
+        self.metrics.spend_prompt(p.account_id, p.key_id).inc(prompt)
+        self.metrics.spend_completion(p.account_id, p.key_id).inc(charged - prompt)
 
     def complete(self, ctx: RequestContext) -> None:
-        """Always runs once per inference request: release what it held, record history."""
-        if ctx.reservation is not None:
-            self.auth.release(ctx.reservation)
+        """Always runs once per inference request: settle or release what it held, record
+        history. A request that reached a node, wasn't refused and left no usage behind (the
+        client went away before the reply was read) is charged its whole reservation."""
+        res = ctx.reservation
+        if res is not None and res.open:
+            if ctx.sent and ctx.status < 400:
+                self._charge(ctx, None)
+            else:
+                self.auth.release(res)
         self.undispatch(ctx)
+        if ctx.status in (401, 403):
+            return  # refused before it was anyone's request: no history of probes
         node, model = ctx.node, ctx.model
         now = time.perf_counter()
         self.history.append(
@@ -106,14 +137,3 @@ class Accounting:
         self._busy(old, model, -1)
         self._busy(new, model, +1)
         ctx.node = new
-
-    @staticmethod
-    def reserve_estimate(body_len: int, obj: dict[str, Any]) -> int:
-        """Prompt estimate + output cap, reserved before dispatch (§1.13 enforcement)."""
-        max_out = 4096
-        for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-            v = obj.get(key)
-            if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-                max_out = v
-                break
-        return math.ceil(body_len / 4) + max_out

@@ -7,6 +7,7 @@ path pays for a single wrapper.
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,9 +15,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from helexa.cortex import dashboard, errors, messages
+from helexa.cortex import dashboard, errors, messages, reserve
 from helexa.cortex.auth import BudgetError, bearer_token
-from helexa.cortex.context import RequestContext, request_id_from
+from helexa.cortex.bounds import check_prompt_bytes
+from helexa.cortex.context import RequestContext, checked_model_id, request_id_from
 from helexa.cortex.fallback import Attempt, with_fallbacks
 from helexa.cortex.gateway import Gateway
 from helexa.cortex.idle import parse_keep_alive
@@ -36,8 +38,8 @@ CTX = web.RequestKey("ctx", RequestContext)
 PUBLIC = frozenset({"/health", "/", "/version", "/dashboard"})  # the page holds no data
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
 TRACKED = frozenset((*OPENAI_ROUTES, "/v1/messages"))  # routed: metered, counted, in history
-CORS_HEADERS = {
-    "access-control-allow-origin": "*",
+EXPOSED = {  # CORS, for configured origins only (never /api/*: a web page must not read those)
+    "vary": "origin",
     "access-control-expose-headers": (
         "x-helexa-node, x-helexa-model, x-helexa-overhead-ms, x-helexa-cold-start, "
         "x-helexa-fallback-model, x-helexa-prompt-tokens, retry-after, x-request-id"
@@ -75,7 +77,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     tracked = path in TRACKED
     try:
         if request.method == "OPTIONS":
-            return web.Response(status=204, headers=_preflight(request))
+            return web.Response(status=204, headers=_preflight(request, gw))
         if path not in PUBLIC:
             ctx.principal = _authenticate(request, gw, ctx)
         return await handler(request)
@@ -90,6 +92,10 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         if e.status == 413:
             return error_response(http.too_large(gw.gateway_settings.max_body_mb), ctx)
         raise
+    except (RecursionError, orjson.JSONEncodeError):  # a client's deeply nested tools/arguments
+        gw.metrics.rejections("invalid_value").inc()
+        nested = errors.invalid_value("body", "request body is nested too deeply")
+        return error_response(nested, ctx)
     except Exception:
         log.exception("unhandled error on %s %s (request %s)", request.method, path, ctx.request_id)
         gw.metrics.rejections("internal_server_error").inc()
@@ -99,8 +105,20 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
             gw.accounting.complete(ctx)
 
 
-def _preflight(request: web.Request) -> dict[str, str]:
-    h = dict(CORS_HEADERS)
+def _cors(request: web.Request, gw: Gateway) -> dict[str, str] | None:
+    """The CORS headers for this request's origin when it is configured, else None."""
+    origin = request.headers.get("origin")
+    if origin is None or origin not in gw.gateway_settings.cors_origins:
+        return None
+    if request.path.startswith("/api/"):
+        return None
+    return {**EXPOSED, "access-control-allow-origin": origin}
+
+
+def _preflight(request: web.Request, gw: Gateway) -> dict[str, str]:
+    h = _cors(request, gw)
+    if h is None:
+        return {"vary": "origin"}  # no allow-origin: the browser refuses the real request
     h["access-control-allow-methods"] = "GET, POST, OPTIONS"
     h["access-control-allow-headers"] = request.headers.get("access-control-request-headers", "*")
     h["access-control-max-age"] = "600"
@@ -125,29 +143,33 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     ctx = request.get(CTX)
     if ctx is not None and "x-request-id" not in response.headers:
         response.headers["x-request-id"] = ctx.request_id
-    if "origin" in request.headers:
-        response.headers.update(CORS_HEADERS)
+    cors = _cors(request, request.app[GATEWAY])
+    if cors is not None:
+        response.headers.update(cors)
 
 
 # -- inference --------------------------------------------------------------------------------
 
 
 async def read_json_body(request: web.Request, gw: Gateway) -> tuple[bytes, dict[str, Any]]:
-    """Body limit, then parse: what every inference route shares."""
-    body = await http.read_body(request, gw.gateway_settings.max_body_mb)
+    """Body limit and deadline, then parse (a large body off the event loop): what every
+    inference route shares."""
+    cfg = gw.gateway_settings
+    body = await http.read_body(request, cfg.max_body_mb, cfg.body_timeout_secs)
     request[CTX].body_read_at = time.perf_counter()
-    return body, http.parse_object(body)
+    return body, await gw.parser.parse(body)
 
 
-async def _route(gw: Gateway, ctx: RequestContext, model: str, body_len: int, obj: Any) -> None:
+async def _route(gw: Gateway, ctx: RequestContext, model: str, prompt: int, obj: Any) -> None:
     """Reserve budget, resolve the model, mark the request dispatched."""
     # Errors from here on carry x-helexa-model: the alias is resolved.
     ctx.model = gw.catalogue.resolve_alias(model)
+    check_prompt_bytes(gw.fleet, ctx.model, prompt)
     if ctx.principal is not None and ctx.reservation is None:  # once, whatever falls back
+        limit = reserve.limit_output(gw.fleet, ctx.model)
+        ctx.output_cap = reserve.output_cap(ctx.path, obj, limit)
         try:
-            ctx.reservation = gw.auth.reserve(
-                ctx.principal, gw.accounting.reserve_estimate(body_len, obj)
-            )
+            ctx.reservation = gw.auth.reserve(ctx.principal, prompt + ctx.output_cap)
         except BudgetError as e:
             raise e.to_api() from None
     try:
@@ -166,21 +188,23 @@ async def _serve(
     gw: Gateway,
     ctx: RequestContext,
     model: str,
-    body_len: int,
+    prompt: int,
     obj: Any,
     keep_alive: float | None,
     attempt: Attempt,
 ) -> web.StreamResponse:
     """Route and send, falling back on a 503; keep_alive applies where it ran."""
+    checked_model_id(model)
     try:
-        return await with_fallbacks(
-            gw.catalogue,
-            gw.accounting,
-            ctx,
-            model,
-            lambda name: _route(gw, ctx, name, body_len, obj),
-            attempt,
-        )
+        with gw.key_limits.hold(ctx.principal):
+            return await with_fallbacks(
+                gw.catalogue,
+                gw.accounting,
+                ctx,
+                model,
+                lambda name: _route(gw, ctx, name, prompt, obj),
+                attempt,
+            )
     finally:
         gw.idle.note(ctx, keep_alive)
 
@@ -192,19 +216,22 @@ async def inference(request: web.Request) -> web.StreamResponse:
     model = obj.get("model")
     if not isinstance(model, str) or not model:
         raise http.missing_model()
-    size = len(body)  # the client's body is what budgets estimate from
+    prompt = reserve.prompt_bound(body)  # the client's body is what budgets estimate from
     stripped = "keep_alive" in obj  # cortex's own field: never forwarded
     keep_alive = parse_keep_alive(obj.pop("keep_alive", None))
     ctx.strip_usage, body = ask_upstream(request.path, obj, body)
 
     async def attempt(fall_back: bool) -> web.StreamResponse:
+        nonlocal body
+        if ctx.output_cap is not None:  # the node generates no more than was reserved
+            body = reserve.write_cap(request.path, obj, body, ctx.output_cap)
         out = body
         if stripped or obj["model"] != ctx.model:  # one re-serialisation for both
             obj["model"] = ctx.model
             out = orjson.dumps(obj)
         return await gw.proxy.passthrough(request, ctx, request.path, out, fall_back)
 
-    return await _serve(gw, ctx, model, size, obj, keep_alive, attempt)
+    return await _serve(gw, ctx, model, prompt, obj, keep_alive, attempt)
 
 
 async def anthropic_messages(request: web.Request) -> web.StreamResponse:
@@ -220,23 +247,33 @@ async def anthropic_messages(request: web.Request) -> web.StreamResponse:
 
     async def attempt(_: bool) -> web.StreamResponse:  # a 503 here is an ApiError already
         chat["model"] = ctx.model
+        if ctx.output_cap is not None:
+            chat["max_tokens"] = ctx.output_cap
         return await messages.relay(request, gw.proxy, ctx, orjson.dumps(chat))
 
-    return await _serve(gw, ctx, chat["model"], len(body), obj, keep_alive, attempt)
+    prompt = reserve.prompt_bound(body)
+    return await _serve(gw, ctx, chat["model"], prompt, chat, keep_alive, attempt)
 
 
 async def anthropic_count_tokens(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     ctx: RequestContext = request[CTX]
-    _, obj = await read_json_body(request, gw)
+    body, obj = await read_json_body(request, gw)
     try:
         chat = translate_request(obj, count_tokens=True)
     except TranslationError as e:
         raise messages.invalid_body(str(e)) from None
-    model_id = gw.catalogue.resolve_alias(chat["model"])
+    model_id = gw.catalogue.resolve_alias(checked_model_id(chat["model"]))
+    check_prompt_bytes(gw.fleet, model_id, len(body))
+    if ctx.principal is not None:  # counting costs a node's tokenizer: not for a spent key
+        try:
+            gw.auth.release(gw.auth.reserve(ctx.principal, 1))  # a spent key can't reserve 1
+        except BudgetError as e:
+            raise e.to_api() from None
     profile = gw.catalogue.get(model_id)
     load_id = profile.load_id() if profile is not None else None
-    return await messages.count_tokens(gw.proxy, ctx, model_id, chat, load_id)
+    with gw.key_limits.hold(ctx.principal):
+        return await messages.count_tokens(gw.proxy, ctx, model_id, chat, load_id)
 
 
 # -- fleet views --------------------------------------------------------------------------------
@@ -259,6 +296,11 @@ async def models(request: web.Request) -> web.Response:
     return json_response(build_models(gw.fleet, gw.catalogue))
 
 
+def _is_admin(request: web.Request) -> bool:
+    principal = request[CTX].principal
+    return principal is not None and principal.admin
+
+
 async def model_view(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     model_id = request.match_info["id"]
@@ -269,17 +311,25 @@ async def model_view(request: web.Request) -> web.Response:
 
 
 async def fleet_view(request: web.Request) -> web.Response:
+    """Hostnames, endpoints and load errors: an operator's view, admin-only under auth."""
     gw = request.app[GATEWAY]
-    return json_response({"nodes": [n.as_api() for n in gw.fleet]})
+    admin = _is_admin(request)
+    if gw.require_auth and not admin:
+        raise errors.admin_required()
+    return json_response({"nodes": [n.as_api(details=admin) for n in gw.fleet]})
 
 
 async def history(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     raw = request.query.get("limit", "100")
-    if not raw.isdigit():
-        raise errors.invalid_value("limit", f"invalid limit '{raw}': use an integer 1-1000")
+    if not (raw.isascii() and raw.isdigit()):  # isdigit alone accepts '²', which int() refuses
+        raise errors.invalid_value("limit", "invalid limit: use an integer 1-1000")
     limit = max(1, min(1000, int(raw)))
-    items = list(gw.accounting.history)[-limit:]
+    items = list(gw.accounting.history)
+    principal = request[CTX].principal
+    if gw.require_auth and principal is not None and not principal.admin:
+        items = [i for i in items if i["key_id"] == principal.key_id]  # a tenant sees its own
+    items = items[-limit:]
     items.reverse()
     return json_response({"object": "list", "data": items})
 
@@ -296,6 +346,7 @@ async def _admin_body(request: web.Request, gw: Gateway, need_node: bool) -> tup
     node = obj.get("node")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "missing_model_field", "missing 'model' field in request body")
+    checked_model_id(model)
     if node is not None and not isinstance(node, str):
         raise errors.invalid_value("node", "'node' must be a string naming a configured neuron")
     if need_node and not node:
@@ -315,10 +366,28 @@ async def admin_load(request: web.Request) -> web.Response:
         route = await gw.router.resolve(model_id)
         node = route.node
     else:
+        _check_loadable(gw, model_id)
         target = gw.fleet.nodes[node_name]
         lc = gw.lifecycle
         node = await lc.single_flight(model_id, lambda: lc.load_here(target, model_id))
     return json_response({"status": "loaded", "node": node.name, "model": model_id})
+
+
+def _check_loadable(gw: Gateway, model_id: str) -> None:
+    """A node loads what it is told, paths included: an admin key may name catalogue models,
+    and other ids only under gateway.admin_load_roots (directories or hub namespaces)."""
+    if gw.catalogue.get(model_id) is not None:
+        return
+    norm = posixpath.normpath(model_id)
+    for root in gw.gateway_settings.admin_load_roots:
+        if norm.startswith(posixpath.normpath(root).rstrip("/") + "/"):
+            return
+    raise ApiError(
+        403,
+        "model_not_allowed",
+        f"'{model_id}' is not in the catalogue nor under gateway.admin_load_roots",
+        type="permission_error",
+    )
 
 
 async def admin_unload(request: web.Request) -> web.Response:

@@ -1,7 +1,8 @@
 """API keys, principals and the token ledger (contract §1.13).
 
 The ledger is touched only from the event loop and never awaits while it holds a ledger, so
-reserve/settle/release are atomic without a lock and `spent + reserved <= hard_cap` holds.
+reserve/settle/release are atomic without a lock; a settlement never charges more than was
+reserved, so `spent + reserved <= hard_cap` holds under any concurrency.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 from helexa.config.cortex import Entitlements, KeyConfig
 from helexa.cortex import errors
+from helexa.cortex.ledger_store import LedgerStore
 from helexa.wire.errors import ApiError
 
 
@@ -51,12 +53,15 @@ class Ledger:
     reserved: int = 0
     window_start: float | None = None
 
-    def _roll(self, now: float) -> None:
+    def _roll(self, now: float) -> bool:
+        """Start a new window when the last one is over; whether it did."""
         if self.window_secs is None:
-            return
+            return False
         if self.window_start is None or now - self.window_start >= self.window_secs:
             self.window_start = now
             self.spent = 0
+            return True
+        return False
 
     def available(self) -> int | None:
         if self.hard_cap is None:
@@ -80,18 +85,22 @@ class Snapshot:
 
 @dataclass
 class LocalProvider:
-    """Keys from `[[entitlements.keys]]`, ledgers in memory, one per key_id."""
+    """Keys from `[[entitlements.keys]]`, ledgers in memory, one per key_id, written through to
+    `store` when there is one. Windows run on the wall clock: they outlive a restart."""
 
     keys: dict[str, KeyConfig]
-    clock: object = field(default=time.monotonic)
+    clock: object = field(default=time.time)
+    store: LedgerStore | None = None
     _ledgers: dict[str, Ledger] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, ent: Entitlements) -> LocalProvider:
-        provider = cls({k.key: k for k in ent.keys})
+    def from_config(cls, ent: Entitlements, store: LedgerStore | None = None) -> LocalProvider:
+        provider = cls({k.key: k for k in ent.keys}, store=store)
         for k in ent.keys:
             window = k.window.seconds if k.window.kind == "rolling" else None
-            provider._ledgers.setdefault(k.label, Ledger(k.hard_cap, window))
+            led = provider._ledgers.setdefault(k.label, Ledger(k.hard_cap, window))
+            if store is not None and k.label in store.loaded:
+                led.spent, led.window_start = store.loaded[k.label]
         return provider
 
     def resolve(self, key: str) -> Principal | None:
@@ -110,10 +119,20 @@ class LocalProvider:
     def _now(self) -> float:
         return self.clock()  # type: ignore[operator]
 
+    def _ledger(self, key_id: str) -> Ledger:
+        """The key's ledger, its window rolled to now (and the reset saved)."""
+        led = self._ledgers.setdefault(key_id, Ledger(None, None))
+        if led._roll(self._now()):
+            self._save(key_id, led)
+        return led
+
+    def _save(self, key_id: str, led: Ledger) -> None:
+        if self.store is not None:
+            self.store.save(key_id, led.spent, led.window_start)
+
     def reserve(self, principal: Principal, tokens: int) -> Reservation:
-        led = self._ledgers.setdefault(principal.key_id, Ledger(None, None))
+        led = self._ledger(principal.key_id)
         now = self._now()
-        led._roll(now)
         avail = led.available()
         if avail is not None and tokens > avail:
             if led.window_secs is not None and led.window_start is not None:
@@ -123,13 +142,18 @@ class LocalProvider:
         led.reserved += tokens
         return Reservation(principal, tokens)
 
-    def settle(self, res: Reservation, actual: int) -> None:
+    def settle(self, res: Reservation, actual: int) -> int:
+        """Charge `actual`, but never more than was reserved; what was charged."""
         if not res.open:
-            return
+            return 0
         res.open = False
-        led = self._ledgers[res.principal.key_id]
+        charged = min(max(actual, 0), res.tokens)
+        key_id = res.principal.key_id
+        led = self._ledgers[key_id]
         led.reserved -= res.tokens
-        led.spent += actual
+        led.spent += charged
+        self._save(key_id, led)
+        return charged
 
     def release(self, res: Reservation) -> None:
         if not res.open:
@@ -138,8 +162,7 @@ class LocalProvider:
         self._ledgers[res.principal.key_id].reserved -= res.tokens
 
     def snapshot(self, principal: Principal) -> Snapshot:
-        led = self._ledgers.setdefault(principal.key_id, Ledger(None, None))
-        led._roll(self._now())
+        led = self._ledger(principal.key_id)
         return Snapshot(led.hard_cap, led.spent, led.reserved)
 
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass
 
 from helexa.cortex.auth import Principal, Reservation
 from helexa.cortex.fleet import NodeState
+from helexa.wire.errors import ApiError
+
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_MODEL_ID = 256
 
 
 def new_request_id() -> str:
@@ -16,11 +21,24 @@ def new_request_id() -> str:
 
 
 def request_id_from(header: str | None) -> str:
-    """The client's x-request-id when it is printable ASCII, else a fresh one: the id is echoed,
-    forwarded and stored in history, and bytes that aren't UTF-8 can't be serialised."""
-    if header and header.isascii() and header.isprintable():
+    """The client's x-request-id when it is short and of a safe charset, else a fresh one: the
+    id is echoed, forwarded, logged and stored in history."""
+    if header and SAFE_REQUEST_ID.fullmatch(header):
         return header
     return new_request_id()
+
+
+def checked_model_id(model: str) -> str:
+    """A client's `model` is echoed in x-helexa-model and logged: a control character would
+    break the response header (aiohttp drops the connection) or forge a log line."""
+    if len(model) > MAX_MODEL_ID or not model.isprintable():
+        raise ApiError(
+            400,
+            "invalid_value",
+            f"'model' must be at most {MAX_MODEL_ID} printable characters",
+            param="model",
+        )
+    return model
 
 
 @dataclass(slots=True)
@@ -38,6 +56,8 @@ class RequestContext:
     strip_usage: bool = False  # cortex asked for the usage chunk; the client did not
     dispatched: bool = False
     reservation: Reservation | None = None
+    output_cap: int | None = None  # reserved output tokens, written into the forwarded body
+    sent: bool = False  # the request went to a node: it may have cost something
     status: int = 0
     ttft: float | None = None
     prompt_tokens: int = 0

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 
 import aiohttp
 
 from helexa.config.cortex import Settings
+from helexa.config.loader import ConfigError
 from helexa.cortex.accounting import Accounting
 from helexa.cortex.auth import LocalProvider
 from helexa.cortex.fleet import Fleet
 from helexa.cortex.idle import IdleReaper
+from helexa.cortex.key_limits import KeyLimits
+from helexa.cortex.ledger_store import LedgerStore
 from helexa.cortex.lifecycle import Lifecycle
 from helexa.cortex.metrics import CortexMetrics
 from helexa.cortex.models_view import warn_dangling_aliases
@@ -21,6 +25,7 @@ from helexa.cortex.proxy import Proxy
 from helexa.cortex.reload import CatalogueReloader
 from helexa.cortex.router import Router
 from helexa.cortex.upstream import UpstreamPool
+from helexa.wire import http
 
 log = logging.getLogger("helexa.cortex")
 
@@ -33,13 +38,27 @@ class Gateway:
         self.catalogue = settings.catalogue
         self.metrics = CortexMetrics()
         self.fleet = Fleet(cfg.neurons)
-        self.auth = LocalProvider.from_config(cfg.entitlements)
+        self.ledger = self._open_ledger(settings)
+        self.auth = LocalProvider.from_config(cfg.entitlements, self.ledger)
         self.require_auth = cfg.entitlements.require_auth
         self.max_body = int(self.gateway_settings.max_body_mb * 2**20)
+        self.parser = http.BodyParser(self.gateway_settings.max_large_parses)
+        self.key_limits = KeyLimits(self.gateway_settings.max_in_flight_per_key)
         self.accounting = Accounting(self.metrics, self.auth)
         self.reloader = CatalogueReloader(self.catalogue, settings.models_path)
         self.session: aiohttp.ClientSession | None = None
         self.draining = False
+
+    @staticmethod
+    def _open_ledger(settings: Settings) -> LedgerStore | None:
+        """The ledger's file, when there are keys to meter and persistence is on."""
+        path = settings.ledger_path
+        if path is None or not settings.config.entitlements.keys:
+            return None
+        try:
+            return LedgerStore(path)
+        except (OSError, sqlite3.Error) as e:
+            raise ConfigError(f"cannot open the ledger at {path}: {e}") from None
 
     async def start(self, *, poll: bool = True) -> None:
         """Open the upstream pool and run one bounded poll round before serving."""
@@ -96,3 +115,6 @@ class Gateway:
         if self.session is not None:
             await self.session.close()
             self.session = None
+        if self.ledger is not None:
+            await asyncio.to_thread(self.ledger.close)
+            self.ledger = None

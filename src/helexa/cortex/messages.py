@@ -15,7 +15,7 @@ from aiohttp import web
 from helexa.cortex import errors
 from helexa.cortex.context import RequestContext
 from helexa.cortex.neuron_client import NeuronCallError
-from helexa.cortex.observer import TokenObserver
+from helexa.cortex.observer import PROMPT_HEADER, TokenObserver, prompt_header
 from helexa.cortex.proxy import Proxy
 from helexa.cortex.upstream import Response
 from helexa.translate.response import message_id, translate_response
@@ -26,7 +26,6 @@ from helexa.wire.errors import ApiError
 log = logging.getLogger("helexa.cortex.messages")
 PING_AFTER_SECS = 10.0
 CHAT_PATH = "/v1/chat/completions"
-PROMPT_HEADER = "x-helexa-prompt-tokens"
 
 
 def invalid_body(detail: str) -> ApiError:
@@ -75,7 +74,10 @@ async def relay(
         if prompt is not None:
             headers[PROMPT_HEADER] = prompt  # neuron → client, as on the OpenAI routes (§0.5)
         observer = TokenObserver(
-            ctx.started, streaming, lambda o, p, c: proxy.accounting.finish(ctx, o, p, c)
+            ctx.started,
+            streaming,
+            lambda o, p, c: proxy.accounting.finish(ctx, o, p, c),
+            prompt_hint=prompt_header(prompt),
         )
         ctx.status = 200
         try:

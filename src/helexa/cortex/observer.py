@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 TAIL_CAP = 64 * 1024
+PROMPT_HEADER = "x-helexa-prompt-tokens"
 _DIGITS = b"0123456789"
 
 
@@ -34,15 +35,25 @@ def last_count_for(tail: bytes | bytearray, key: bytes) -> int | None:
         end = pos
 
 
+def prompt_header(value: str | None) -> int | None:
+    """The neuron's `x-helexa-prompt-tokens`, when it is a count."""
+    return int(value) if value is not None and value.isdigit() else None
+
+
 class TokenObserver:
-    """Fed every body chunk; emits once, at end of stream or when the client goes away."""
+    """Fed every body chunk; emits once, at end of stream or when the client goes away. A
+    stream also counts its SSE frames: what a reply cut before its usage is charged by."""
 
     __slots__ = (
         "_done",
+        "_newline",
         "_on_finish",
         "completion_key",
         "first_at",
+        "frames",
         "last_at",
+        "ok",
+        "prompt_hint",
         "prompt_key",
         "started",
         "streaming",
@@ -53,12 +64,18 @@ class TokenObserver:
         self,
         started: float,
         streaming: bool,
-        on_finish: Callable[[TokenObserver, int, int], None],
+        on_finish: Callable[[TokenObserver, int | None, int | None], None],
         *,
         responses_keys: bool = False,
+        prompt_hint: int | None = None,
+        ok: bool = True,
     ) -> None:
         self.started = started
         self.streaming = streaming
+        self.prompt_hint = prompt_hint  # the neuron's x-helexa-prompt-tokens
+        self.ok = ok  # a 2xx reply: one that may have generated
+        self.frames = 0
+        self._newline = False
         self.tail = bytearray()
         self.first_at: float | None = None
         self.last_at: float | None = None
@@ -72,6 +89,10 @@ class TokenObserver:
         if self.first_at is None:
             self.first_at = now
         self.last_at = now
+        if self.streaming and chunk:
+            # Frames end in a blank line; one split across reads is counted once.
+            self.frames += chunk.count(b"\n\n") + (self._newline and chunk[0] == 0x0A)
+            self._newline = chunk[-1] == 0x0A and not chunk.endswith(b"\n\n")
         tail = self.tail
         tail += chunk
         if len(tail) > TAIL_CAP:
@@ -92,6 +113,6 @@ class TokenObserver:
         if self._done:
             return
         self._done = True
-        prompt = last_count_for(self.tail, self.prompt_key) or 0
-        completion = last_count_for(self.tail, self.completion_key) or 0
+        prompt = last_count_for(self.tail, self.prompt_key)
+        completion = last_count_for(self.tail, self.completion_key)
         self._on_finish(self, prompt, completion)

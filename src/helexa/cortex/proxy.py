@@ -20,7 +20,7 @@ from helexa.cortex.accounting import Accounting
 from helexa.cortex.context import RequestContext
 from helexa.cortex.fleet import NodeState
 from helexa.cortex.metrics import CortexMetrics
-from helexa.cortex.observer import TokenObserver
+from helexa.cortex.observer import PROMPT_HEADER, TokenObserver, prompt_header
 from helexa.cortex.poller import Poller
 from helexa.cortex.router import NodeUnreachable, Router
 from helexa.cortex.stream_usage import UsageStripper
@@ -47,6 +47,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 WHOLE_BODY_MAX = 1 << 20  # non-streaming replies up to this size are sent in one write
+CRASH_REPLY_MAX = 1 << 16  # a 503 up to this size is looked into for `worker_crashed`
 FORWARDED = ("content-type", "accept", "traceparent", "tracestate")
 _CONNECT_ERRORS = (UpstreamConnectError, aiohttp.ConnectionTimeoutError)
 _BEFORE_HEADERS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -54,6 +55,16 @@ _BEFORE_HEADERS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 class UpstreamUnavailable(Exception):
     """An upstream 503 before any byte reached the client: a fallback may serve (§1.18.2)."""
+
+
+def error_code(raw: bytes) -> str | None:
+    """The `error.code` of an error envelope, or None."""
+    try:
+        env = orjson.loads(raw).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    code = env.get("code") if isinstance(env, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def midstream_error(path: str, code: str, message: str) -> bytes:
@@ -107,7 +118,13 @@ class Proxy:
                 url = await self.router.endpoint(node, model) + path
                 headers = self.upstream_headers(request, ctx, node)
                 ctx.mark_dispatch()
-                return await self.upstream.post(url, body, headers)
+                ctx.sent = True
+                resp = await self.upstream.post(url, body, headers)
+                other = None if failed_over else await self._crash_replica(resp, model, node)
+                if other is None:
+                    return resp
+                log.warning("worker for %s on %s crashed before replying", model, node.name)
+                self.metrics.request_errors(model, node.name).inc()
             except (*_CONNECT_ERRORS, *_BEFORE_HEADERS, NodeUnreachable) as e:
                 if isinstance(e, (*_CONNECT_ERRORS, NodeUnreachable)):
                     self.poller.mark_unreachable(node)
@@ -118,9 +135,6 @@ class Proxy:
                 other = self.router.replica(model, node)
                 if other is None:
                     raise errors.unreachable_no_replica(node.name, model) from None
-                self.metrics.failovers(model).inc()
-                failed_over = True
-                self.accounting.move(ctx, other)
             except TimeoutError:
                 self.metrics.request_errors(model, node.name).inc()
                 raise errors.upstream_timeout(self.settings.request_timeout_secs) from None
@@ -128,6 +142,30 @@ class Proxy:
                 log.warning("upstream %s for %s failed: %r", node.name, model, e)
                 self.metrics.request_errors(model, node.name).inc()
                 raise errors.upstream_connection_error() from None
+            self.metrics.failovers(model).inc()
+            failed_over = True
+            self.accounting.move(ctx, other)
+
+    async def _crash_replica(self, resp: Response, model: str, node: NodeState) -> NodeState | None:
+        """Another replica when the node's worker crashed before replying (a small 503
+        `worker_crashed`): nothing reached the client, so like a connect failure the request
+        may run once elsewhere. Otherwise the reply stays as it was, body included."""
+        clen = resp.content_length
+        if resp.status != 503 or clen is None or clen > CRASH_REPLY_MAX:
+            return None
+        other = self.router.replica(model, node)
+        if other is None:
+            return None
+        try:
+            raw = await resp.read()
+        except BaseException:
+            resp.close()
+            raise
+        if error_code(raw) != "worker_crashed":
+            resp.content.unread(raw)
+            return None
+        resp.close()
+        return other
 
     async def passthrough(
         self,
@@ -157,6 +195,8 @@ class Proxy:
                 streaming,
                 lambda o, p, c: self.accounting.finish(ctx, o, p, c),
                 responses_keys=path == "/v1/responses",
+                prompt_hint=prompt_header(upstream.headers.get(PROMPT_HEADER)),
+                ok=status < 400,
             )
             ctx.status = status
             clen = upstream.content_length
