@@ -44,7 +44,7 @@ class Accounting:
     def finish(
         self, ctx: RequestContext, obs: TokenObserver, prompt: int | None, completion: int | None
     ) -> None:
-        """The token observer's sink: metrics, metering, last_accessed (§1.7, §1.13). Counts are
+        """The token observer's sink: metrics, metering, last_accessed. Counts are
         None when the reply carried no usage (cut short, or an error)."""
         node, model = ctx.node, ctx.model
         charge: int | None

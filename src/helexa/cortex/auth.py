@@ -1,4 +1,4 @@
-"""API keys, principals and the token ledger (contract §1.13).
+"""API keys, principals and the token ledger.
 
 The ledger is touched only from the event loop and never awaits while it holds a ledger, so
 reserve/settle/release are atomic without a lock; a settlement never charges more than was

@@ -52,7 +52,7 @@ class RequestContext:
     model: str | None = None
     node: NodeState | None = None
     cold_start: bool = False
-    fallback_model: str | None = None  # set once a fallback is tried (§1.18.2)
+    fallback_model: str | None = None  # set once a fallback is tried
     strip_usage: bool = False  # cortex asked for the usage chunk; the client did not
     dispatched: bool = False
     reservation: Reservation | None = None

@@ -1,5 +1,5 @@
 """`/v1/messages` and `/v1/messages/count_tokens`: Anthropic clients over OpenAI-speaking
-neurons (contract §1.10, §1.11). Translation itself is pure code in `helexa.translate`."""
+neurons. Translation itself is pure code in `helexa.translate`."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def invalid_body(detail: str) -> ApiError:
 
 
 def upstream_error(status: int, body: Any, retry_after: str | None) -> ApiError:
-    """A neuron non-2xx in Anthropic terms (§1.10.5): 4xx messages pass, 5xx are summarised,
+    """A neuron non-2xx in Anthropic terms: 4xx messages pass, 5xx are summarised,
     and context overflow uses the wording Claude Code compacts on."""
     env = body.get("error") if isinstance(body, dict) else None
     env = env if isinstance(env, dict) else {}
@@ -72,7 +72,7 @@ async def relay(
         headers = ctx.helexa_headers()
         prompt = upstream.headers.get(PROMPT_HEADER)
         if prompt is not None:
-            headers[PROMPT_HEADER] = prompt  # neuron → client, as on the OpenAI routes (§0.5)
+            headers[PROMPT_HEADER] = prompt  # neuron → client, as on the OpenAI routes
         observer = TokenObserver(
             ctx.started,
             streaming,
@@ -129,7 +129,7 @@ async def _stream(
     try:
         while not machine.finished:
             # A ping goes out after PING_AFTER_SECS without an event to the client, however
-            # busy the upstream is with frames that translate to nothing (§1.10.4).
+            # busy the upstream is with frames that translate to nothing.
             quiet = PING_AFTER_SECS - (clock() - last_event)
             if quiet <= 0:
                 await resp.write(PING)

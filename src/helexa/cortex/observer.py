@@ -1,4 +1,4 @@
-"""Watches a response go by (never buffering it) for TTFT, throughput and token usage (§1.7)."""
+"""Watches a response go by (never buffering it) for TTFT, throughput and token usage."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Byte-for-byte proxying to a neuron, with failover before the first byte (contract §1.7).
+"""Byte-for-byte proxying to a neuron, with failover before the first byte.
 
 The body is relayed chunk by chunk as it arrives and never re-serialised; SSE is parsed only by
 the token observer's tail scan, once, at the end.
@@ -54,7 +54,7 @@ _BEFORE_HEADERS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 class UpstreamUnavailable(Exception):
-    """An upstream 503 before any byte reached the client: a fallback may serve (§1.18.2)."""
+    """An upstream 503 before any byte reached the client: a fallback may serve."""
 
 
 def error_code(raw: bytes) -> str | None:
