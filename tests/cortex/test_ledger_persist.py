@@ -108,14 +108,14 @@ class Serve:
 
 
 @pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
-    async with FakeNeuron(token=NODE_TOKEN) as fake:
-        s = Serve(tmp_path, fake)
-        try:
-            yield s
-        finally:
-            if s.proc is not None and s.proc.returncode is None:
-                await s.stop(signal.SIGKILL)
+async def serve(tmp_path: Path, fake: FakeNeuron) -> AsyncIterator[Serve]:
+    """A cortex process in front of conftest's fake neuron (which holds NODE_TOKEN)."""
+    s = Serve(tmp_path, fake)
+    try:
+        yield s
+    finally:
+        if s.proc is not None and s.proc.returncode is None:
+            await s.stop(signal.SIGKILL)
 
 
 async def spend(serve: Serve, n: int) -> int:
@@ -144,3 +144,27 @@ async def test_balance_survives_a_graceful_restart_without_waiting(serve: Serve)
     await serve.stop(signal.SIGTERM)  # shutdown commits what the writer had not yet
     await serve.start()
     assert await serve.available() == CAP - spent
+
+
+async def test_a_stream_cut_by_shutdown_is_charged_and_kept(serve: Serve, fake: FakeNeuron) -> None:
+    """Issue 11 item 2 at shutdown: a stream still running when cortex stops (after its grace)
+    is charged what it used so far, and that charge is on disk when cortex comes back."""
+    await serve.start()
+    fake.stream_chunks, fake.stream_delay = 100, 0.2
+    body = {**CHAT, "stream": True, "max_tokens": 100}
+    raw = orjson.dumps(body)
+    async with httpx.AsyncClient(timeout=30) as c:
+        headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+        async with c.stream(
+            "POST", serve.url + "/v1/chat/completions", content=raw, headers=headers
+        ) as r:
+            assert r.status_code == 200
+            read = 0
+            lines = r.aiter_lines()
+            while read < 3:
+                read += (await anext(lines)).startswith("data: {")
+            await serve.stop(signal.SIGTERM)
+    await serve.start()
+    spent = CAP - await serve.available()
+    assert spent >= 10 + 3  # the prompt and the frames the client read
+    assert spent < len(raw) + 100  # observed, not the whole reservation

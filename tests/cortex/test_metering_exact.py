@@ -213,6 +213,30 @@ async def test_unmetered_requests_are_forwarded_untouched(
     assert fake.last("/v1/chat/completions").body == raw
 
 
+@pytest.mark.parametrize(
+    ("fields", "written"),
+    [
+        ({}, {"max_tokens": 99}),  # spliced on
+        ({"max_tokens": 500}, {"max_tokens": 99}),
+        ({"max_tokens": 50}, {"max_tokens": 50}),  # within: reserved as asked, body as is
+        ({"max_completion_tokens": None, "max_tokens": 50}, {"max_tokens": 50}),
+        ({"max_completion_tokens": None}, {"max_completion_tokens": 99}),  # null is unset
+        ({"max_completion_tokens": 500, "max_tokens": 5}, {"max_completion_tokens": 99}),
+        ({"max_tokens": "many"}, {"max_tokens": "many"}),  # invalid: the neuron refuses it
+        ({"max_tokens": 0}, {"max_tokens": 0}),
+    ],
+)
+def test_the_cap_is_written_where_the_neuron_reads_it(
+    fields: dict[str, Any], written: dict[str, Any]
+) -> None:
+    obj = {"model": "m", "messages": MESSAGES, **fields}
+    cap = reserve.output_cap("/v1/chat/completions", obj, 99)
+    body = reserve.write_cap("/v1/chat/completions", obj, orjson.dumps(obj) + b"\n", cap)
+    sent = orjson.loads(body)
+    assert sent == obj  # the body and the parsed object agree
+    assert {k: sent[k] for k in written} == written
+
+
 def test_prompt_bound_is_above_the_tokenizer_count() -> None:
     """bytes/4 was ~4x low on digits and punctuation; the bound holds on them and on prose,
     measured with the tiny test tokenizer (a poor one: few merges, many tokens)."""

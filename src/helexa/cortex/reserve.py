@@ -57,34 +57,39 @@ def _positive(v: Any) -> int | None:
     return v
 
 
+def _honoured(fields: tuple[str, ...], obj: dict[str, Any]) -> str | None:
+    """The field the neuron reads the cap from: the first one set (null counts as unset)."""
+    return next((f for f in fields if obj.get(f) is not None), None)
+
+
 def output_cap(path: str, obj: dict[str, Any], limit: int) -> int:
     """The output tokens to reserve: the field the neuron would honour, at most `limit`; absent
     (or invalid: the neuron refuses it) → the neuron's default for the route."""
     fields = CAP_FIELDS.get(path)
     if fields is None:
         return 0  # embeddings generate nothing
-    for name in fields:
-        if name in obj:
-            requested = _positive(obj[name])
-            if requested is not None:
-                return min(requested, limit)
-            break
+    name = _honoured(fields, obj)
+    requested = _positive(obj[name]) if name is not None else None
+    if requested is not None:
+        return min(requested, limit)
     return min(COMPLETIONS_DEFAULT, limit) if path == "/v1/completions" else limit
 
 
 def write_cap(path: str, obj: dict[str, Any], body: bytes, cap: int) -> bytes:
-    """`body` (which is `obj` serialised, or its splices) with the output field set to `cap`;
-    `obj` is updated too. Absent → spliced on (no re-serialisation of a long prompt); present
-    and different → re-serialised; already `cap` or invalid (the neuron refuses it) → as is."""
+    """`body` (which is `obj` serialised, or its splices) with the honoured cap field set to
+    `cap`; `obj` is updated too. No cap field at all → spliced on (no re-serialisation of a long
+    prompt); set to something else, or null → re-serialised; already `cap`, or invalid (the
+    neuron refuses it) → as is."""
     fields = CAP_FIELDS.get(path)
     if not fields:
         return body
-    name = next((f for f in fields if f in obj), None)
-    if name is None:
+    name = _honoured(fields, obj)
+    if name is not None:
+        current = _positive(obj[name])
+        if current is None or current == cap:
+            return body
+    elif not any(f in obj for f in fields):
         obj[fields[-1]] = cap
         return body.rstrip()[:-1] + b',"' + fields[-1].encode() + b'":' + str(cap).encode() + b"}"
-    current = _positive(obj[name])
-    if current is None or current == cap:
-        return body
-    obj[name] = cap
+    obj[name or fields[0]] = cap
     return orjson.dumps(obj)
