@@ -2,7 +2,7 @@
 
 Starts two ``neuron serve`` processes (each pre-warms ``soak-model`` on a fake worker from
 ``tests/neuron/daemon/fake_worker.py``, no torch: a stream of short pieces with a small delay)
-and ``cortex serve`` in front of both (auth required, one key per ten clients), all on
+and ``cortex serve`` in front of both (auth required, one key per five clients), all on
 ephemeral 127.0.0.1 ports. Then ``--clients`` clients loop for ``--minutes``: chat completions
 and Anthropic messages, streaming and not; one client in ten hangs up mid-stream on every
 request. Neuron ``b`` is SIGKILLed at 30 % and 65 % of the run and restarted after
@@ -195,7 +195,7 @@ async def run(args: argparse.Namespace) -> int:
     model = model_dir(tmp, "soak", {"reply": REPLY})
     write_tokenizer(model)
     a, b = Neuron("a", tmp, model), Neuron("b", tmp, model)
-    nkeys = max(1, args.clients // 10)
+    nkeys = max(1, args.clients // 5)
     keys = [f"sk-soak-{i}" for i in range(nkeys)]
     cfg, url, metrics_url = write_cortex(tmp, [a, b], keys)
     code = "import sys; from helexa.cortex.cli import main; sys.exit(main())"
@@ -262,6 +262,8 @@ def report(
     print("outcomes:", ", ".join(f"{k} {v}" for k, v in sorted(tally.outcomes.items())))
     lost = tally.outcomes.get("lost", 0)
     print(f"requests lost: {lost}" + (f"  {dict(tally.lost)}" if lost else ""))
+    for cause, raw in tally.samples.items():
+        print(f"  first {cause}: {raw!r}")
     print("5xx by cause:", dict(tally.errors_5xx) or "none")
     print("4xx by cause:", dict(tally.errors_4xx) or "none")
     print("RSS (MiB, process and its workers):")

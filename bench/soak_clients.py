@@ -47,6 +47,12 @@ class Tally:
     errors_5xx: Counter[str] = field(default_factory=Counter)
     errors_4xx: Counter[str] = field(default_factory=Counter)
     keys: dict[str, KeyTally] = field(default_factory=dict)
+    samples: dict[str, bytes] = field(default_factory=dict)  # the first body per lost cause
+
+    def lose(self, cause: str, raw: bytes = b"") -> str:
+        self.lost[cause] += 1
+        self.samples.setdefault(cause, raw[:300])
+        return "lost"
 
     def key(self, key_id: str) -> KeyTally:
         return self.keys.setdefault(key_id, KeyTally())
@@ -123,8 +129,7 @@ class Client:
             try:
                 outcome = await self.one(session, anthropic, stream, cap)
             except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, KeyError) as e:
-                outcome = "lost"
-                self.tally.lost[type(e).__name__] += 1
+                outcome = self.tally.lose(type(e).__name__, repr(e).encode())
             self.tally.outcomes[outcome] += 1
             await asyncio.sleep(self.rng.random() * 0.05)
 
@@ -140,11 +145,14 @@ class Client:
             if r.headers.get("x-helexa-prompt-tokens", "").isdigit():
                 seen.prompt = int(r.headers["x-helexa-prompt-tokens"])
             if r.status != 200:
-                cause = error_cause(r.status, await r.read())
+                raw = await r.read()
+                cause = error_cause(r.status, raw)
                 if cause is None:
-                    self.tally.lost[f"{r.status} without an envelope"] += 1
-                    return "lost"
-                (self.tally.errors_5xx if r.status >= 500 else self.tally.errors_4xx)[cause] += 1
+                    return self.tally.lose(f"{r.status} without an envelope", raw)
+                if r.status < 500:
+                    self.tally.errors_4xx[f"{cause} ({self.key_id})"] += 1  # costs nothing
+                    return "failed"
+                self.tally.errors_5xx[cause] += 1
                 self.bound(tk, seen, cap, failed_early=True)
                 return "failed"
             if not stream:
@@ -175,8 +183,7 @@ class Client:
         if hang_after is not None:  # the answer ended before the client meant to hang up
             self.bound(tk, seen, cap)
             return "cut"
-        self.tally.lost["stream ended without a terminal frame"] += 1
-        return "lost"
+        return self.tally.lose("stream ended without a terminal frame")
 
     @staticmethod
     def bound(tk: KeyTally, seen: Seen, cap: int, failed_early: bool = False) -> None:
