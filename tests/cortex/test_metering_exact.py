@@ -95,6 +95,22 @@ async def test_upstream_cut_stream_is_charged_exactly_what_was_relayed(
     assert (await settled(cortex)).spent == 37 + frames
 
 
+async def test_large_reply_cut_by_the_node_is_charged_its_prompt(
+    start_cortex: CortexFactory, fake: FakeNeuron
+) -> None:
+    """A non-streaming body over 1 MiB is relayed in pieces; the node dies half-way, before the
+    usage at its end: the prompt the neuron announced is charged, not 0 and not everything."""
+    cortex = await metered(start_cortex, fake)
+    fake.chat_message = {"role": "assistant", "content": "x" * (3 << 19)}
+    fake.usage = (37, 250)
+    fake.fault, fake.fault_count = "drop_after", 1
+    body = {"model": "test-model", "messages": MESSAGES, "max_tokens": 250}
+    async with httpx.AsyncClient(timeout=10) as c:
+        with pytest.raises(httpx.TransportError):  # a truncated body, never a silent success
+            await c.post(cortex.base + "/chat/completions", **_hx(body))
+    assert (await settled(cortex)).spent == 37
+
+
 async def test_client_gone_before_a_non_streaming_reply_is_charged_the_reservation(
     start_cortex: CortexFactory, fake: FakeNeuron
 ) -> None:

@@ -53,13 +53,15 @@ class Accounting:
             charge = prompt + completion
         elif not obs.ok:
             prompt = completion = charge = 0  # the node refused it: nothing was generated
-        elif obs.streaming and obs.prompt_hint is not None:
-            # Cut short: what was observably used, the prompt and a token per frame seen.
+        elif obs.prompt_hint is not None and (obs.streaming or ctx.status >= 500):
+            # Cut short (the client left, the node died): what was observably used, the
+            # prompt and a token per stream frame relayed.
             prompt, completion = obs.prompt_hint, obs.frames
             charge = prompt + completion
         else:
             prompt = completion = 0
-            charge = None  # unknown: the whole reservation
+            # A body the client left before its usage: unknown, so the whole reservation.
+            charge = 0 if ctx.status >= 500 else None
         ctx.prompt_tokens, ctx.completion_tokens = prompt, completion
         if node is not None and model is not None:
             m = self.metrics
