@@ -288,3 +288,16 @@ def _hx(body: dict[str, Any], key: str = KEY) -> dict[str, Any]:
 
 def _aio(body: dict[str, Any], key: str = KEY) -> dict[str, Any]:
     return {"data": orjson.dumps(body), "headers": _hx(body, key)["headers"]}
+
+
+async def test_refused_keys_leave_no_history(start_cortex: CortexFactory, fake: FakeNeuron) -> None:
+    """A 401 is a probe, not anyone's request: it must not fill the history ring (which holds
+    1000 entries) and push real requests out of it."""
+    cortex = await metered(start_cortex, fake)
+    body = {"model": "test-model", "messages": MESSAGES}
+    async with httpx.AsyncClient(timeout=10) as c:
+        for key in ("sk-wrong", KEY):
+            await c.post(cortex.base + "/chat/completions", **_hx(body, key))
+    history = list(cortex.gw.accounting.history)
+    assert [h["status"] for h in history] == [200]
+    assert history[0]["key_id"] == "meter"
