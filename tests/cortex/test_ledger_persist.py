@@ -168,3 +168,22 @@ async def test_a_stream_cut_by_shutdown_is_charged_and_kept(serve: Serve, fake: 
     spent = CAP - await serve.available()
     assert spent >= 10 + 3  # the prompt and the frames the client read
     assert spent < len(raw) + 100  # observed, not the whole reservation
+
+
+async def test_an_unwritable_ledger_is_a_config_error(tmp_path: Path, fake: FakeNeuron) -> None:
+    """A budget that would silently reset on restart is refused at start, in plain words."""
+    Serve(tmp_path, fake)  # writes the config
+    (tmp_path / "ledger.sqlite3").mkdir()  # a directory where the file should be
+    proc = await asyncio.create_subprocess_exec(
+        console_script("cortex"),
+        "serve",
+        "--config",
+        str(tmp_path / "cortex.toml"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(drop=("CORTEX_CONFIG",)),
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert "config error: cannot open the ledger at" in err.decode()
+    assert "Traceback" not in err.decode()

@@ -74,6 +74,9 @@ def serve(config_path: Path | None, log_level: str, log_format: str) -> None:
     install_uvloop()
     try:
         asyncio.run(run(settings))
+    except ConfigError as e:  # found while starting: the ledger file can't be opened
+        click.echo(f"cortex: config error: {e}", err=True)
+        sys.exit(2)
     except OSError as e:
         click.echo(f"cortex: cannot listen: {e}", err=True)
         sys.exit(1)
