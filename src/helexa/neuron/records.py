@@ -21,6 +21,19 @@ LOADED, LOADING, RECOVERING, UNLOADED, FAILED = (
     "failed",
 )
 
+# The legal status moves of a model on this node; anything else is a bug in the registry.
+MOVES: dict[str, frozenset[str]] = {
+    LOADING: frozenset({LOADED, FAILED, UNLOADED}),  # unloaded: cancelled or rolled back
+    LOADED: frozenset({RECOVERING, UNLOADED}),
+    RECOVERING: frozenset({LOADED, FAILED, UNLOADED}),
+    FAILED: frozenset({LOADING, UNLOADED}),
+    UNLOADED: frozenset({LOADING, UNLOADED}),
+}
+
+
+class IllegalMove(RuntimeError):
+    """A status change the table does not allow."""
+
 
 @dataclass(slots=True)
 class DeviceView:
@@ -39,7 +52,7 @@ class ModelRecord:
     source: str
     spec: ModelSpec
     admission: Admission
-    status: str = LOADING
+    status: str = UNLOADED  # a new record is moved to loading by the load that made it
     info: ReadyInfo = field(default_factory=ReadyInfo)
     restarts: int = 0
     error: str | None = None
@@ -57,6 +70,12 @@ class ModelRecord:
     test_faults: Any = None
     op: asyncio.Task[dict[str, Any]] | None = None
     unload_op: asyncio.Task[dict[str, Any]] | None = None
+
+    def move(self, to: str) -> None:
+        """The one way a model's status changes (MOVES says which changes are legal)."""
+        if to not in MOVES[self.status]:
+            raise IllegalMove(f"model {self.id}: {self.status} -> {to} is not a legal move")
+        self.status = to
 
     @property
     def serving(self) -> bool:
