@@ -14,6 +14,7 @@ from aiohttp.typedefs import Middleware
 from helexa.config.cortex import load_settings
 from helexa.cortex.app import make_app, make_metrics_app
 from helexa.cortex.gateway import Gateway
+from helexa.cortex.serve import make_runner, make_site
 from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron
 from rig.tiers import (
@@ -84,12 +85,15 @@ async def start_cortex(tmp_path: Path) -> AsyncIterator[CortexFactory]:
         for i, mw in enumerate(middlewares):
             api.middlewares.insert(i, mw)
         for app in (api, make_metrics_app(gw)):
-            runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
+            # cortex's own runner: the connection guards and body decoding as in production.
+            runner = make_runner(
+                app, gw.gateway_settings, handler_cancellation=True, shutdown_timeout=1
+            )
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = make_site(runner, gw.gateway_settings, "127.0.0.1", 0)
             await site.start()
             runners.append(runner)
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            port = site.port
             urls.append(f"http://127.0.0.1:{port}")
         return Cortex(gw, urls[0], urls[1])
 

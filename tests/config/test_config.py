@@ -182,9 +182,9 @@ def test_defaults(tmp_path: Path) -> None:
     c = s.config
     assert c.models_config == "models.toml"
     g = c.gateway
-    assert (g.listen, g.metrics_listen) == ("0.0.0.0:31313", "0.0.0.0:31314")
+    assert (g.listen, g.metrics_listen) == ("0.0.0.0:31313", "127.0.0.1:31314")
     assert (g.poll_interval_secs, g.probe_timeout_secs, g.discovery_interval_secs) == (5, 5, 60)
-    assert (g.request_timeout_secs, g.cold_load_timeout_secs, g.max_body_mb) == (300, 1800, 32)
+    assert (g.request_timeout_secs, g.cold_load_timeout_secs, g.max_body_mb) == (300, 1800, 8)
     e = c.eviction
     assert (e.strategy, e.max_evictions_per_load, e.defrag_after_cycles) == ("lru", 3, 50)
     assert c.neurons == [] and c.entitlements.require_auth is False
@@ -212,7 +212,7 @@ def test_env_overrides_file_and_defaults(tmp_path: Path) -> None:
     )
     env = {
         "CORTEX_GATEWAY__LISTEN": "0.0.0.0:31313",  # not TOML: taken as a string
-        "CORTEX_GATEWAY__MAX_BODY_MB": "8",
+        "CORTEX_GATEWAY__MAX_BODY_MB": "4",
         "CORTEX_EVICTION__STRATEGY": "priority",
         "CORTEX_ENTITLEMENTS__REQUIRE_AUTH": "true",
         "CORTEX_NEURONS": '[{name="a",endpoint="http://a:13131"},'
@@ -224,7 +224,7 @@ def test_env_overrides_file_and_defaults(tmp_path: Path) -> None:
     g = s.config.gateway
     assert g.listen == "0.0.0.0:31313"  # env beats the file
     assert g.poll_interval_secs == 9  # file beats the default
-    assert g.max_body_mb == 8
+    assert g.max_body_mb == 4
     assert s.config.eviction.strategy == "priority"
     assert s.config.entitlements.require_auth is True
     assert [(n.name, n.endpoint, n.token) for n in s.config.neurons] == [

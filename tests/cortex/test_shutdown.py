@@ -56,7 +56,7 @@ async def connect_refused(port: int, within: float) -> bool:
     while time.monotonic() < deadline:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):  # reset: closed in its backlog
             return True
         writer.close()
         with contextlib.suppress(OSError):

@@ -112,6 +112,11 @@ class Body:
         parts = [chunk async for chunk in self.iter_any()]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def unread(self, data: bytes) -> None:
+        """Put back what `read` returned, so a body looked into is relayed whole after all."""
+        self._buf.appendleft(data)
+        self._size += len(data)
+
 
 class Response:
     """Status and headers of an upstream reply; the body streams through `content`."""

@@ -3,6 +3,7 @@ JSON and `/metrics` responses. One home, so both processes answer a bad body ali
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -49,13 +50,27 @@ def internal() -> ApiError:
     return ApiError(500, "internal_server_error", "internal server error")
 
 
-async def read_body(request: web.Request, max_body_mb: float) -> bytes:
-    """The raw body within the limit; an unreadable one is `invalid_json`."""
+def body_timeout(secs: float) -> ApiError:
+    return ApiError(408, "request_timeout", f"request body not received within {num(secs)}s")
+
+
+async def read_body(
+    request: web.Request, max_body_mb: float, timeout: float | None = None
+) -> bytes:
+    """The raw body within the limit and, given `timeout`, the deadline: a client that trickles
+    its body must not hold a connection and its buffer indefinitely. An unreadable body is
+    `invalid_json`."""
     clen = request.content_length
     if clen is not None and clen > int(max_body_mb * 1024 * 1024):
         raise too_large(max_body_mb)
+    enc = request.headers.get("content-encoding", "").strip().lower() or "identity"
+    if enc != "identity":  # not decoded: a bad or bombed one would stall aiohttp's decoder
+        raise invalid_json(f"the body could not be read (content-encoding: {enc[:64]})")
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise body_timeout(timeout or 0) from None
     except web.HTTPRequestEntityTooLarge:
         raise too_large(max_body_mb) from None
     except web.RequestPayloadError:
@@ -73,6 +88,35 @@ def parse_object(body: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise not_an_object()
     return obj
+
+
+BIG_BODY = 256 * 1024  # parsed on the event loop up to this size (well under a millisecond)
+
+
+def parses_busy() -> ApiError:
+    return ApiError(
+        503, "server_busy", "too many large request bodies are being parsed", retry_after=1
+    )
+
+
+class BodyParser:
+    """JSON bodies parsed as objects; one over BIG_BODY is parsed on a thread, at most `slots`
+    at a time (the next is refused with a 503), so a body of a million `{}` neither stalls the
+    event loop nor multiplies into gigabytes of objects."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+
+    async def parse(self, body: bytes) -> dict[str, Any]:
+        if len(body) <= BIG_BODY:
+            return parse_object(body)
+        if self.free <= 0:
+            raise parses_busy()
+        self.free -= 1
+        try:
+            return await asyncio.to_thread(parse_object, body)
+        finally:
+            self.free += 1
 
 
 def json_response(

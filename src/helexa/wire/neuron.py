@@ -91,10 +91,21 @@ class Health(_Lenient):
     activation: ActivationStatus = Field(default_factory=ActivationStatus)
 
 
+# A prompt body larger than this many bytes per context token cannot fit whatever the tokenizer:
+# a token spans at most a few dozen bytes even as JSON (\uXXXX escapes, runs of spaces), so
+# cortex and neuron refuse it before any tokenization (docs/reference.md#errors).
+MAX_BYTES_PER_TOKEN = 32
+
+
 class Limit(_Lenient):
     context: int
     input: int | None = None
     output: int
+
+    @property
+    def prompt_bytes(self) -> int:
+        """The largest request body that may still fit the context."""
+        return self.context * MAX_BYTES_PER_TOKEN
 
 
 class ModelInfo(_Lenient):
