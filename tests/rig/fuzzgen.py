@@ -384,6 +384,7 @@ async def drive(host: str, port: int, todo: Iterator[Case], connections: int = 4
 
     async def worker() -> None:
         conn = RawConnection(host, port, timeout=10)
+        prev = "a fresh connection"
         try:
             for case in todo:
                 result.sent += 1
@@ -393,8 +394,13 @@ async def drive(host: str, port: int, todo: Iterator[Case], connections: int = 4
                     )
                 except (OSError, asyncio.IncompleteReadError, TimeoutError) as e:
                     await conn.close()
-                    result.failures.append((case, f"no reply: {e!r}"))
+                    result.failures.append((case, f"no reply: {e!r} (after {prev})"))
+                    prev = "a fresh connection"
                     continue
+                if reply is None or reply.closed:
+                    prev = "a fresh connection"
+                else:
+                    prev = f"#{case.n} on this connection"
                 if reply is None:
                     continue
                 result.statuses[reply.status] = result.statuses.get(reply.status, 0) + 1
