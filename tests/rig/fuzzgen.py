@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from helexa.wire.sse import SSEDecoder
 from rig.rawhttp import RawConnection, Reply
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD")
@@ -324,28 +325,43 @@ def cases(
 
 def check_reply(case: Case, reply: Reply) -> str | None:
     """Why `reply` breaks the rules (a 5xx other than 503 + Retry-After, an error without the
-    route's envelope, unparseable JSON), or None."""
+    route's envelope, in the body or as a stream's error event; unparseable JSON), or None."""
     s = reply.status
     big = [f"{k} ({len(v)} bytes)" for k, v in reply.headers.items() if len(v) > 8192]
     if big:
         return f"response headers over 8 KiB: {big}"
-    if case.malformed and s == 400 and reply.headers.get("content-type", "").startswith("text/"):
+    ctype = reply.headers.get("content-type", "")
+    if case.malformed and s == 400 and ctype.startswith("text/"):
         return None
     if s >= 500 and not (s == 503 and "retry-after" in reply.headers):
         return f"status {s}"
-    if case.method == "HEAD" or s < 400:
-        if case.method != "HEAD" and reply.headers.get("content-type", "").startswith(
-            "application/json"
-        ):
-            try:
-                orjson.loads(reply.body)
-            except orjson.JSONDecodeError:
-                return "a 2xx JSON body that does not parse"
+    if case.method == "HEAD":
         return None
+    if s < 400 and ctype.startswith("text/event-stream"):
+        return _check_stream(case, reply.body)
     try:
-        env = orjson.loads(reply.body)
+        body = orjson.loads(reply.body) if s >= 400 or ctype.startswith("application/json") else {}
     except orjson.JSONDecodeError:
-        return "an error body that is not JSON"
+        return f"a {s} JSON body that does not parse"
+    return _check_envelope(case, body) if s >= 400 else None
+
+
+def _check_stream(case: Case, raw: bytes) -> str | None:
+    for event, data in SSEDecoder().feed(raw):
+        if data == b"[DONE]":
+            continue
+        try:
+            frame = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return f"a stream frame that is not JSON: {data[:100]!r}"
+        if event == "error" or (isinstance(frame, dict) and "error" in frame):
+            why = _check_envelope(case, frame)
+            if why is not None:
+                return f"a stream error event: {why}"
+    return None
+
+
+def _check_envelope(case: Case, env: Any) -> str | None:
     if not isinstance(env, dict) or not isinstance(env.get("error"), dict):
         return "no error object"
     err = env["error"]
