@@ -180,6 +180,7 @@ class Neuron(Service):
             "shutdown_grace_secs": 5,
             "max_output_tokens": 256,
             "auth": {"token": TOKEN},
+            "allowed_model_roots": ["/"],  # fixture models live in temp and cache dirs
             **config,
         }
         self.client = httpx.Client(base_url=self.url, headers=AUTH, timeout=60, trust_env=False)

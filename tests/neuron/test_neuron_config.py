@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helexa.config.loader import ConfigError
+from helexa.config.loader import ConfigError, is_loopback
 from helexa.config.neuron import (
     DEFAULT_PATH,
     NeuronConfig,
@@ -27,7 +27,7 @@ def test_defaults() -> None:
     assert c.listen == "0.0.0.0:13131"
     assert c.bind_url == "http://localhost:13131"
     assert c.default_source == "huggingface"
-    assert (c.max_prompt_tokens, c.max_output_tokens, c.max_body_mb) == (16384, 8192, 64)
+    assert (c.max_prompt_tokens, c.max_output_tokens, c.max_body_mb) == (16384, 8192, 8)
     assert c.cache_dir is None
     assert c.shutdown_grace_secs == 60
     assert c.auth.token is None
@@ -207,3 +207,57 @@ def test_direct_construction_has_defaults() -> None:
     c = NeuronConfig()
     assert c.sources["helexa"] == "https://registry.helexa.ai"
     assert c.cpu_memory_mb > 0
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("[::]", False),
+        ("10.0.0.5", False),
+        ("neuron.example", False),
+    ],
+)
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[auth]\ntoken = s3cret-unquoted-value\n",  # a TOML syntax error quotes its line
+        '[auth]\ntoken = "s3cret-unquoted-value\n',
+        '[sources.m]\nendpoint = "https://m.example"\nhf_token = s3cret-unquoted-value\n',
+        # a value pasted under the wrong key: the error quotes it, the scrub removes it
+        'bind_url = "s3cret-unquoted-value"\n[auth]\ntoken = "s3cret-unquoted-value"\n',
+    ],
+)
+def test_config_errors_never_echo_secret_values(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as ei:
+        load_neuron_settings(path, explicit=True, environ={})
+    msg = str(ei.value)
+    assert str(path) in msg
+    assert "s3cret" not in msg, msg
+
+
+def test_env_token_is_never_echoed(tmp_path: Path) -> None:
+    env = {"NEURON_TOKEN": "s3cret-env-token", "NEURON_LISTEN": "s3cret-env-token"}
+    with pytest.raises(ConfigError) as ei:
+        load_neuron_settings(None, explicit=False, environ=env)
+    assert "listen" in str(ei.value) and "s3cret" not in str(ei.value)
+
+
+def test_model_roots_default_to_the_cache_and_default_model_paths(tmp_path: Path) -> None:
+    cfg = NeuronConfig.model_validate(
+        {"cache_dir": str(tmp_path / "hub"), "default_models": [{"model_id": "/srv/m/Qwen"}]}
+    )
+    assert cfg.model_roots() == [str(tmp_path / "hub"), "/srv/m/Qwen"]
+    cfg = NeuronConfig.model_validate({"allowed_model_roots": ["/models"]})
+    assert cfg.model_roots() == ["/models"]
+    with pytest.raises(ValueError, match="absolute"):
+        NeuronConfig.model_validate({"allowed_model_roots": ["models"]})

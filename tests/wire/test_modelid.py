@@ -45,9 +45,36 @@ def test_resolved_prints_qualified() -> None:
     )
 
 
-def test_name_may_hold_more_slashes() -> None:
-    mid = parse_model_id("org/name/extra")
-    assert (mid.org, mid.name) == ("org", "name/extra")
+@pytest.mark.parametrize(
+    "s",
+    [
+        "org/name/extra",
+        "huggingface:org/name/extra",
+        "../etc",
+        "org/..",
+        "./name",
+        "org/.",
+        "org/a..b",
+        "huggingface:../../x",
+        "org/na me",
+        "org/-name",
+        "org\\x/name",
+        "o" * 97 + "/name",
+    ],
+)
+def test_repo_ids_are_exactly_two_plain_segments(s: str) -> None:
+    """A second '/' or a '.'/'..' segment is a 400 at parse time (cortex and neuron alike),
+    never a hub call that fails later as a permanent `failed` record."""
+    with pytest.raises(ApiError) as ei:
+        parse_model_id(s)
+    assert (ei.value.status, ei.value.code) == (400, "invalid_model_id")
+
+
+@pytest.mark.parametrize(
+    "s", ["Qwen/Qwen3.6-27B", "sentence-transformers/all-MiniLM-L6-v2", "a_b/c.d"]
+)
+def test_plain_repo_ids_parse(s: str) -> None:
+    assert parse_model_id(s).repo == s
 
 
 @pytest.mark.parametrize(

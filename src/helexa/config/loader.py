@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import tomllib
@@ -27,6 +28,22 @@ def check_listen(v: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"expected HOST:PORT, got '{v}'")
     return v
+
+
+def is_loopback(host: str) -> bool:
+    """Only this host can reach `host` (`localhost`, 127.0.0.0/8, ::1); a name may resolve
+    to anything, so it is not."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+SECRET_KEY = re.compile(r"(?i)^(token|key|api_key|secret|password|.*_(token|key|secret))$")
+"""Keys whose values config errors never quote (`token`, `key`, `hf_token`, ...)."""
 
 
 def check_base_url(v: str) -> str:
@@ -88,12 +105,42 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def _offending_line(raw: bytes, message: str) -> str:
-    """Quote the line a syntax error points at, so the message names the key."""
+    """Quote the line a syntax error points at, so the message names the key (but not the
+    value of a secret key)."""
     m = re.search(r"at line (\d+)", message)
     lines = raw.decode().split("\n")
     if m is None or not 1 <= int(m.group(1)) <= len(lines):
         return ""
-    return f": `{lines[int(m.group(1)) - 1].strip()[:200]}`"
+    line = lines[int(m.group(1)) - 1].strip()
+    key, eq, _ = line.partition("=")
+    if eq and SECRET_KEY.match(key.strip().strip("\"'")):
+        line = f"{key.strip()} = <redacted>"
+    return f": `{line[:200]}`"
+
+
+def secret_values(data: Any) -> set[str]:
+    """Every value held under a secret key, anywhere in a parsed config."""
+    found: set[str] = set()
+    items = (
+        data.items()
+        if isinstance(data, dict)
+        else enumerate(data)
+        if isinstance(data, list)
+        else ()
+    )
+    for k, v in items:
+        if isinstance(k, str) and SECRET_KEY.match(k) and isinstance(v, (str, int, float)):
+            if len(str(v)) >= 4:
+                found.add(str(v))
+        elif isinstance(v, (dict, list)):
+            found |= secret_values(v)
+    return found
+
+
+def redact(text: str, secrets: set[str]) -> str:
+    for value in sorted(secrets, key=len, reverse=True):
+        text = text.replace(value, "<redacted>")
+    return text
 
 
 def read_config(
@@ -167,7 +214,7 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"]) or "(root)"
             lines.append(f"{source}: key '{key}': {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(redact("\n".join(lines), secret_values(data))) from None
     warn_unknown(obj, source, "")
     return obj
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from helexa.config.loader import (
+    ConfigError,
     Section,
     check_base_url,
     check_listen,
@@ -62,6 +63,7 @@ class Admission(Section):
     max_in_flight: int = Field(default=1, ge=1)
     max_queue_depth: int = Field(default=16, ge=0)
     max_wait_secs: float = Field(default=120, gt=0)
+    max_per_principal: int = Field(default=8, ge=0)  # 0: no per-principal cap
 
 
 class DefaultModel(ModelSpec):
@@ -88,10 +90,23 @@ class NeuronConfig(Section):
     listen: str = "0.0.0.0:13131"
     bind_url: str = "http://localhost:13131"
     sources: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SOURCES))
+    source_token_env: dict[str, str] = Field(default_factory=dict)
     default_source: str = DEFAULT_SOURCE
+    allowed_model_roots: list[str] | None = None
+    allow_unauthenticated: bool = False
+    load_timeout_secs: float = Field(default=600, gt=0)
+    load_stall_secs: float = Field(default=120, gt=0)
     max_prompt_tokens: int = Field(default=16384, ge=1)
     max_output_tokens: int = Field(default=8192, ge=1)
-    max_body_mb: float = Field(default=64, gt=0)
+    max_body_mb: float = Field(default=8, gt=0)
+    max_tokenizations: int = Field(default=2, ge=1)
+    tokenize_queue: int = Field(default=32, ge=0)
+    write_timeout_secs: float = Field(default=30, gt=0)
+    header_timeout_secs: float = Field(default=10, gt=0)
+    body_timeout_secs: float = Field(default=60, gt=0)
+    keepalive_timeout_secs: float = Field(default=75, gt=0)
+    max_connections: int = Field(default=1024, ge=1)
+    max_large_parses: int = Field(default=2, ge=1)
     cache_dir: str | None = None
     cpu_memory_mb: int = Field(default_factory=default_cpu_memory_mb, ge=0)
     shutdown_grace_secs: float = Field(default=60, ge=0)
@@ -118,6 +133,25 @@ class NeuronConfig(Section):
 
     _bind_url = field_validator("bind_url")(check_base_url)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _source_tables(cls, data: Any) -> Any:
+        """`[sources.<scheme>] endpoint = ..., token_env = ...` is the table form of
+        `<scheme> = "url"`: the URL goes to `sources`, the variable name to `source_token_env`."""
+        if not isinstance(data, dict) or not isinstance(data.get("sources"), dict):
+            return data
+        data = dict(data)
+        sources, envs = {}, dict(data.get("source_token_env") or {})
+        for scheme, v in data["sources"].items():
+            if isinstance(v, dict):
+                sources[scheme] = v.get("endpoint")
+                if v.get("token_env"):
+                    envs[scheme] = v["token_env"]
+            else:
+                sources[scheme] = v
+        data["sources"], data["source_token_env"] = sources, envs
+        return data
+
     @field_validator("sources", mode="before")
     @classmethod
     def _merge_sources(cls, v: Any) -> Any:
@@ -133,10 +167,40 @@ class NeuronConfig(Section):
         for scheme, url in v.items():
             if not re.fullmatch(r"[A-Za-z0-9._-]+", scheme):
                 raise ValueError(f"scheme '{scheme}' must match [A-Za-z0-9._-]+")
-            if not re.match(r"^https?://[^/]+", url):
-                raise ValueError(f"'{scheme}': expected an http(s) base URL, got '{url}'")
+            if not isinstance(url, str) or not re.match(r"^https?://[^/]+", url):
+                raise ValueError(f"'{scheme}': expected an http(s) base URL as 'endpoint'")
+            if url.startswith("http://"):
+                log.warning(
+                    "neuron config: source '%s' is plain http://: its weights (and its token, if "
+                    "it has one) cross the network unencrypted",
+                    scheme,
+                )
             out[scheme] = url.rstrip("/")
         return out
+
+    @field_validator("allowed_model_roots")
+    @classmethod
+    def _roots(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        roots = [str(Path(r).expanduser()) for r in v]
+        relative = [r for r in roots if not r.startswith("/")]
+        if relative:
+            raise ValueError(f"roots must be absolute paths: {', '.join(relative)}")
+        return roots
+
+    def model_roots(self) -> list[str]:
+        """Where path loads may come from: `allowed_model_roots`, else the hub cache and the
+        `[[default_models]]` paths themselves (what `helexa up --model PATH` writes)."""
+        if self.allowed_model_roots is not None:
+            return list(self.allowed_model_roots)
+        from huggingface_hub import constants
+
+        roots = [self.cache_dir or constants.HF_HUB_CACHE]
+        for m in self.default_models:
+            if m.model_id.startswith("/"):
+                roots.append(m.model_id.rstrip("/") or "/")
+        return roots
 
     @field_validator("cache_dir")
     @classmethod
@@ -211,4 +275,10 @@ def load_neuron_settings(
         if not isinstance(auth, dict):
             auth = data["auth"] = {}
         auth["token"] = env["NEURON_TOKEN"]
-    return validate(NeuronConfig, data, source)
+    cfg = validate(NeuronConfig, data, source)
+    for scheme, var in cfg.source_token_env.items():
+        if scheme not in known_schemes(cfg.sources):
+            raise ConfigError(f"{source}: key 'sources.{scheme}.token_env': no such source")
+        if not env.get(var):
+            raise ConfigError(f"{source}: key 'sources.{scheme}.token_env': ${var} is unset")
+    return cfg

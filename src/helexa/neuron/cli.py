@@ -12,7 +12,7 @@ import orjson
 
 from helexa import logs
 from helexa.cli_common import install_uvloop, log_options, version_option
-from helexa.config.loader import ConfigError
+from helexa.config.loader import ConfigError, is_loopback
 from helexa.config.neuron import DEFAULT_PATH, NeuronConfig, load_neuron_settings
 
 CONFIG_HELP = (
@@ -31,6 +31,19 @@ def _settings(config_path: Path | None) -> NeuronConfig:
         return load_neuron_settings(path, explicit=explicit)
     except ConfigError as e:
         click.echo(f"neuron: config error: {e}", err=True)
+        sys.exit(2)
+
+
+def refuse_exposed(cfg: NeuronConfig) -> None:
+    """A neuron without a token answers anyone who can reach it: beyond loopback that takes an
+    explicit `allow_unauthenticated = true`. Exits 2 otherwise."""
+    host = cfg.listen.rpartition(":")[0]
+    if cfg.auth.token is None and not is_loopback(host) and not cfg.allow_unauthenticated:
+        click.echo(
+            f"neuron: refusing to listen on {cfg.listen} without a token: set [auth] token "
+            "(or NEURON_TOKEN), listen on 127.0.0.1, or set allow_unauthenticated = true",
+            err=True,
+        )
         sys.exit(2)
 
 
@@ -68,6 +81,7 @@ def serve(config_path: Path | None, log_level: str, log_format: str) -> None:
     """
     logs.setup(log_level, log_format)
     cfg = _settings(config_path)
+    refuse_exposed(cfg)
     from helexa.neuron.serve import serve as run
 
     install_uvloop()

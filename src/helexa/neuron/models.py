@@ -13,10 +13,10 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -31,6 +31,7 @@ from helexa.neuron.errors import (
     not_ready,
     still_loading,
 )
+from helexa.neuron.load_watch import watched
 from helexa.neuron.metrics import NeuronMetrics
 from helexa.neuron.records import (
     FAILED,
@@ -59,6 +60,7 @@ from helexa.wire.modelid import ModelId, parse_model_id
 from helexa.wire.neuron import ModelSpec
 
 log = logging.getLogger("helexa.neuron.models")
+T = TypeVar("T")
 
 HARNESSES = ("torch",)
 RESTART_BACKOFF = (1.0, 5.0, 15.0)
@@ -121,6 +123,7 @@ class Registry:
         admission_defaults: tuple[int, int, float] = (1, 16, 120.0),
         restart_backoff: Sequence[float] = RESTART_BACKOFF,
         unload_grace: float = UNLOAD_GRACE,
+        load_deadline: tuple[float, float] = (600.0, 120.0),
     ) -> None:
         self.supervisor = supervisor
         self.resolve_source = resolve_source
@@ -136,6 +139,7 @@ class Registry:
         self.admission_defaults = admission_defaults
         self.restart_backoff = tuple(restart_backoff)
         self.unload_grace = unload_grace
+        self.load_timeout, self.load_stall = load_deadline  # see load_watch
         self.records: dict[str, ModelRecord] = {}
         self.device_count = 1
         self.activation = Activation()
@@ -257,7 +261,8 @@ class Registry:
             rec = ModelRecord(served, rs.source_str, spec, self._new_admission(served, spec))
         else:
             snap.values = {k: getattr(rec, k) for k in _SNAP_FIELDS}
-        rec.status, rec.spec, rec.source, rec.progress = LOADING, spec, rs.source_str, None
+        rec.move(LOADING)
+        rec.spec, rec.source, rec.progress = spec, rs.source_str, None
         if test_faults is not None:
             rec.test_faults = test_faults
         self.records[served] = rec
@@ -286,7 +291,7 @@ class Registry:
                     on_start()
                 started = time.monotonic()
                 try:
-                    await self._do_load(rec, rs)
+                    await self._watched(rec, self._do_load(rec, rs))
                 except ApiError as e:
                     if e.code == "load_failed":
                         self._fail(rec, e.message)
@@ -339,7 +344,8 @@ class Registry:
         rec.tokenizer = tokenizer
         handle, info = await self._start_worker(rec)
         rec.handle, rec.info = handle, info
-        rec.status, rec.error, rec.progress = LOADED, None, None
+        rec.move(LOADED)
+        rec.error, rec.progress = None, None
         rec.loaded_at = _now()
         rec.draining = False
         self._configure_admission(rec)
@@ -354,6 +360,9 @@ class Registry:
             self._on_fault,
             lambda: oom_error(rec, self.devices, self.estimate_mb),
         )
+
+    def _watched(self, rec: ModelRecord, work: Awaitable[T]) -> Awaitable[T]:
+        return watched(rec, work, self.load_timeout, self.load_stall)
 
     def _loaded_reply(self, rec: ModelRecord, already: bool) -> dict[str, Any]:
         return {
@@ -371,10 +380,14 @@ class Registry:
                 del self.records[rec.id]
             return
         for k, v in snap.values.items():
-            setattr(rec, k, v)
+            if k == "status":
+                rec.move(v)
+            else:
+                setattr(rec, k, v)
 
     def _fail(self, rec: ModelRecord, error: str) -> None:
-        rec.status, rec.error, rec.progress = FAILED, error, None
+        rec.move(FAILED)
+        rec.error, rec.progress = error, None
         rec.handle = None
         rec.admission.fail_waiters(not_ready(rec.id, FAILED))
 
@@ -390,7 +403,8 @@ class Registry:
         log.warning("model %s is recovering after a worker %s", rec.id, err.reason)
         reason = err.reason if err.reason in ("non_finite", "cuda_error") else "crash"
         self.metrics.restarts(rec.id, reason).inc()  # a hang counts as a crash
-        rec.status, rec.handle = RECOVERING, None
+        rec.move(RECOVERING)
+        rec.handle = None
         rec.admission.pause()
         task = asyncio.create_task(self._recover(rec, err), name=f"recover:{rec.id}")
         rec.op = task
@@ -407,13 +421,14 @@ class Registry:
                         raise not_ready(rec.id, rec.status)
                     try:
                         started = time.monotonic()
-                        handle, info = await self._start_worker(rec)
+                        handle, info = await self._watched(rec, self._start_worker(rec))
                     except ApiError as e:
                         last = e.message
                         log.warning("restart %d of %s failed: %s", attempt, rec.id, e.message[:512])
                         continue
                     rec.handle, rec.info = handle, info
-                    rec.status, rec.error = LOADED, None
+                    rec.move(LOADED)
+                    rec.error = None
                     rec.loaded_at = _now()
                     rec.restarts += 1
                     rec.admission.resume()
@@ -434,6 +449,8 @@ class Registry:
         rec = self.records.get(model)
         if rec is None:
             raise not_known(model)
+        if rec.status == LOADING and force and rec.op is not None:
+            return await self._cancel_load(rec)
         if rec.status == LOADING:
             raise still_loading(model)
         if rec.unload_op is None:
@@ -443,6 +460,18 @@ class Registry:
         elif force:
             await self._stop_worker(rec)  # speeds up a graceful unload under way
         return await self._join(rec.unload_op, model)
+
+    async def _cancel_load(self, rec: ModelRecord) -> dict[str, Any]:
+        """A forced unload of a loading model: cancel the load (a worker being started is
+        killed; a download thread finishes on its own) and leave the model unloaded."""
+        assert rec.op is not None
+        rec.op.cancel()
+        await asyncio.wait({rec.op})
+        self.records.setdefault(rec.id, rec)
+        rec.move(UNLOADED)
+        rec.error, rec.progress, rec.handle = None, None, None
+        log.info("load of %s cancelled by a forced unload", rec.id)
+        return {"status": "unloaded", "model": rec.id, "freed_mb": None}
 
     async def _unload_op(self, rec: ModelRecord, force: bool) -> dict[str, Any]:
         try:
@@ -459,7 +488,8 @@ class Registry:
                 freed = rec.memory_mb()
                 await self._stop_worker(rec)
             rec.admission.fail_waiters(not_ready(rec.id, UNLOADED))
-            rec.status, rec.handle, rec.draining, rec.progress = UNLOADED, None, False, None
+            rec.move(UNLOADED)
+            rec.handle, rec.draining, rec.progress = None, False, None
             rec.error = None
             log.info("unloaded %s (freed %s MB)", rec.id, freed)
             return {"status": "unloaded", "model": rec.id, "freed_mb": freed}
@@ -508,7 +538,8 @@ class Registry:
             await asyncio.gather(*stops, return_exceptions=True)
         for rec in self.records.values():
             if rec.handle is not None:
-                rec.status, rec.handle = UNLOADED, None
+                rec.move(UNLOADED)
+                rec.handle = None
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)

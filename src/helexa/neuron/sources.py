@@ -169,6 +169,40 @@ def endpoint_for(
     raise ApiError(400, "unknown_source", f"model source scheme '{scheme}' is not configured")
 
 
+def token_for(
+    scheme: str,
+    sources: Mapping[str, str],
+    token_envs: Mapping[str, str],
+    environ: Mapping[str, str],
+) -> str | bool | None:
+    """The token a source gets: its own `token_env`, HF_TOKEN (or huggingface_hub's stored login,
+    `None`) for the built-in Hugging Face source only, else `False`, which stops
+    huggingface_hub from sending HF_TOKEN anyway to a registry the operator never vouched for."""
+    var = token_envs.get(scheme)
+    if var:
+        return environ.get(var) or False
+    if scheme == DEFAULT_SOURCE and scheme not in sources:
+        return environ.get("HF_TOKEN") or None
+    return False
+
+
+def check_model_root(path: str, roots: Sequence[str] | None, label: str) -> None:
+    """`403 model_path_not_allowed` unless `path` (symlinks resolved) lies under one of `roots`;
+    `None` allows any path."""
+    if roots is None:
+        return
+    real = os.path.realpath(path)
+    for root in roots:
+        base = os.path.realpath(root)
+        if real == base or real.startswith(base.rstrip("/") + "/"):
+            return
+    raise ApiError(
+        403,
+        "model_path_not_allowed",
+        f"model '{label}' is not under an allowed model root (allowed_model_roots)",
+    )
+
+
 def cache_dir_for(scheme: str, cache_dir: str | os.PathLike[str] | None) -> Path:
     """The hub cache is keyed by repo only, so every non-HF source gets its own subfolder:
     `helexa:Qwen/X` and `Qwen/X` may be different bytes."""
@@ -193,18 +227,20 @@ def fetch_model(
     environ: Mapping[str, str] | None = None,
     progress: ProgressFn | None = None,
     label: str | None = None,
+    token_envs: Mapping[str, str] | None = None,
+    roots: Sequence[str] | None = None,
 ) -> Path:
     """A local directory holding the model: the path itself, or a hub snapshot.
 
     `mid` must be resolved (scheme set, see `ResolvedSpec.source`). `label` (default: the id as
     the client wrote it) is what messages quote. Errors: 404 `model_source_not_found` (missing
     path, unknown repo, or not cached while offline / the hub is unreachable), 502
-    `download_failed`.
+    `download_failed`; 403 `model_path_not_allowed` (a path outside `roots`).
     """
     label = label or mid.label
     if mid.path is not None:
-        return _local_dir(mid.path, label)
-    hub = _Hub(mid, label, sources, cache_dir, environ)
+        return _local_dir(mid.path, label, roots)
+    hub = _Hub(mid, label, sources, cache_dir, environ, token_envs)
     started = time.monotonic()
     root = hub.snapshot(META_PATTERNS)
     if not (root / "config.json").is_file():
@@ -224,13 +260,15 @@ def fetch_tokenizer(
     cache_dir: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     label: str | None = None,
+    token_envs: Mapping[str, str] | None = None,
+    roots: Sequence[str] | None = None,
 ) -> Path:
     """Like `fetch_model` but only the metadata (config, tokenizer, chat template): enough for
     `/tokenize` on a model that isn't loaded, never the weights."""
     label = label or mid.label
     if mid.path is not None:
-        return _local_dir(mid.path, label)
-    hub = _Hub(mid, label, sources, cache_dir, environ)
+        return _local_dir(mid.path, label, roots)
+    hub = _Hub(mid, label, sources, cache_dir, environ, token_envs)
     root = hub.snapshot(META_PATTERNS)
     if not (root / "tokenizer.json").is_file():
         raise hub.ctx.not_found(f"{hub.endpoint}/{mid.repo} (the repo has no tokenizer.json)")
@@ -238,7 +276,8 @@ def fetch_tokenizer(
 
 
 class _Hub:
-    """One repo on one HF-compatible endpoint, with the env's offline mode and token."""
+    """One repo on one HF-compatible endpoint, with the env's offline mode and the token that
+    endpoint may see (`token_for`)."""
 
     def __init__(
         self,
@@ -247,6 +286,7 @@ class _Hub:
         sources: Mapping[str, str],
         cache_dir: str | os.PathLike[str] | None,
         environ: Mapping[str, str] | None,
+        token_envs: Mapping[str, str] | None,
     ) -> None:
         env = os.environ if environ is None else environ
         scheme = mid.scheme or DEFAULT_SOURCE
@@ -254,7 +294,7 @@ class _Hub:
         self.endpoint = endpoint_for(scheme, sources, env)
         self.cache = cache_dir_for(scheme, cache_dir)
         self.offline = _truthy(env.get("HF_HUB_OFFLINE")) or _hub_offline_constant()
-        self.token = env.get("HF_TOKEN") or None
+        self.token = token_for(scheme, sources, token_envs or {}, env)
         self.ctx = _FetchContext(mid, label, self.endpoint, self.cache, self.offline)
 
     def snapshot(self, patterns: list[str], tqdm_class: type | None = None) -> Path:
@@ -290,7 +330,8 @@ def weight_patterns(root: Path) -> list[str]:
     return ["*.safetensors"]
 
 
-def _local_dir(path: str, label: str) -> Path:
+def _local_dir(path: str, label: str, roots: Sequence[str] | None) -> Path:
+    check_model_root(path, roots, label)
     p = Path(path)
     if not p.exists():
         raise _not_found(label, path)

@@ -8,6 +8,7 @@ errors they always did. Shared by cortex and neuron, hence in `helexa.wire`.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -109,10 +110,27 @@ def parse_model_id(
         raise _invalid(
             f"model id '{s}' has a name containing ':' which is reserved for the scheme prefix"
         )
+    _check_segments(s, org, name)
     mid = ModelId(scheme=scheme, org=org, name=name)
     if sources is not None:
         check_source(mid.scheme or default_source, sources)
     return mid
+
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
+
+
+def _check_segments(s: str, org: str, name: str) -> None:
+    """A hub repo is exactly `org/name`, each a plain name: a second `/` or a `..` would
+    reach outside the repo (and the cache) instead of failing as a missing model."""
+    if "/" in name:
+        raise _invalid(f"model id '{s}' has more than one '/' (expected org/name)")
+    for part in (org, name):
+        if ".." in part or not _SEGMENT.fullmatch(part):
+            raise _invalid(
+                f"model id '{s}': '{part}' must be 1-96 of [A-Za-z0-9_.-], start with a letter, "
+                "digit or '_', and hold no '..'"
+            )
 
 
 def known_schemes(sources: Mapping[str, str] | Iterable[str]) -> list[str]:

@@ -9,6 +9,7 @@ Behaviour comes from `fake.json` in the model directory named by the load spec's
     load_error  {"status", "code", "message"} sent with load_failed
     info        fields merged into the ready info
     progress    true: send progress frames while loading
+    progress_every  seconds: during load_delay, a progress frame (more bytes each time) this often
     ignore_shutdown / ignore_sigterm   true: make stopping it take SIGTERM / SIGKILL
     reply       {"pieces": [str], "delay": s, "first_delay": s, "tokens": n per piece,
                  "finish_reason",
@@ -90,7 +91,15 @@ class Fake:
         if cfg.get("progress"):
             for i in range(3):
                 self.sock.send(Progress("load", i, 2))
-        time.sleep(float(cfg.get("load_delay", 0)))
+        delay, every = float(cfg.get("load_delay", 0)), cfg.get("progress_every")
+        if every:
+            end, done = time.monotonic() + delay, 0
+            while time.monotonic() < end:
+                done += 1
+                self.sock.send(Progress("load", done, None))
+                time.sleep(float(every))
+        else:
+            time.sleep(delay)
         if action == "hang":
             time.sleep(3600)
         if action == "crash":

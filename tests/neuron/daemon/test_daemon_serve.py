@@ -157,3 +157,27 @@ async def test_cannot_listen_exits_1(tmp_path: Path) -> None:
         write_toml(cfg, {"listen": f"127.0.0.1:{port}"})
         rc, _, err = await run_cli("serve", "--config", str(cfg))
     assert rc == 1 and "cannot listen" in err
+
+
+async def test_refuses_a_public_listener_without_a_token(tmp_path: Path) -> None:
+    """`neuron serve` on a non-loopback address with no token exits 2 before it listens."""
+    cfg = tmp_path / "neuron.toml"
+    for listen in (f"0.0.0.0:{free_port()}", f"[::]:{free_port()}"):
+        write_toml(cfg, {"listen": listen})
+        rc, _, err = await run_cli("serve", "--config", str(cfg))
+        assert rc == 2, err
+        assert "refusing to listen" in err and "allow_unauthenticated" in err
+    rc, _, err = await run_cli(
+        "serve", "--config", str(cfg), env=clean_env(NEURON_LISTEN=f"192.0.2.1:{free_port()}")
+    )
+    assert rc == 2, err
+
+
+async def test_token_or_explicit_opt_out_passes_the_gate(tmp_path: Path) -> None:
+    """With a token, or `allow_unauthenticated = true`, the same address gets as far as binding
+    (192.0.2.1 is not on this host, so the bind itself fails: exit 1, nothing exposed)."""
+    cfg = tmp_path / "neuron.toml"
+    for extra in ({"auth": {"token": TOKEN}}, {"allow_unauthenticated": True}):
+        write_toml(cfg, {"listen": f"192.0.2.1:{free_port()}", **extra})
+        rc, _, err = await run_cli("serve", "--config", str(cfg))
+        assert rc == 1 and "cannot listen" in err, err
