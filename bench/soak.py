@@ -285,6 +285,10 @@ def report(
         if stored is not None and stored.get(key_id) != spent:
             kept = stored.get(key_id, 0)
             print(f"    persisted ledger says {kept} (not persisted at stop: {spent - kept})")
+    if stored is None:
+        print("persisted ledger: none (cortex keeps no ledger file)")
+    elif all(stored.get(k) == live.get(k, 0) for k in tally.keys):
+        print("persisted ledger after a clean stop: equal to the live spend for every key")
     print("verdict:", "ok" if ok else "NOT ok")
     return 0 if ok else 1
 
