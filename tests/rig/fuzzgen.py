@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,9 @@ import orjson
 from helexa.wire.sse import SSEDecoder
 from rig.rawhttp import RawConnection, Reply
 
+# What both servers echo as x-request-id: the caller's when it is short and plain, else a fresh
+# one; anything else would be written into logs and other systems as is.
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD")
 
 
@@ -330,6 +334,9 @@ def check_reply(case: Case, reply: Reply) -> str | None:
     big = [f"{k} ({len(v)} bytes)" for k, v in reply.headers.items() if len(v) > 8192]
     if big:
         return f"response headers over 8 KiB: {big}"
+    rid = reply.headers.get("x-request-id")
+    if rid is not None and not SAFE_REQUEST_ID.fullmatch(rid):
+        return f"an x-request-id outside the safe charset: {rid[:80]!r}"
     ctype = reply.headers.get("content-type", "")
     if case.malformed and s == 400 and ctype.startswith("text/"):
         return None
