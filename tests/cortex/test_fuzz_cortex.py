@@ -1,4 +1,4 @@
-"""Fuzz every cortex route with 6,000 seeded hostile requests (issue 11): never a 5xx (but a
+"""Fuzz every cortex route with 8,000 seeded hostile requests (issue 11): never a 5xx (but a
 503 with Retry-After), always the route's envelope, nothing left reserved or in flight.
 
 cortex runs on a real loopback port in front of a fake neuron; the requests go over four
@@ -25,7 +25,7 @@ from rig.fuzzgen import (
 )
 
 SEED = 1111
-COUNT = 6000
+COUNT = 8000
 USER, POOR, ADMIN = "sk-fuzz-user", "sk-fuzz-poor", "sk-fuzz-admin"
 KEYS = {
     "require_auth": True,

@@ -1,4 +1,4 @@
-"""Fuzz every neuron route with 4,000 seeded hostile requests (issue 11): never a 5xx (but a
+"""Fuzz every neuron route with 6,000 seeded hostile requests (issue 11): never a 5xx (but a
 503 with Retry-After), always the OpenAI envelope, and no admission slot or queue place left
 held. A real daemon on a loopback port, a fake worker subprocess, the character tokenizer.
 """
@@ -18,7 +18,7 @@ from rig.fuzzgen import Route, cases, credentials, drive, fixed, messages, opena
 from rig.net import free_port
 
 SEED = 1111
-COUNT = 4000
+COUNT = 6000
 SERVED = "local/m"
 
 
