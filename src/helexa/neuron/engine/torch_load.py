@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,10 +12,12 @@ import torch
 from helexa.neuron.engine.errors import LoadError, load_failed
 from helexa.neuron.engine.frames import Progress
 from helexa.neuron.engine.harnesses import OnProgress
+from helexa.neuron.engine.load_progress import LoadMeter
 from helexa.neuron.engine.loader import LoadSpec, ModelDir, Pooling
 from helexa.neuron.engine.tokens import WorkerTokenizer
 from helexa.neuron.engine.torch_device import DTYPES, default_quant, free_mb, is_oom, pick_device
 from helexa.neuron.engine.torch_engine import TorchEngine
+from helexa.neuron.memory import rss_mb
 
 log = logging.getLogger("helexa.neuron.engine")
 
@@ -31,8 +34,9 @@ def load(spec: LoadSpec, progress: OnProgress | None = None) -> TorchEngine:
     total = md.weight_bytes()
     emit(Progress("load", 0, total))
     try:
-        tok = WorkerTokenizer(md.path)
-        model, embedding_only = _load_model(md, DTYPES[quant], device)
+        with LoadMeter(emit, _bytes_in_use(device), total):
+            tok = WorkerTokenizer(md.path)
+            model, embedding_only = _load_model(md, DTYPES[quant], device)
         eng = TorchEngine(
             spec,
             model,
@@ -81,6 +85,13 @@ def _load_model(md: ModelDir, dtype: torch.dtype, device: torch.device) -> tuple
         if "Unrecognized configuration class" not in str(e):
             raise
     return AutoModel.from_pretrained(path, **kwargs).eval(), True
+
+
+def _bytes_in_use(device: torch.device) -> Callable[[], int]:
+    """What the weights occupy so far: allocated device memory, or this process's RSS."""
+    if device.type == "cuda":
+        return lambda: sum(torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count()))
+    return lambda: (rss_mb() or 0) * 2**20
 
 
 def _has_accelerate() -> bool:
