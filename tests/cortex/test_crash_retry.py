@@ -15,7 +15,7 @@ import pytest
 from rig.cortex_rig import NODE_TOKEN, CortexFactory
 from rig.fake_neuron import FakeNeuron, error_body
 
-CHAT = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}
+CHAT: dict[str, object] = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}
 CRASHED = error_body(
     "model worker for 'test-model' crashed during the request; it is being restarted",
     "api_error",

@@ -53,8 +53,8 @@ async def served(tmp_path: Path, fake: FakeNeuron) -> AsyncIterator[Serve]:
         bound: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(serve(settings, stop, bound=bound))
         runs.append((stop, task))
-        done, _ = await asyncio.wait([bound, task], return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
+        await asyncio.wait([bound, task], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+        if task.done():
             task.result()  # serve failed to start: raise its error
         return f"http://127.0.0.1:{bound.result()[0]}"
 
