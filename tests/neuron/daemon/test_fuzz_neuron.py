@@ -1,6 +1,7 @@
 """Fuzz every neuron route with 6,000 seeded hostile requests (issue 11): never a 5xx (but a
 503 with Retry-After), always the OpenAI envelope, and no admission slot or queue place left
-held. A real daemon on a loopback port, a fake worker subprocess, the character tokenizer.
+held; then 4,000 through a cortex in front of it. A real daemon on a loopback port, a fake
+worker subprocess, the character tokenizer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import pytest
 from daemon_rig import TOKEN, NeuronFactory, Rig
 from daemon_rig import start_neuron as start_neuron  # the fixture
 
+from rig.cortex_rig import CortexFactory
+from rig.fuzz_cortex import KEYS, fuzz_cortex
 from rig.fuzzgen import Route, cases, credentials, drive, fixed, messages, openai_routes, settle
 from rig.net import free_port
 
@@ -76,22 +79,33 @@ def held(rig: Rig) -> list[str]:
     return out
 
 
-async def test_fuzz_every_neuron_route(
-    start_neuron: NeuronFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    # hub ids must fail here, fast, without the network: offline, and a closed loopback port
+@pytest.fixture
+async def rig(start_neuron: NeuronFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Rig:
+    """A neuron serving local/m; hub ids fail here, fast, without the network (offline, and
+    every source on a closed loopback port)."""
     closed = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_ENDPOINT", closed)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     rig = await start_neuron(sources={"helexa": closed}, admission={"max_in_flight": 2})
-    d = rig.model("m")
-    assert (await rig.load(d)).status_code == 200
+    assert (await rig.load(rig.model("m"))).status_code == 200
+    return rig
+
+
+async def test_fuzz_every_neuron_route(rig: Rig) -> None:
     url = urlsplit(rig.url)
     assert url.hostname is not None and url.port is not None
-    todo = cases(random.Random(SEED), load_routes(d), credentials([TOKEN]), COUNT)
+    todo = cases(random.Random(SEED), load_routes(rig.root / "m"), credentials([TOKEN]), COUNT)
     result = await drive(url.hostname, url.port, todo)
     assert result.sent == COUNT
     assert not result.failures, result.report()
     assert await settle(lambda: held(rig)) == []
     assert result.statuses.get(200, 0) > COUNT * 0.1, result.statuses
+
+
+async def test_fuzz_cortex_in_front_of_this_neuron(rig: Rig, start_cortex: CortexFactory) -> None:
+    """The cortex fuzz through to a real daemon: the neuron's refusals reach clients in the
+    route's envelope (Anthropic ones translated), and neither side keeps anything held."""
+    cortex = await start_cortex({"node": rig.url}, entitlements=KEYS)
+    await fuzz_cortex(cortex, SERVED, "node", count=4000, seed=SEED + 1)
+    assert await settle(lambda: held(rig)) == []
