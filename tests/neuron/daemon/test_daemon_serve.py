@@ -171,6 +171,9 @@ async def test_refuses_a_public_listener_without_a_token(tmp_path: Path) -> None
         "serve", "--config", str(cfg), env=clean_env(NEURON_LISTEN=f"192.0.2.1:{free_port()}")
     )
     assert rc == 2, err
+    cfg.write_text("")  # what a full disk used to leave: defaults, 0.0.0.0 and no token
+    rc, _, err = await run_cli("serve", "--config", str(cfg))
+    assert rc == 2 and "refusing to listen" in err, err
 
 
 async def test_token_or_explicit_opt_out_passes_the_gate(tmp_path: Path) -> None:
