@@ -11,17 +11,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rig.cortex_rig import Cortex
-from rig.fuzzgen import (
-    FuzzResult,
-    Route,
-    cases,
-    credentials,
-    drive,
-    fixed,
-    messages,
-    openai_routes,
-    settle,
-)
+from rig.fuzzgen import Route, cases, credentials, fixed, messages, openai_routes
+from rig.fuzzrun import FuzzResult, drive, settle
 
 USER, POOR, ADMIN = "sk-fuzz-user", "sk-fuzz-poor", "sk-fuzz-admin"
 KEYS = {

@@ -17,7 +17,8 @@ from daemon_rig import start_neuron as start_neuron  # the fixture
 
 from rig.cortex_rig import CortexFactory
 from rig.fuzz_cortex import KEYS, fuzz_cortex
-from rig.fuzzgen import Route, cases, credentials, drive, fixed, messages, openai_routes, settle
+from rig.fuzzgen import Route, cases, credentials, fixed, messages, openai_routes
+from rig.fuzzrun import drive, settle
 from rig.net import free_port
 
 SEED = 1111
