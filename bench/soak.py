@@ -9,10 +9,11 @@ request. Neuron ``b`` is SIGKILLed at 30 % and 65 % of the run and restarted aft
 ``--down-secs``.
 
 The report: outcomes (completed / failed visibly / cut on purpose / lost, which must be 0),
-5xx and 4xx by cause, RSS of each process (with its workers) at start and end, and per key
-whether cortex's ledger equals the usage of completed requests plus what was charged for cut
-and failed ones (that part must lie between what the client saw them use and prompt + output
-cap). Nothing is asserted; the exit status is 1 when a request was lost or the ledger is off.
+5xx and 4xx by cause, ERROR lines in each process's log, RSS of each process (with its
+workers) at start and end, and per key whether cortex's ledger equals the usage of completed
+requests plus what was charged for cut and failed ones (that part must lie between what the
+client saw them use and prompt + output cap). Nothing is asserted; the exit status is 1 when
+a request was lost or the ledger is off.
 
     python bench/soak.py                      # 50 clients, 10 minutes
     python bench/soak.py --minutes 2
@@ -29,6 +30,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -166,6 +168,18 @@ async def spend_metrics(session: aiohttp.ClientSession, metrics_url: str) -> dic
     return out
 
 
+def logged_errors(tmp: Path) -> Counter[str]:
+    """ERROR lines per process log, by logger and message start: server-side failures a client
+    may never see (it had already gone)."""
+    out: Counter[str] = Counter()
+    for log in sorted(tmp.glob("*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if " ERROR " in line:
+                what = line.split(" ERROR ", 1)[1].strip()
+                out[f"{log.stem}: {what.split('(')[0][:90]}"] += 1
+    return out
+
+
 def spend_sqlite(path: Path) -> dict[str, int] | None:
     """The persisted ledger (read after cortex stopped), when cortex keeps one."""
     if not path.exists():
@@ -266,6 +280,10 @@ def report(
         print(f"  first {cause}: {raw!r}")
     print("5xx by cause:", dict(tally.errors_5xx) or "none")
     print("4xx by cause:", dict(tally.errors_4xx) or "none")
+    errors = logged_errors(tmp)
+    print("ERROR log lines:", "none" if not errors else "")
+    for what, count in errors.most_common(10):
+        print(f"  {count:6d}  {what}")
     print("RSS (MiB, process and its workers):")
     for when, mb in rss["cortex"]:
         print(f"  cortex     {when:28s} {mb:8.1f}")
