@@ -104,7 +104,6 @@ class NeuronConfig(Section):
     write_timeout_secs: float = Field(default=30, gt=0)
     header_timeout_secs: float = Field(default=10, gt=0)
     body_timeout_secs: float = Field(default=60, gt=0)
-    keepalive_timeout_secs: float = Field(default=75, gt=0)
     max_connections: int = Field(default=1024, ge=1)
     max_large_parses: int = Field(default=2, ge=1)
     cache_dir: str | None = None

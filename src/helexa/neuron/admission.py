@@ -150,6 +150,11 @@ class Admission:
             self.in_flight += 1
             fut.set_result(None)
 
+    async def hold(self) -> Held:
+        """Take a slot as a `Held`, which can be given back early (once) by its owner."""
+        await self.acquire()
+        return Held(self)
+
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         await self.acquire()
@@ -178,3 +183,19 @@ class Admission:
         self.max_queue_depth = max(0, max_queue_depth)
         self.max_wait_secs = max_wait_secs
         self._grant()
+
+
+class Held:
+    """A taken slot, given back exactly once: when the worker is done generating (so a client
+    still reading the tail doesn't hold the model), or when the request ends, whichever is
+    first."""
+
+    __slots__ = ("_adm",)
+
+    def __init__(self, adm: Admission) -> None:
+        self._adm: Admission | None = adm
+
+    def free(self) -> None:
+        if self._adm is not None:
+            adm, self._adm = self._adm, None
+            adm.release()

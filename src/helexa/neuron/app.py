@@ -6,6 +6,8 @@ own job; inference is in routes/inference.py and the generation it drives in rou
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from helexa.neuron.routes.inference import chat_completions, completions, embeddings, responses
@@ -20,8 +22,9 @@ from helexa.neuron.routes.models import (
 from helexa.neuron.routes.plumbing import on_prepare, pipeline
 from helexa.neuron.routes.tokenize import tokenize
 from helexa.neuron.service import NEURON, Neuron
+from helexa.wire.listener import GuardedSite, runner_options
 
-__all__ = ["Neuron", "make_app"]
+__all__ = ["Neuron", "make_app", "make_runner", "make_site"]
 
 
 def make_app(neuron: Neuron) -> web.Application:
@@ -44,3 +47,24 @@ def make_app(neuron: Neuron) -> web.Application:
     r.add_get("/metrics", metrics)
     app.on_response_prepare.append(on_prepare)
     return app
+
+
+def make_runner(neuron: Neuron, **kwargs: Any) -> web.AppRunner:
+    """The app's runner, with the request-head deadline (`header_timeout_secs`). Compressed
+    bodies are not decoded (a bad or bombed one stalls aiohttp's decoder): `read_body` refuses
+    them."""
+    opts = runner_options(neuron.cfg.header_timeout_secs)
+    app = make_app(neuron)
+    return web.AppRunner(app, handler_cancellation=True, auto_decompress=False, **opts, **kwargs)
+
+
+def make_site(neuron: Neuron, runner: web.AppRunner, host: str, port: int) -> GuardedSite:
+    """The listener, with the connection cap and the write deadline."""
+    cfg = neuron.cfg
+    return GuardedSite(
+        runner,
+        host,
+        port,
+        max_connections=cfg.max_connections,
+        write_timeout=cfg.write_timeout_secs,
+    )

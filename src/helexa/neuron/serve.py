@@ -6,10 +6,8 @@ import asyncio
 import logging
 import signal
 
-from aiohttp import web
-
 from helexa.config.neuron import NeuronConfig
-from helexa.neuron.app import Neuron, make_app
+from helexa.neuron.app import Neuron, make_runner, make_site
 
 log = logging.getLogger("helexa.neuron")
 
@@ -32,9 +30,7 @@ async def serve(
     flight finish for up to `shutdown_grace_secs`, stop every worker and return."""
     neuron = neuron or Neuron(cfg)
     await neuron.start()
-    runner = web.AppRunner(
-        make_app(neuron), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
-    )
+    runner = make_runner(neuron, access_log=None, shutdown_timeout=1.0)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -42,7 +38,7 @@ async def serve(
     try:
         await runner.setup()
         host, port = split_listen(cfg.listen)
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = make_site(neuron, runner, host, port)
         await site.start()
         disc = neuron.discovery
         log.info(

@@ -17,12 +17,16 @@ from helexa.neuron import sources
 from helexa.neuron.discovery import DeviceProbe, NeuronDiscovery, worker_cuda_env
 from helexa.neuron.metrics import NeuronMetrics
 from helexa.neuron.models import Registry
+from helexa.neuron.principals import PrincipalCap
 from helexa.neuron.records import DeviceView
 from helexa.neuron.supervisor import (
     Supervisor,
 )
+from helexa.neuron.tokenize_gate import TokenizeGate
 from helexa.neuron.tokenizer import ChatTokenizer, TokenizerCache
+from helexa.wire.http import BodyParser
 from helexa.wire.modelid import ModelId
+from helexa.wire.neuron import MAX_BYTES_PER_TOKEN
 
 log = logging.getLogger("helexa.neuron.service")
 
@@ -54,6 +58,9 @@ class Neuron:
         if self.supervisor.cuda_env is None:
             self.supervisor.cuda_env = self._cuda_env
         self.tokenizers = TokenizerCache(8)
+        self.model_roots = cfg.model_roots()
+        self.tokenize = TokenizeGate(cfg.max_tokenizations, cfg.tokenize_queue)
+        self.principals = PrincipalCap(cfg.admission.max_per_principal)
         extra: dict[str, Any] = {}
         if restart_backoff is not None:
             extra["restart_backoff"] = restart_backoff
@@ -73,10 +80,15 @@ class Neuron:
             max_prompt_tokens=cfg.max_prompt_tokens,
             max_output_tokens=cfg.max_output_tokens,
             admission_defaults=(adm.max_in_flight, adm.max_queue_depth, adm.max_wait_secs),
+            load_deadline=(cfg.load_timeout_secs, cfg.load_stall_secs),
             **extra,
         )
         self.started = time.monotonic()
         self.max_body = int(cfg.max_body_mb * 1024 * 1024)
+        # No prompt within max_prompt_tokens is this many bytes: checked before any parse or
+        # tokenization, so a huge prompt costs nothing.
+        self.max_prompt_bytes = cfg.max_prompt_tokens * MAX_BYTES_PER_TOKEN
+        self.bodies = BodyParser(cfg.max_large_parses)
         self.token = (cfg.auth.token or "").encode() or None
         self.draining = False
         self.in_flight = 0
@@ -85,8 +97,14 @@ class Neuron:
     # -- collaborators -----------------------------------------------------------------------------
 
     def _fetch(self, mid: ModelId, progress: Callable[[int | None, int | None], None]) -> Path:
+        cfg = self.cfg
         return sources.fetch_model(
-            mid, sources=self.cfg.sources, cache_dir=self.cfg.cache_dir, progress=progress
+            mid,
+            sources=cfg.sources,
+            cache_dir=cfg.cache_dir,
+            progress=progress,
+            token_envs=cfg.source_token_env,
+            roots=self.model_roots,
         )
 
     def _tokenizer(self, path: Path) -> ChatTokenizer:

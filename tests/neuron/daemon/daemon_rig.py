@@ -22,9 +22,10 @@ import pytest
 from aiohttp import web
 
 from helexa.config.neuron import NeuronConfig
-from helexa.neuron.app import Neuron, make_app
+from helexa.neuron.app import Neuron, make_runner, make_site
 from helexa.neuron.discovery import NeuronDiscovery
 from helexa.neuron.supervisor import Supervisor
+from helexa.wire.listener import GuardedSite
 from helexa.wire.neuron import Device, DeviceHealth
 
 FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
@@ -220,6 +221,7 @@ class Rig:
     url: str
     client: httpx.AsyncClient
     root: Path
+    site: GuardedSite | None = None
 
     @property
     def registry(self) -> Any:
@@ -296,7 +298,12 @@ async def start_neuron(tmp_path: Path) -> AsyncIterator[NeuronFactory]:
         tokenizer_for: Callable[[Path], Any] | None = CharTokenizer,
         **config: Any,
     ) -> Rig:
-        data: dict[str, Any] = {"listen": "127.0.0.1:0", "cpu_memory_mb": 16000, **config}
+        data: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "cpu_memory_mb": 16000,
+            "allowed_model_roots": ["/"],  # models live in temp dirs; roots have their own tests
+            **config,
+        }
         if token is not None:
             data.setdefault("auth", {})["token"] = token
         cfg = NeuronConfig.model_validate(data)
@@ -311,12 +318,12 @@ async def start_neuron(tmp_path: Path) -> AsyncIterator[NeuronFactory]:
         )
         neurons.append(neuron)
         await neuron.start()
-        runner = web.AppRunner(make_app(neuron), handler_cancellation=True, shutdown_timeout=1)
+        runner = make_runner(neuron, shutdown_timeout=1)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = make_site(neuron, runner, "127.0.0.1", 0)
         await site.start()
         runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = site.port
         url = f"http://127.0.0.1:{port}"
         client = httpx.AsyncClient(
             base_url=url, headers=AUTH if token else {}, timeout=30, trust_env=False
@@ -324,7 +331,7 @@ async def start_neuron(tmp_path: Path) -> AsyncIterator[NeuronFactory]:
         clients.append(client)
         root = tmp_path / f"models{len(neurons)}"
         root.mkdir()
-        return Rig(neuron, url, client, root)
+        return Rig(neuron, url, client, root, site)
 
     yield factory
     for c in clients:

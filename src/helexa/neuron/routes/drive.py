@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from helexa.neuron.admission import Held
 from helexa.neuron.engine.frames import Delta, Done, Generate
 from helexa.neuron.errors import generation_failed, model_unloaded, not_ready, worker_crashed
 from helexa.neuron.openai import replies
@@ -61,8 +62,7 @@ async def generate(
 ) -> web.StreamResponse:
     """Admission, then the worker's deltas into `sink`: the shared tail of every text route."""
     model = rec.id
-    adm = rec.admission
-    await adm.acquire()
+    held = await rec.admission.hold()
     try:
         handle = rec.handle
         if handle is None or not rec.serving:
@@ -84,12 +84,12 @@ async def generate(
             resp = web.StreamResponse(headers={**sse.HEADERS, PROMPT_HEADER: str(prompt_len)})
             await resp.prepare(request)
             try:
-                await _pump(neuron, rec, resp, first, events, prompt_len, sink, t_first)
+                await _pump(neuron, rec, resp, first, events, prompt_len, sink, t_first, held)
             except ConnectionResetError:  # the client went away mid-stream: cancel, quietly
                 log.debug("client of a %s stream went away", model)
             return resp
     finally:
-        adm.release()
+        held.free()
 
 
 def _usage(sink: Sink, prompt_len: int, done: Done) -> replies.Usage:
@@ -136,6 +136,7 @@ async def _pump(
     prompt_len: int,
     sink: Sink,
     t_first: float,
+    held: Held,
 ) -> None:
     ev = first
     out = sink.start()
@@ -147,7 +148,9 @@ async def _pump(
                 out = b""
             ev = await events.__anext__()
     except WorkerError as e:
+        held.free()
         await resp.write(out + sink.error(client_error(e, rec.id)))
         return
+    held.free()  # the worker is done: the tail's write no longer holds the model
     _observe_done(neuron, rec.id, ev, t_first)
     await resp.write(out + sink.end(ev, _usage(sink, prompt_len, ev)))

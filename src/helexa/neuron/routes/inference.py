@@ -3,7 +3,6 @@ prompt, then drive the generation (drive.py) into the endpoint's sink."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,13 @@ from helexa.neuron.openai import responses as ra
 from helexa.neuron.parse import MARKERS, OutputParser
 from helexa.neuron.records import ModelRecord
 from helexa.neuron.routes.drive import client_error, generate
-from helexa.neuron.routes.plumbing import MODEL_KEY, PROMPT_HEADER, PROMPT_KEY, read_json
+from helexa.neuron.routes.plumbing import (
+    MODEL_KEY,
+    PROMPT_HEADER,
+    PROMPT_KEY,
+    prompt_too_large,
+    read_json,
+)
 from helexa.neuron.routes.sinks import ChatSink, CompletionSink, ResponsesSink, Sink
 from helexa.neuron.service import NEURON, Neuron
 from helexa.neuron.supervisor import (
@@ -58,11 +63,13 @@ def _hold(tok: Any, tools: bool) -> list[str]:
     return []
 
 
-async def _render_chat(rec: ModelRecord, chat: oc.ChatRequest, model: str) -> tuple[str, list[int]]:
+async def _render_chat(
+    neuron: Neuron, rec: ModelRecord, chat: oc.ChatRequest, model: str
+) -> tuple[str, list[int]]:
     tok = rec.tokenizer
     if tok is None or not tok.has_chat_template:
         raise oa.no_chat_template(model)
-    text, ids = await asyncio.to_thread(
+    text, ids = await neuron.tokenize.run(
         tok.encode_chat,
         chat.messages,
         chat.tools,
@@ -82,7 +89,7 @@ async def _chat_like(
 ) -> web.StreamResponse:
     if _embedding_only(rec):
         raise oa.embedding_only(model)
-    text, ids = await _render_chat(rec, chat, model)
+    text, ids = await _render_chat(neuron, rec, chat, model)
     request[PROMPT_KEY] = len(ids)
     limits = _limits(neuron, rec)
     oa.check_prompt(len(ids), limits)
@@ -106,7 +113,7 @@ async def _chat_like(
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
+    body = await read_json(request, request.app[NEURON].max_prompt_bytes)
     neuron, rec, model = _lookup(request, body)
     chat = oc.parse_chat(body)
     return await _chat_like(
@@ -115,7 +122,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
+    body = await read_json(request, request.app[NEURON].max_prompt_bytes)
     neuron, rec, model = _lookup(request, body)
     req = ra.parse_responses(body)
     return await _chat_like(
@@ -124,13 +131,13 @@ async def responses(request: web.Request) -> web.StreamResponse:
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
+    body = await read_json(request, request.app[NEURON].max_prompt_bytes)
     neuron, rec, model = _lookup(request, body)
     req = ocm.parse_completion(body)
     if _embedding_only(rec):
         raise oa.embedding_only(model)
     tok = rec.tokenizer
-    ids = await asyncio.to_thread(tok.encode, req.prompt)
+    ids = await neuron.tokenize.run(tok.encode, req.prompt)
     if not ids:
         raise oa.invalid_value("prompt", "must not be empty")
     request[PROMPT_KEY] = len(ids)
@@ -154,7 +161,10 @@ async def embeddings(request: web.Request) -> web.Response:
     if req.tokenized:
         batches: list[list[int]] = req.inputs  # type: ignore[assignment]
     else:
-        batches = await asyncio.to_thread(rec.tokenizer.encode_batch, req.inputs)
+        for text in req.inputs:  # a character is at least a byte: the prompt byte cap, cheaply
+            if len(text) > neuron.max_prompt_bytes:
+                raise prompt_too_large(len(text), neuron.max_prompt_bytes)
+        batches = await neuron.tokenize.run(rec.tokenizer.encode_batch, req.inputs)
     prompt_len = sum(len(b) for b in batches)
     request[PROMPT_KEY] = prompt_len
     limit = neuron.cfg.max_prompt_tokens

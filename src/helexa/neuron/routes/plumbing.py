@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from helexa.neuron.principals import principal_of
 from helexa.neuron.service import NEURON, Neuron
 from helexa.wire import http
 from helexa.wire.errors import ApiError
@@ -31,11 +33,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MODEL_KEY = web.RequestKey("model", str)
 PROMPT_KEY = web.RequestKey("prompt_tokens", int)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
+SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+CAPPED = frozenset({*INFERENCE, "/tokenize"})
 
 
 def missing_token() -> ApiError:
     return ApiError(
         401, "invalid_node_token", "missing node token; supply 'Authorization: Bearer <token>'"
+    )
+
+
+def prompt_too_large(size: int, cap: int) -> ApiError:
+    return ApiError(
+        400,
+        "context_length_exceeded",
+        f"request is {size} bytes; a prompt on this neuron is at most {cap} bytes "
+        "(max_prompt_tokens x 32)",
+        extras={"bytes": size, "max_bytes": cap},
     )
 
 
@@ -45,6 +59,17 @@ def bad_token() -> ApiError:
 
 def shutting_down() -> ApiError:
     return ApiError(503, "service_unavailable", "neuron is shutting down", retry_after=5)
+
+
+def too_deep() -> ApiError:
+    return ApiError(400, "invalid_value", "the request is nested too deeply to process")
+
+
+def request_id(request: web.Request) -> str:
+    """The caller's `x-request-id` when it is short and plain, else a fresh one: it is echoed
+    in a header and written to logs."""
+    rid = request.headers.get("x-request-id", "")
+    return rid if SAFE_ID.fullmatch(rid) else "req_" + secrets.token_hex(12)
 
 
 def error_response(err: ApiError, prompt_tokens: int | None = None) -> web.Response:
@@ -62,9 +87,10 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     neuron = request.app[NEURON]
     path = request.path
     endpoint = INFERENCE.get(path)
-    request[REQUEST_ID_KEY] = request.headers.get("x-request-id") or "req_" + secrets.token_hex(12)
+    request[REQUEST_ID_KEY] = request_id(request)
     status = 500
     counted = False
+    principal = None
     try:
         if path not in PUBLIC:
             _authenticate(request, neuron)
@@ -72,6 +98,10 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
                 raise shutting_down()
             neuron._enter()
             counted = True
+            who = principal_of(request.headers) if path in CAPPED else None
+            if who is not None:
+                neuron.principals.enter(who)
+                principal = who
         resp = await handler(request)
         status = resp.status
         return resp
@@ -89,6 +119,9 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         else:
             raise
         return error_response(err)
+    except RecursionError:
+        status = 400
+        return error_response(too_deep(), request.get(PROMPT_KEY))
     except asyncio.CancelledError:
         status = 499  # the client went away (nginx's code); nothing is sent
         raise
@@ -97,12 +130,16 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         status = 500
         return error_response(http.internal())
     finally:
+        if principal is not None:
+            neuron.principals.leave(principal)
         if counted:
             neuron._leave()
         if endpoint is not None:
             model = request.get(MODEL_KEY)
             if model is not None:
-                neuron.metrics.requests(model, endpoint, str(status)).inc()
+                # only known models get a series: a made-up name must not grow /metrics
+                label = model if model in neuron.registry.records else "unknown"
+                neuron.metrics.requests(label, endpoint, str(status)).inc()
         _log_request(request, status)
 
 
@@ -115,9 +152,14 @@ def _log_request(request: web.Request, status: int) -> None:
         request.path,
         status,
         request[REQUEST_ID_KEY],
-        h.get("x-helexa-account-id", "-"),
-        h.get("x-helexa-key-id", "-"),
+        printable(h.get("x-helexa-account-id", "-")),
+        printable(h.get("x-helexa-key-id", "-")),
     )
+
+
+def printable(v: str) -> str:
+    """A header value fit for a log line: control characters escaped, at most 128 chars."""
+    return v[:128].encode("unicode_escape").decode("ascii")
 
 
 def _authenticate(request: web.Request, neuron: Neuron) -> None:
@@ -128,7 +170,11 @@ def _authenticate(request: web.Request, neuron: Neuron) -> None:
     token = value.strip() if scheme.lower() == "bearer" else ""
     if not token:
         raise missing_token()
-    if not hmac.compare_digest(token.encode(), neuron.token):
+    try:
+        given = token.encode()
+    except UnicodeEncodeError:  # aiohttp hands undecodable header bytes on as surrogates
+        raise bad_token() from None
+    if not hmac.compare_digest(given, neuron.token):
         raise bad_token()
 
 
@@ -138,5 +184,15 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
         response.headers["x-request-id"] = rid
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    return http.parse_object(await http.read_body(request, request.app[NEURON].cfg.max_body_mb))
+async def read_json(request: web.Request, max_bytes: int | None = None) -> dict[str, Any]:
+    """The JSON object body, read within `body_timeout_secs`; past `max_bytes` (a prompt's
+    byte cap) it is refused before reading or parsing any of it."""
+    neuron = request.app[NEURON]
+    cfg = neuron.cfg
+    clen = request.content_length
+    if max_bytes is not None and clen is not None and clen > max_bytes:
+        raise prompt_too_large(clen, max_bytes)
+    raw = await http.read_body(request, cfg.max_body_mb, cfg.body_timeout_secs)
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise prompt_too_large(len(raw), max_bytes)
+    return await neuron.bodies.parse(raw)

@@ -24,7 +24,7 @@ log = logging.getLogger("helexa.neuron.routes.tokenize")
 async def tokenize(request: web.Request) -> web.Response:
     """A token count with the model's tokenizer; never starts a worker."""
     neuron = request.app[NEURON]
-    body = await read_json(request)
+    body = await read_json(request, neuron.max_prompt_bytes)
     model = oa.require_model(body)
     tok = await _tokenizer_for_count(neuron, model, body.get("model_id"))
     if body.get("messages") is not None:
@@ -33,11 +33,11 @@ async def tokenize(request: web.Request) -> web.Response:
         kwargs = body.get("chat_template_kwargs") or {}
         if not isinstance(kwargs, dict):
             raise oa.invalid_value("chat_template_kwargs", "must be an object")
-        _, ids = await asyncio.to_thread(
+        _, ids = await neuron.tokenize.run(
             tok.encode_chat, messages, tools or None, chat_template_kwargs=kwargs, model_id=model
         )
     elif isinstance(body.get("prompt"), str):
-        ids = await asyncio.to_thread(tok.encode, body["prompt"])
+        ids = await neuron.tokenize.run(tok.encode, body["prompt"])
     else:
         raise oa.invalid_value("messages", "or 'prompt' is required")
     return json_response({"model": model, "count": len(ids)})
@@ -62,9 +62,12 @@ async def _tokenizer_for_count(neuron: Neuron, model: str, load_id: Any) -> Any:
 
     def load() -> Any:
         if mid.path is not None:
+            sources.check_model_root(mid.path, neuron.model_roots, ident)
             root = Path(mid.path)
         else:
-            root = sources.fetch_tokenizer(mid, sources=cfg.sources, cache_dir=cfg.cache_dir)
+            root = sources.fetch_tokenizer(
+                mid, sources=cfg.sources, cache_dir=cfg.cache_dir, token_envs=cfg.source_token_env
+            )
         return neuron.tokenizers.get(root)
 
     try:
