@@ -115,6 +115,7 @@ class Gateway:
         if self.session is not None:
             await self.session.close()
             self.session = None
+        self.parser.close()
         if self.ledger is not None:
             await asyncio.to_thread(self.ledger.close)
             self.ledger = None
