@@ -219,6 +219,7 @@ listen = "{HOST}:{port}"
 metrics_listen = "{HOST}:{metrics_port}"
 poll_interval_secs = 5
 shutdown_grace_secs = 2
+max_in_flight_per_key = 1024  # one key drives every client: overhead, not the per-key cap
 
 [[neurons]]
 name = "mock"
