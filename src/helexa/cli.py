@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from helexa.cli_common import LEVELS, version_option
-from helexa.config.loader import ConfigError
+from helexa.config.loader import ConfigError, is_loopback
 from helexa.up import configs
 from helexa.up.banner import Served, is_downloaded, model_lines
 from helexa.up.configs import ModelArg, UpConfigError, host_port, url_host
@@ -59,8 +59,9 @@ def main() -> None:
 )
 @click.option(
     "--host",
-    help=f"Address the neuron and cortex listen on (default: the files', {configs.DEFAULT_HOST}"
-    " on the first run). 0.0.0.0 exposes them to the network.",
+    help=f"Address the neuron and cortex API listen on (default: the files', {configs.DEFAULT_HOST}"
+    " on the first run). 0.0.0.0 exposes them to the network (refused unless cortex.toml has"
+    " require_auth = true). Metrics stay where cortex.toml puts them (loopback).",
 )
 @click.option("--port", type=click.IntRange(1, 65535), help="cortex API port (default 31313).")
 @click.option(
@@ -113,6 +114,7 @@ def up(
             neuron_port=neuron_port or configs.DEFAULT_NEURON_PORT,
         )
         plan = Plan.make(directory, host, port, metrics_port, neuron_port)
+        plan.check_exposure()
     except UpConfigError as e:
         click.echo(f"helexa: {e}", err=True)
         sys.exit(2)
@@ -155,6 +157,7 @@ class Plan:
     metrics_url: str
     token: str | None
     api_key: str | None
+    admin_key: str | None
     require_auth: bool
 
     def __init__(self, directory: Path, cortex: dict[str, Any], neuron: dict[str, Any]) -> None:
@@ -179,12 +182,8 @@ class Plan:
         self.api = _split(gw.get("listen"), "0.0.0.0", configs.DEFAULT_PORT)
         self.metrics = _split(gw.get("metrics_listen"), "0.0.0.0", configs.DEFAULT_METRICS_PORT)
         self.node = _split(neuron.get("listen"), "0.0.0.0", configs.DEFAULT_NEURON_PORT)
-        if host is not None:
-            self.api, self.metrics, self.node = (
-                (host, self.api[1]),
-                (host, self.metrics[1]),
-                (host, self.node[1]),
-            )
+        if host is not None:  # not the metrics: they name keys and accounts
+            self.api, self.node = (host, self.api[1]), (host, self.node[1])
         if port is not None:
             self.api = (self.api[0], port)
         if metrics_port is not None:
@@ -193,7 +192,7 @@ class Plan:
             self.node = (self.node[0], neuron_port)
         if host is not None or port is not None:
             self.env["CORTEX_GATEWAY__LISTEN"] = host_port(*self.api)
-        if host is not None or metrics_port is not None:
+        if metrics_port is not None:
             self.env["CORTEX_GATEWAY__METRICS_LISTEN"] = host_port(*self.metrics)
         self.neuron_url = f"http://{url_host(self.node[0])}:{self.node[1]}"
         if host is not None or neuron_port is not None:
@@ -202,14 +201,26 @@ class Plan:
             self._point_cortex_at_neuron()
         self.token = os.environ.get("NEURON_TOKEN") or (neuron.get("auth") or {}).get("token")
         ent = cortex.get("entitlements") or {}
-        keys = [k.get("key") for k in ent.get("keys", []) if isinstance(k, dict)]
-        self.api_key = os.environ.get("HELEXA_API_KEY") or next(
-            (k for k in keys if isinstance(k, str) and k), None
-        )
+        keys = [k for k in ent.get("keys", []) if isinstance(k, dict)]
+        self.api_key = os.environ.get("HELEXA_API_KEY") or _first_key(keys, admin=False)
+        self.admin_key = _first_key(keys, admin=True)
         self.require_auth = bool(ent.get("require_auth"))
         self.api_url = f"http://{url_host(self.api[0])}:{self.api[1]}"
         self.metrics_url = f"http://{url_host(self.metrics[0])}:{self.metrics[1]}/metrics"
         return self
+
+    def check_exposure(self) -> None:
+        """A listener other hosts can reach needs keys: without them anyone on the network
+        could use the models and read every tenant's history."""
+        if self.require_auth:
+            return
+        for what, (h, p) in (("cortex", self.api), ("neuron", self.node)):
+            if not is_loopback(h):
+                raise UpConfigError(
+                    f"{what} would listen on {host_port(h, p)}, reachable from other hosts, "
+                    "with require_auth = false: set require_auth = true in "
+                    f"{self.directory / 'cortex.toml'} or use a loopback --host (127.0.0.1)"
+                )
 
     def _point_cortex_at_neuron(self) -> None:
         """The `local` neuron moved: hand cortex its whole [[neurons]] list with that one
@@ -304,6 +315,7 @@ class Plan:
             f"  API      {self.api_url}/v1   (Anthropic SDK: base URL {self.api_url})",
             f"  API key  {self.api_key or '(none in cortex.toml)'}"
             + ("" if self.require_auth else "   (optional: require_auth = false)"),
+            *([f"  admin    {self.admin_key}   (dashboard, /api/*)"] if self.admin_key else []),
             f"  metrics  {self.metrics_url}",
             f"  neuron   {self.neuron_url}",
             f"  config   {self.directory}   logs {self.directory / 'logs'}",
@@ -314,6 +326,13 @@ class Plan:
             "",
         ]
         return "\n".join(lines)
+
+
+def _first_key(keys: list[dict[str, Any]], *, admin: bool) -> str | None:
+    for k in keys:
+        if bool(k.get("admin")) == admin and isinstance(k.get("key"), str) and k["key"]:
+            return str(k["key"])
+    return None
 
 
 def _child_env() -> dict[str, str]:

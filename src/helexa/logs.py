@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
 import orjson
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class EscapeControl(logging.Filter):
+    """Ids in log lines come from clients: a control character could forge or hide a line, so
+    every one is written as `\\xNN` (tracebacks are formatted apart and stay multi-line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if CONTROL.search(msg):
+            record.msg, record.args = CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", msg), None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,6 +43,7 @@ def setup(level: str = "info", fmt: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(EscapeControl())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -76,10 +76,10 @@ async def test_readme_curl_command_runs(
     cortex = await start_cortex(
         {"mock-node": fake},
         models={"aliases": {m: "test-model" for m in re.findall(r'"model": "([^"]+)"', command)}},
-        entitlements={"require_auth": False, "keys": keys},  # as `helexa up` writes it
+        entitlements={"require_auth": True, "keys": keys},  # as `helexa up` writes it
     )
     command = ADDRESS.sub(cortex.url.removeprefix("http://"), command)
-    rc, out, err = await run_cli("bash", "-c", command, env=clean_env())
+    rc, out, err = await run_cli("bash", "-c", command, env=clean_env(HELEXA_API_KEY=ENV_KEY))
     assert rc == 0, err
     reply = orjson.loads(out)
     if "/chat/completions" in command:

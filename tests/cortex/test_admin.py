@@ -53,6 +53,7 @@ async def two_nodes(start_cortex: CortexFactory) -> Any:
             {"node-a": a, "node-b": b},
             models={"models": [{"id": CAT, "vram_mb": 4000}], "aliases": {"helexa/cat": CAT}},
             entitlements=KEYS,
+            gateway={"admin_load_roots": ["Qwen"]},  # ids outside the catalogue: this hub org
         )
         yield cortex, a, b
 
@@ -253,7 +254,10 @@ async def test_api_fleet_needs_a_key_under_require_auth(
     cortex = await start_cortex({"mock-node": fake}, entitlements={**KEYS, "require_auth": True})
     assert (await get(cortex, "/api/fleet", key=None)).status_code == 401
     assert (await get(cortex, "/api/history", key=None)).status_code == 401
-    assert (await get(cortex, "/api/fleet", key=USER)).status_code == 200
+    # Hostnames and endpoints are the operator's: an ordinary key is refused (issue 11).
+    r = await get(cortex, "/api/fleet", key=USER)
+    assert r.status_code == 403 and r.json() == ADMIN_REQUIRED
+    assert (await get(cortex, "/api/fleet", key=ADMIN)).status_code == 200
 
 
 # ---- /api/history ------------------------------------------------------------------------------

@@ -101,7 +101,14 @@ async def test_open_fleet_renders_nodes_devices_models_and_history_as_text(
             json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}]},
             headers={"x-request-id": XSS},
         )
-    assert r.status_code == 200
+        assert r.status_code == 200
+        # cortex replaces an unsafe request id; a model id still reaches history as given.
+        assert r.headers["x-request-id"].startswith("req_")
+        r = await c.post(
+            cortex.base + "/chat/completions",
+            json={"model": XSS, "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert r.status_code == 404
     async with open_page(tmp_path / "profile") as page:
         await page.goto(cortex.url + "/dashboard")
         await page.wait_for("document.querySelectorAll('[data-node]').length === 2")
@@ -130,9 +137,11 @@ async def test_open_fleet_renders_nodes_devices_models_and_history_as_text(
         assert mem == ["11.7 GB used"] * 2
         width = await page.eval("document.querySelector('.bar .used').style.width")
         assert width == "37.5%"  # 12000 of 32000 MB
-        # The client-chosen request id is shown verbatim, as text, and never runs.
-        rid = await page.eval("document.querySelector('#history .rid').textContent")
-        assert rid == XSS
+        # A client-chosen model id is shown verbatim, as text, and never runs.
+        model = await page.eval(
+            "document.querySelector('#history tbody td.id:not(.rid)').textContent"
+        )
+        assert model == XSS
         assert await page.eval("document.querySelectorAll('img').length") == 0
         # No key given: no admin controls.
         assert await page.eval("document.getElementById('admin').hidden") is True

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from helexa.cortex.fleet import FAILED_VIEW
 from rig.cortex_rig import Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron, default_discovery, error_body, model_info
 
@@ -267,7 +268,7 @@ async def test_failed_location_carries_error(start_cortex: CortexFactory) -> Non
             "status": "failed",
             "vram_used_mb": None,
             "healthy": True,
-            "error": "3 restarts failed",
+            "error": FAILED_VIEW,  # the neuron's text stays in logs and the admin view
         }
     ]
     assert e["loaded"] is False

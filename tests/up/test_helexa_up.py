@@ -243,6 +243,7 @@ def test_hub_model_not_cached_fails_fast_with_a_clear_error(stack: Up) -> None:
     r = httpx.post(
         f"{stack.api}/v1/chat/completions",
         json={"model": "helexa/small", "messages": [{"role": "user", "content": "Hi"}]},
+        headers={"authorization": f"Bearer {stack.api_key()}"},  # helexa up requires a key
         trust_env=False,
         timeout=30,
     )
@@ -302,6 +303,7 @@ def test_killed_neuron_is_restarted_and_service_resumes(stack: Up) -> None:
                     "messages": [{"role": "user", "content": "Hi"}],
                     "max_tokens": 4,
                 },
+                headers={"authorization": f"Bearer {stack.api_key()}"},
                 trust_env=False,
                 timeout=30,
             )

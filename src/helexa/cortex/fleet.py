@@ -14,6 +14,12 @@ from helexa.config.cortex import NeuronRemote
 from helexa.wire.neuron import ActivationStatus, DeviceHealth, Discovery, Limit, ModelInfo
 
 KNOWN_STATUSES = frozenset({"loaded", "loading", "recovering", "unloaded", "failed"})
+# What a client learns of a failed model: the neuron's own text names files and hosts, so it
+# stays in the logs and the admin view.
+FAILED_VIEW = {
+    "code": "model_failed",
+    "message": "the model failed on this node; the operator's logs have the details",
+}
 
 
 def normalise_status(status: str) -> str:
@@ -123,8 +129,17 @@ class NodeState:
             return None
         return {d.index: d.vram_free_mb or 0 for d in self.devices_health}
 
-    def as_api(self) -> dict[str, Any]:
-        """The `/api/fleet` view of this node."""
+    def _activation(self, details: bool) -> dict[str, Any] | None:
+        if self.activation is None:
+            return None
+        view = self.activation.model_dump()
+        if not details:
+            for f in view["failed"]:
+                f["error"] = FAILED_VIEW["message"]
+        return view
+
+    def as_api(self, details: bool) -> dict[str, Any]:
+        """The `/api/fleet` view of this node; `details`: the neuron's error text (admins)."""
         return {
             "name": self.name,
             "endpoint": self.endpoint,
@@ -132,7 +147,7 @@ class NodeState:
             "last_poll": int(self.last_poll) if self.last_poll else None,
             "discovery": self.discovery.model_dump() if self.discovery else None,
             "devices": [d.model_dump() for d in self.devices_health or []],
-            "activation": self.activation.model_dump() if self.activation else None,
+            "activation": self._activation(details),
             "lifecycle_cycles": self.lifecycle_cycles,
             "models": [
                 {
@@ -143,7 +158,7 @@ class NodeState:
                     "last_accessed": int(m.last_accessed) if m.last_accessed else None,
                     "in_flight": self.busy(mid),
                     "queue_depth": m.queue_depth,
-                    "error": m.error,
+                    "error": m.error if details or m.error is None else FAILED_VIEW,
                 }
                 for mid, m in sorted(self.models.items())
             ],

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from helexa.config.catalogue import Catalogue
-from helexa.cortex.fleet import Fleet
+from helexa.cortex.fleet import FAILED_VIEW, Fleet
 from helexa.cortex.placement import is_feasible_on
 
 log = logging.getLogger("helexa.cortex.models")
@@ -69,7 +69,7 @@ def build_models(fleet: Fleet, catalogue: Catalogue) -> dict[str, Any]:
                 "healthy": node.healthy,
             }
             if m.status == "failed":
-                loc["error"] = m.error
+                loc["error"] = FAILED_VIEW  # the neuron's text stays in logs and /api/fleet
             e["locations"].append(loc)
             caps[mid].update(m.capabilities)
             e["tool_call"] = e["tool_call"] or m.tool_call

@@ -1,8 +1,9 @@
 """The files `helexa up` owns: commented defaults on the first run, appended entries later.
 
-The files are meant to be read and edited by people, so they are never rewritten: the first run
-writes them from templates (mode 0600: they hold the node token), and a later `--model` appends a
-text block for each entry that is missing, leaving comments and hand edits alone.
+The files are meant to be read and edited by people, so their text is never regenerated: the first
+run writes them from templates (mode 0600: they hold the node token), and a later `--model` adds a
+text block for each entry that is missing, leaving comments and hand edits alone. Every write is
+atomic (temp file, fsync, rename), so a full disk never leaves an empty file behind.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +104,13 @@ def parse_model_arg(raw: str) -> ModelArg:
 
 
 def cortex_toml(
-    host: str, port: int, metrics_port: int, neuron_url: str, token: str, api_key: str
+    host: str,
+    port: int,
+    metrics_port: int,
+    neuron_url: str,
+    token: str,
+    api_key: str,
+    admin_key: str,
 ) -> str:
     return f"""\
 # cortex.toml, written by `helexa up` (more keys: the README's "Configuration" section).
@@ -114,7 +122,9 @@ models_config = "models.toml"         # the catalogue; relative to this file
 
 [gateway]
 listen = {q(host_port(host, port))}
-metrics_listen = {q(host_port(host, metrics_port))}   # Prometheus: GET /metrics
+# Prometheus: GET /metrics. Its series name keys and accounts: loopback unless you mean it.
+metrics_listen = {q(host_port(DEFAULT_HOST, metrics_port))}
+# cors_origins = ["https://app.example"]   # web pages allowed to call the API (none by default)
 # poll_interval_secs = 5              # how often each neuron is polled
 # request_timeout_secs = 300
 # cold_load_timeout_secs = 1800       # first use of a model may download it
@@ -134,15 +144,22 @@ name = {q(LOCAL_NODE)}
 endpoint = {q(neuron_url)}
 token = {q(token)}                    # must equal [auth] token in neuron.toml
 
-# API keys. A client may always send a known key (the SDKs need one: use this one); with
-# require_auth = true every request must send one (`Authorization: Bearer <key>`). Add a block
-# per person or app: usage is metered per key (cortex_spend_* metrics), hard_cap limits it.
+# API keys. Every request must send one (`Authorization: Bearer <key>`); `helexa up` refuses a
+# non-loopback --host if require_auth is turned off. Add a block per person or app: usage is
+# metered per key (cortex_spend_* metrics), hard_cap limits it. An admin key may also load and
+# unload models and read /api/fleet and every key's /api/history (the dashboard needs one).
 [entitlements]
-require_auth = false
+require_auth = true
 
 [[entitlements.keys]]
 key = {q(api_key)}
 account_id = "local"
+
+[[entitlements.keys]]
+key = {q(admin_key)}
+account_id = "local"
+key_id = "admin"
+admin = true
 """
 
 
@@ -213,10 +230,24 @@ def default_model_block(m: ModelArg) -> str:
 # ---- files -------------------------------------------------------------------------------------
 
 
-def _write_new(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+def write_atomic(path: Path, text: str) -> None:
+    """Temp file in the same directory, fsync, rename: a full disk or a crash mid-write leaves
+    the old file (or none), never an empty or half one. Mode 0600: the files hold tokens."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:  # mkstemp creates it 0600
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -235,8 +266,7 @@ def _append(path: Path, text: str) -> None:
         tomllib.loads(before + sep + text)
     except tomllib.TOMLDecodeError as e:
         raise UpConfigError(f"{path}: cannot append a model entry: {e}") from None
-    with path.open("a", encoding="utf-8") as f:
-        f.write(sep + text)
+    write_atomic(path, before + sep + text)
 
 
 @dataclass
@@ -269,14 +299,20 @@ def ensure(
         (
             cortex,
             lambda: cortex_toml(
-                host, port, metrics_port, neuron_url, token, "sk-helexa-" + secrets.token_hex(16)
+                host,
+                port,
+                metrics_port,
+                neuron_url,
+                token,
+                "sk-helexa-" + secrets.token_hex(16),
+                "sk-helexa-admin-" + secrets.token_hex(16),
             ),
         ),
         (catalogue, models_toml),
         (neuron, lambda: neuron_toml(host, neuron_port, token)),
     ):
         if not path.exists():
-            _write_new(path, text())
+            write_atomic(path, text())
             created.append(path)
     added: list[str] = []
     known = {m.get("id") for m in read(catalogue).get("models", []) if isinstance(m, dict)}
