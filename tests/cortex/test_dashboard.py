@@ -18,9 +18,13 @@ from rig.cortex_rig import NODE_TOKEN, Cortex, CortexFactory
 from rig.fake_neuron import FakeNeuron
 
 ADMIN = "sk-admin"
+USER = "sk-user"
 KEYS = {
     "require_auth": True,
-    "keys": [{"key": ADMIN, "account_id": "ops", "key_id": "ops-admin", "admin": True}],
+    "keys": [
+        {"key": ADMIN, "account_id": "ops", "key_id": "ops-admin", "admin": True},
+        {"key": USER, "account_id": "acct-1", "key_id": "key-1"},
+    ],
 }
 CAT = "cat-model"
 XSS = "<img src=x onerror=alert(1)>"
@@ -220,3 +224,23 @@ async def test_with_auth_it_asks_for_a_key_keeps_it_per_session_and_loads(
         assert await page.eval("sessionStorage.length") == 0
         assert page.dialogs == []
         assert [e for e in page.errors if "401" not in e] == []
+
+
+async def test_an_ordinary_key_is_told_the_fleet_needs_an_admin_key(
+    start_cortex: CortexFactory, fleet: tuple[FakeNeuron, FakeNeuron], tmp_path: Path
+) -> None:
+    """Issue 11: under require_auth the fleet's hosts are the operator's (403 for a tenant)."""
+    a, b = fleet
+    cortex = await start_cortex({"node-a": a, "node-b": b}, entitlements=KEYS)
+    async with open_page(tmp_path / "profile") as page:
+        await page.goto(cortex.url + "/dashboard")
+        await page.wait_for("document.getElementById('notice').textContent.includes('API key')")
+        await page.eval(
+            f"document.getElementById('key').value = {USER!r};"
+            "document.getElementById('key-form').requestSubmit()"
+        )
+        await page.wait_for(
+            "document.getElementById('notice').textContent.includes('needs an admin key')"
+        )
+        assert await page.eval("document.querySelectorAll('[data-node]').length") == 0
+        assert "node-a" not in await page.eval("document.body.innerText")
