@@ -410,8 +410,10 @@ class ChatTokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Raw text → ids. `add_special_tokens=True` matches transformers `tokenizer(text)`:
-        only the tokenizer's post-processor adds anything (e.g. a BOS), Qwen adds nothing."""
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+        only the tokenizer's post-processor adds anything (e.g. a BOS), Qwen adds nothing.
+        A batch of one: `Tokenizer.encode` holds the GIL throughout (a 500 KB prompt stalls
+        the event loop ~0.4 s even from a thread), `encode_batch` releases it."""
+        return self.encode_batch([text], add_special_tokens)[0]
 
     def encode_batch(
         self, texts: Sequence[str], add_special_tokens: bool = True

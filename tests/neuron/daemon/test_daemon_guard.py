@@ -14,8 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_rig import AUTH, CharTokenizer, NeuronFactory, Rig, chat_body, until, worker_events
+from daemon_rig import (
+    AUTH,
+    CharTokenizer,
+    NeuronFactory,
+    Rig,
+    chat_body,
+    until,
+    worker_events,
+    write_tokenizer,
+)
 from daemon_rig import start_neuron as start_neuron  # the fixture
+
+from helexa.neuron.tokenizer import ChatTokenizer
 
 
 async def loaded(rig: Rig, fake: dict[str, Any] | None = None, **spec: Any) -> Path:
@@ -128,6 +139,29 @@ async def test_8mib_prompt_is_refused_by_bytes_and_health_keeps_answering(
     # an ordinary prompt still goes through
     r = await rig.client.post("/v1/chat/completions", json=chat_body("local/m"))
     assert r.status_code == 200, r.text
+
+
+async def test_a_prompt_under_the_byte_cap_is_tokenized_off_the_event_loop(
+    start_neuron: NeuronFactory,
+) -> None:
+    """The real tokenizer on a ~3 MB prompt: before, `Tokenizer.encode` held the GIL for all of
+    it (~2.5 s here), so even from a thread it froze /health; now the loop keeps turning."""
+    rig = await start_neuron(tokenizer_for=ChatTokenizer, max_prompt_tokens=100_000)
+    d = rig.model("m")
+    write_tokenizer(d)
+    assert (await rig.load(d)).status_code == 200
+    body = json.dumps(chat_body("local/m", "hello world, 123 " * 180_000)).encode()
+    assert len(body) < rig.neuron.max_prompt_bytes
+    task = asyncio.create_task(rig.client.post("/v1/chat/completions", content=body))
+    worst = 0.0
+    while not task.done():
+        t0 = time.monotonic()
+        assert (await rig.client.get("/health")).status_code == 200
+        worst = max(worst, time.monotonic() - t0)
+    r = await task
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert "tokens" in r.json()["error"]["message"]  # it was tokenized, then refused
+    assert worst < 1.0  # generous: a GIL-holding encode stalls it for seconds
 
 
 async def test_tokenizations_are_bounded_and_the_overflow_gets_429(
