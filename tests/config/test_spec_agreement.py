@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from helexa.config.catalogue import ModelProfile
-from helexa.neuron.models import parse_spec
+from helexa.neuron.load_request import parse_spec
 from helexa.neuron.sources import check_quant
 from helexa.wire.errors import ApiError
 

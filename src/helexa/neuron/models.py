@@ -18,10 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
 from helexa.neuron.activation import Activation, Job
-from helexa.neuron.admission import Admission
 from helexa.neuron.engine.frames import ReadyInfo
 from helexa.neuron.errors import (
     insufficient_memory,
@@ -30,6 +27,12 @@ from helexa.neuron.errors import (
     not_loaded,
     not_ready,
     still_loading,
+)
+from helexa.neuron.load_request import (
+    AdmissionDefaults,
+    admission_limits,
+    new_admission,
+    parse_spec,
 )
 from helexa.neuron.load_watch import watched
 from helexa.neuron.metrics import NeuronMetrics
@@ -44,7 +47,7 @@ from helexa.neuron.records import (
 )
 from helexa.neuron.sources import ResolvedSpec, resolve_spec
 from helexa.neuron.supervisor import Supervisor, WorkerCrashed, WorkerHandle
-from helexa.neuron.views import token_limit
+from helexa.neuron.views import loaded_reply, token_limit
 from helexa.neuron.worker_start import (
     DevicesFn,
     EstimateFn,
@@ -65,22 +68,6 @@ T = TypeVar("T")
 HARNESSES = ("torch",)
 RESTART_BACKOFF = (1.0, 5.0, 15.0)
 UNLOAD_GRACE = 30.0
-
-
-# -- the load request -------------------------------------------------------------------------
-
-
-def parse_spec(body: Mapping[str, Any]) -> ModelSpec:
-    if "model_id" not in body:
-        raise ApiError(400, "missing_model_field", "missing 'model_id' field in request body")
-    try:
-        return ModelSpec.model_validate(body)
-    except ValidationError as e:
-        err = e.errors()[0]
-        param = str(err["loc"][0]) if err["loc"] else "model_id"
-        raise ApiError(
-            400, "invalid_value", f"'{param}' {err['msg'].lower()}", param=param
-        ) from None
 
 
 ResolveFn = Callable[[ModelId, Callable[[int | None, int | None], None]], Path]
@@ -120,7 +107,7 @@ class Registry:
         harnesses: Sequence[str] = HARNESSES,
         max_prompt_tokens: int = 16384,
         max_output_tokens: int = 8192,
-        admission_defaults: tuple[int, int, float] = (1, 16, 120.0),
+        admission_defaults: AdmissionDefaults = (1, 16, 120.0),
         restart_backoff: Sequence[float] = RESTART_BACKOFF,
         unload_grace: float = UNLOAD_GRACE,
         load_deadline: tuple[float, float] = (600.0, 120.0),
@@ -180,26 +167,6 @@ class Registry:
 
     # -- load -------------------------------------------------------------------------------------
 
-    def _new_admission(self, model: str, spec: ModelSpec) -> Admission:
-        d_if, d_qd, d_wait = self.admission_defaults
-        metrics = self.metrics
-        return Admission(
-            model,
-            spec.max_in_flight or d_if,
-            d_qd if spec.max_queue_depth is None else spec.max_queue_depth,
-            spec.max_wait_secs or d_wait,
-            on_reject=lambda reason: metrics.rejections(model, reason).inc(),
-        )
-
-    def _configure_admission(self, rec: ModelRecord) -> None:
-        d_if, d_qd, d_wait = self.admission_defaults
-        s = rec.spec
-        rec.admission.configure(
-            s.max_in_flight or d_if,
-            d_qd if s.max_queue_depth is None else s.max_queue_depth,
-            s.max_wait_secs or d_wait,
-        )
-
     def _served_id(self, spec: ModelSpec) -> str:
         """The served id a spec names: only the id grammar is checked here."""
         mid = parse_model_id(spec.model_id, self.sources, self.default_source)
@@ -236,7 +203,7 @@ class Registry:
                     log.warning("load of %s joins the operation under way; spec ignored", rec.id)
                 return await self._join(rec.op, rec.id)
             if rec.status == LOADED:
-                return self._loaded_reply(rec, already=True)
+                return loaded_reply(rec, already=True)
             if reuse:
                 spec = rec.spec
         return await self._join(self.start_load(spec, test_faults=faults), spec.model_id)
@@ -255,10 +222,11 @@ class Registry:
         if rec is not None and rec.op is not None:
             return rec.op
         if rec is not None and rec.status == LOADED:
-            return asyncio.ensure_future(_value(self._loaded_reply(rec, already=True)))
+            return asyncio.ensure_future(_value(loaded_reply(rec, already=True)))
         snap = _Snapshot(rec is not None, {})
         if rec is None:
-            rec = ModelRecord(served, rs.source_str, spec, self._new_admission(served, spec))
+            admission = new_admission(served, spec, self.admission_defaults, self.metrics)
+            rec = ModelRecord(served, rs.source_str, spec, admission)
         else:
             snap.values = {k: getattr(rec, k) for k in _SNAP_FIELDS}
         rec.move(LOADING)
@@ -310,7 +278,7 @@ class Registry:
             self.metrics.load_duration(rec.id).observe(secs)
             rec.restarts = 0
             log.info("loaded %s in %.1fs on %s %s", rec.id, secs, rec.kind, rec.devices)
-            reply = self._loaded_reply(rec, already=False)
+            reply = loaded_reply(rec, already=False)
             reply["load_secs"] = round(secs, 3)
             return reply
         finally:
@@ -348,7 +316,7 @@ class Registry:
         rec.error, rec.progress = None, None
         rec.loaded_at = _now()
         rec.draining = False
-        self._configure_admission(rec)
+        rec.admission.configure(*admission_limits(rec.spec, self.admission_defaults))
         rec.admission.resume()
 
     async def _start_worker(self, rec: ModelRecord) -> tuple[WorkerHandle, ReadyInfo]:
@@ -363,15 +331,6 @@ class Registry:
 
     def _watched(self, rec: ModelRecord, work: Awaitable[T]) -> Awaitable[T]:
         return watched(rec, work, self.load_timeout, self.load_stall)
-
-    def _loaded_reply(self, rec: ModelRecord, already: bool) -> dict[str, Any]:
-        return {
-            "status": "loaded",
-            "model": rec.id,
-            "already_loaded": already,
-            "vram_used_mb": rec.memory_mb(),
-            "devices": list(rec.devices),
-        }
 
     def _restore(self, rec: ModelRecord, snap: _Snapshot) -> None:
         """A load that failed for a reason other than load_failed leaves no trace."""
@@ -434,7 +393,7 @@ class Registry:
                     rec.admission.resume()
                     secs = time.monotonic() - started
                     log.info("model %s restarted (restart %d) in %.1fs", rec.id, rec.restarts, secs)
-                    reply = self._loaded_reply(rec, already=False)
+                    reply = loaded_reply(rec, already=False)
                     reply["load_secs"] = round(secs, 3)
                     return reply
             log.error("model %s failed after %d restarts: %s", rec.id, attempt, last[:512])

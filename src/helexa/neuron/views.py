@@ -22,6 +22,17 @@ def token_limit(mpe: Any, max_prompt: int, max_output: int) -> dict[str, int]:
     return {"context": context, "input": min(max_prompt, context - output), "output": output}
 
 
+def loaded_reply(rec: ModelRecord, already: bool) -> dict[str, Any]:
+    """The `/models/load` answer for a loaded model."""
+    return {
+        "status": "loaded",
+        "model": rec.id,
+        "already_loaded": already,
+        "vram_used_mb": rec.memory_mb(),
+        "devices": list(rec.devices),
+    }
+
+
 def model_info(rec: ModelRecord, limit: dict[str, int]) -> dict[str, Any]:
     """One entry of `/models` (see docs/reference.md#endpoints-neuron)."""
     tok = rec.tokenizer
