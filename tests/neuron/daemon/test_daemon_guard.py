@@ -354,6 +354,12 @@ async def test_logged_ids_are_escaped_and_request_ids_are_plain(
     lines = [rec.getMessage() for rec in caplog.records if "/tokenize" in rec.getMessage()]
     assert lines and not any("\x9b" in line for line in lines)
     assert any("k\\x9b31mred" in line for line in lines)
+    r, w = await raw(rig, request("/v1/models%1b%5b31m", b"", method="GET"))  # decoded in path
+    status, _ = await read_reply(r)
+    assert status == 404
+    w.close()
+    lines = [rec.getMessage() for rec in caplog.records if "/v1/models" in rec.getMessage()]
+    assert lines and not any("\x1b" in line for line in lines)
     got = await rig.client.get("/models", headers={"x-request-id": "a b<c>"})
     assert got.headers["x-request-id"].startswith("req_")
     got = await rig.client.get("/models", headers={"x-request-id": "req-ok_1.2:3"})

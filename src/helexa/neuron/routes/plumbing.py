@@ -126,7 +126,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         status = 499  # the client went away (nginx's code); nothing is sent
         raise
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, path)
+        log.exception("unhandled error on %s %s", request.method, printable(path))
         status = 500
         return error_response(http.internal())
     finally:
@@ -149,7 +149,7 @@ def _log_request(request: web.Request, status: int) -> None:
     log.debug(
         "%s %s %d request=%s account=%s key=%s",
         request.method,
-        request.path,
+        printable(request.path),
         status,
         request[REQUEST_ID_KEY],
         printable(h.get("x-helexa-account-id", "-")),
@@ -158,8 +158,8 @@ def _log_request(request: web.Request, status: int) -> None:
 
 
 def printable(v: str) -> str:
-    """A header value fit for a log line: control characters escaped, at most 128 chars."""
-    return v[:128].encode("unicode_escape").decode("ascii")
+    """A caller's value fit for a log line: control characters escaped, at most 256 chars."""
+    return v[:256].encode("unicode_escape").decode("ascii")
 
 
 def _authenticate(request: web.Request, neuron: Neuron) -> None:

@@ -12,7 +12,7 @@ from aiohttp import web
 from helexa.neuron import sources
 from helexa.neuron.openai import chat as oc
 from helexa.neuron.openai import common as oa
-from helexa.neuron.routes.plumbing import read_json
+from helexa.neuron.routes.plumbing import printable, read_json
 from helexa.neuron.service import NEURON, Neuron
 from helexa.wire.errors import ApiError
 from helexa.wire.http import json_response
@@ -77,5 +77,5 @@ async def _tokenizer_for_count(neuron: Neuron, model: str, load_id: Any) -> Any:
             raise unresolvable from None
         raise
     except Exception as e:
-        log.info("no tokenizer for %s: %s", ident, str(e)[:300])
+        log.info("no tokenizer for %s: %s", printable(ident), printable(str(e)[:300]))
         raise unresolvable from None
