@@ -63,7 +63,7 @@ class Admission(Section):
     max_in_flight: int = Field(default=1, ge=1)
     max_queue_depth: int = Field(default=16, ge=0)
     max_wait_secs: float = Field(default=120, gt=0)
-    max_per_principal: int = Field(default=8, ge=0)  # 0: no per-principal cap
+    max_per_principal: int = Field(default=16, ge=0)  # 0: no cap; 16 as cortex's per-key cap
 
 
 class DefaultModel(ModelSpec):
