@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,8 +21,10 @@ import pytest
 
 from helexa.config.cortex import load_settings
 from helexa.cortex.serve import serve
+from rig.cli_rig import clean_env, console_script
 from rig.cortex_rig import NODE_TOKEN
 from rig.fake_neuron import FakeNeuron, content_delta
+from rig.net import free_port
 from rig.toml import write_toml
 
 KEY = "sk-guard"
@@ -207,3 +210,72 @@ async def test_the_key_cap_answers_429_with_retry_after(served: Serve, fake: Fak
         finally:
             for s in streams:
                 await s.__aexit__(None, None, None)
+
+
+FD_LIMIT = 320  # the child's open-file limit, soft and hard: it cannot raise it
+
+
+def _low_fd_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+async def test_under_a_file_limit_a_flood_of_connections_gets_503s_not_resets(
+    tmp_path: Path, fake: FakeNeuron
+) -> None:
+    """More idle connections than the process has descriptors: without a cap inside the file
+    limit, accept() fails and honest clients are reset or hang; with it they get a 503 envelope,
+    and are served again once the flood leaves."""
+    port, metrics_port = free_port(), free_port()
+    cfg = tmp_path / "cortex.toml"
+    write_toml(
+        cfg,
+        {
+            "gateway": {
+                "listen": f"127.0.0.1:{port}",
+                "metrics_listen": f"127.0.0.1:{metrics_port}",
+                "header_timeout_secs": 60,  # the flood stays for the whole test
+            },
+            "neurons": [{"name": "mock-node", "endpoint": fake.url, "token": NODE_TOKEN}],
+        },
+    )
+    proc = await asyncio.create_subprocess_exec(
+        console_script("cortex"),
+        "serve",
+        "--config",
+        str(cfg),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(drop=("HELEXA_API_KEY",), drop_prefixes=("CORTEX_",)),
+        preexec_fn=_low_fd_limit,
+    )
+    flood: list[socket.socket] = []
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(30):
+            while b"cortex listening on" not in (line := await proc.stderr.readline()):
+                assert line, "cortex serve exited before listening"
+        for _ in range(FD_LIMIT + 50):
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            flood.append(s)
+        async with httpx.AsyncClient(timeout=10) as client:
+            r = await client.get(f"http://127.0.0.1:{port}/health")
+            assert r.status_code == 503
+            assert r.json()["error"]["code"] == "too_many_connections"
+            for s in flood:
+                s.close()
+            flood.clear()
+            for _ in range(100):  # until cortex has seen the flood leave
+                with contextlib.suppress(httpx.TransportError):
+                    r = await client.get(f"http://127.0.0.1:{port}/health")
+                    if r.status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+            assert r.status_code == 200
+    finally:
+        for s in flood:
+            s.close()
+        proc.kill()
+        await proc.wait()
