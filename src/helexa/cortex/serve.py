@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import signal
 from typing import Any
 
@@ -31,38 +30,13 @@ def make_runner(app: web.Application, cfg: GatewaySettings, **kwargs: Any) -> we
     return web.AppRunner(app, access_log=None, auto_decompress=False, **opts, **kwargs)
 
 
-FD_RESERVE = 256  # files, the ledger, polls, the metrics listener: beside the connections
-
-
-def connection_cap(wanted: int) -> int:
-    """`wanted`, within the file limit: each client connection may need an upstream one too,
-    and a listener out of descriptors can't even refuse (clients are reset). The soft limit is
-    raised as far as the hard one allows first."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = 2 * wanted + FD_RESERVE
-    if soft == resource.RLIM_INFINITY or soft >= need:
-        return wanted
-    raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-        soft = raised
-    except (ValueError, OSError):
-        pass
-    cap = min(wanted, max(1, (soft - FD_RESERVE) // 2))
-    if cap < wanted:
-        log.warning(
-            "open-file limit %d allows %d connections, not max_connections = %d", soft, cap, wanted
-        )
-    return cap
-
-
 def make_site(runner: web.AppRunner, cfg: GatewaySettings, host: str, port: int) -> GuardedSite:
-    """The listener: the connection cap (within the file limit) and the write deadline."""
+    """The listener: the connection cap and the write deadline."""
     return GuardedSite(
         runner,
         host,
         port,
-        max_connections=connection_cap(cfg.max_connections),
+        max_connections=cfg.max_connections,
         write_timeout=cfg.write_timeout_secs,
     )
 

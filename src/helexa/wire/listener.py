@@ -1,5 +1,5 @@
-"""Listener guards cortex and neuron share, which aiohttp lacks: a cap on open connections and
-a deadline on writes a client never reads.
+"""Listener guards cortex and neuron share, which aiohttp lacks: a cap on open connections
+(kept within the open-file limit) and a deadline on writes a client never reads.
 
 The request head's deadline is aiohttp's own `keepalive_timeout` (`runner_options`): its timer
 starts when a connection opens and again after each reply, trickled header bytes don't restart
@@ -10,12 +10,40 @@ it, and it closes a connection still waiting for a complete head. A body's deadl
 from __future__ import annotations
 
 import asyncio
+import logging
+import resource
 from typing import Any, cast
 
 import orjson
 from aiohttp import web
 
+log = logging.getLogger("helexa.listener")
+
 RETRY_AFTER_SECS = 1
+
+FD_RESERVE = 256  # files, the ledger, polls, the metrics listener: beside the connections
+
+
+def connection_cap(wanted: int) -> int:
+    """`wanted`, within the file limit: each client connection may need an upstream one too,
+    and a listener out of descriptors can't even refuse (clients are reset). The soft limit is
+    raised as far as the hard one allows first."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * wanted + FD_RESERVE
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return wanted
+    raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        soft = raised
+    except (ValueError, OSError):
+        pass
+    cap = min(wanted, max(1, (soft - FD_RESERVE) // 2))
+    if cap < wanted:
+        log.warning(
+            "open-file limit %d allows %d connections, not max_connections = %d", soft, cap, wanted
+        )
+    return cap
 
 
 def runner_options(header_timeout: float) -> dict[str, Any]:
@@ -101,8 +129,9 @@ class _Guarded(asyncio.Protocol):
 
 
 class GuardedSite(web.BaseSite):
-    """A TCP site that serves at most `max_connections` at once (the next gets a 503 and is
-    closed) and aborts a connection whose writes make no progress for `write_timeout` s."""
+    """A TCP site that serves at most `max_connections` at once, within the file limit (the
+    next gets a 503 and is closed), and aborts a connection whose writes make no progress for
+    `write_timeout` s."""
 
     def __init__(
         self,
@@ -117,7 +146,7 @@ class GuardedSite(web.BaseSite):
         super().__init__(runner, backlog=backlog)
         self.host = host
         self.requested_port = port
-        self.max_connections = max_connections
+        self.max_connections = connection_cap(max_connections)
         self.write_timeout = write_timeout
         self.open = 0
         self.server = runner.server
