@@ -141,6 +141,20 @@ async def test_8mib_prompt_is_refused_by_bytes_and_health_keeps_answering(
     assert r.status_code == 200, r.text
 
 
+async def test_an_embeddings_input_over_the_byte_cap_is_refused_untokenized(
+    start_neuron: NeuronFactory,
+) -> None:
+    CountingTokenizer.calls = 0
+    rig = await start_neuron(tokenizer_for=CountingTokenizer, max_prompt_tokens=100)
+    await loaded(rig)
+    body = {"model": "local/m", "input": ["short", "y" * 3201]}  # cap: 100 x 32 bytes
+    r = await rig.client.post("/v1/embeddings", json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and err["max_bytes"] == 3200
+    assert CountingTokenizer.calls == 0
+
+
 async def test_a_prompt_under_the_byte_cap_is_tokenized_off_the_event_loop(
     start_neuron: NeuronFactory,
 ) -> None:
