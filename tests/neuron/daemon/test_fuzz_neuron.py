@@ -69,14 +69,19 @@ def load_routes(model_dir: Path) -> list[Route]:
 
 
 def held(rig: Rig) -> list[str]:
-    """What is still held: admission slots and queue places per model, the drain count."""
+    """What is still held: admission slots and queue places per model, the drain count, the
+    per-principal counts and the tokenizer's slots."""
     out = [
         f"{rec.id}: {rec.admission.in_flight} in flight, {rec.admission.queue_depth} queued"
         for rec in rig.registry.records.values()
         if rec.admission.in_flight or rec.admission.queue_depth
     ]
-    if rig.neuron.in_flight:
-        out.append(f"{rig.neuron.in_flight} requests counted in flight")
+    n = rig.neuron
+    if n.in_flight:
+        out.append(f"{n.in_flight} requests counted in flight")
+    out += [f"{who}: {k} held" for who, k in n.principals.counts.items()]
+    if n.tokenize.running or n.tokenize.waiting:
+        out.append(f"tokenizer: {n.tokenize.running} running, {n.tokenize.waiting} waiting")
     return out
 
 
