@@ -18,15 +18,14 @@ import huggingface_hub
 import pytest
 from huggingface_hub import errors as hf
 
-from helexa.neuron import sources
+from helexa.neuron import weights
 from helexa.neuron.sources import (
     META_PATTERNS,
     _progress_class,
-    estimate_weight_bytes,
-    estimate_weight_mb,
     fetch_model,
     fetch_tokenizer,
 )
+from helexa.neuron.weights import estimate_weight_bytes, estimate_weight_mb
 from helexa.wire.advice import get_model_advice
 from helexa.wire.errors import ApiError
 from helexa.wire.modelid import parse_model_id
@@ -444,4 +443,4 @@ def test_estimate_without_safetensors(tmp_path: Path) -> None:
 def test_bad_safetensors(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"\x01")
     with pytest.raises(ValueError, match="not a safetensors file"):
-        sources.estimate_weight_bytes(tmp_path, "bf16")
+        weights.estimate_weight_bytes(tmp_path, "bf16")

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from helexa.config.neuron import NeuronConfig
-from helexa.neuron import sources
+from helexa.neuron import sources, weights
 from helexa.neuron.discovery import DeviceProbe, NeuronDiscovery, worker_cuda_env
 from helexa.neuron.metrics import NeuronMetrics
 from helexa.neuron.models import Registry
@@ -71,7 +71,7 @@ class Neuron:
             self.supervisor,
             resolve_source=resolve_source or self._fetch,
             tokenizer_for=tokenizer_for or self._tokenizer,
-            estimate_mb=estimate_mb if estimate_mb is not None else sources.estimate_weight_mb,
+            estimate_mb=estimate_mb if estimate_mb is not None else weights.estimate_weight_mb,
             devices=self.devices,
             metrics=self.metrics,
             sources=cfg.sources,
