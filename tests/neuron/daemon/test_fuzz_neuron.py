@@ -1,6 +1,6 @@
-"""Fuzz every neuron route with 6,000 seeded hostile requests (issue 11): never a 5xx (but a
+"""Fuzz every neuron route with 15,000 seeded hostile requests (issue 11): never a 5xx (but a
 503 with Retry-After), always the OpenAI envelope, and no admission slot or queue place left
-held; then 4,000 through a cortex in front of it. A real daemon on a loopback port, a fake
+held; then 10,000 through a cortex in front of it. A real daemon on a loopback port, a fake
 worker subprocess, the character tokenizer.
 """
 
@@ -22,7 +22,7 @@ from rig.fuzzrun import drive, settle
 from rig.net import free_port
 
 SEED = 1111
-COUNT = 6000
+COUNT = 15000
 SERVED = "local/m"
 
 
@@ -113,5 +113,5 @@ async def test_fuzz_cortex_in_front_of_this_neuron(rig: Rig, start_cortex: Corte
     """The cortex fuzz through to a real daemon: the neuron's refusals reach clients in the
     route's envelope (Anthropic ones translated), and neither side keeps anything held."""
     cortex = await start_cortex({"node": rig.url}, entitlements=KEYS)
-    await fuzz_cortex(cortex, SERVED, "node", count=4000, seed=SEED + 1)
+    await fuzz_cortex(cortex, SERVED, "node", count=10000, seed=SEED + 1)
     assert await settle(lambda: held(rig)) == []
