@@ -13,13 +13,8 @@ import pytest
 
 from helexa.config.neuron import NeuronConfig
 from helexa.neuron import discovery as disc_mod
-from helexa.neuron.discovery import (
-    MISMATCH,
-    DeviceProbe,
-    discover,
-    parse_smi_csv,
-    worker_cuda_env,
-)
+from helexa.neuron.discovery import DeviceProbe, discover, worker_cuda_env
+from helexa.neuron.gpus import MISMATCH, parse_smi_csv
 from helexa.wire.neuron import Discovery
 
 DATA = Path(__file__).parent / "data"
@@ -268,7 +263,7 @@ def test_nvml_mismatch() -> None:
 
 
 def test_smi_mismatch_without_pynvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(disc_mod, "_load_pynvml", lambda: None)
+    monkeypatch.setattr(disc_mod, "load_pynvml", lambda: None)
     d = DeviceProbe(CFG, smi_runner=Smi((18, data("smi_mismatch.txt"))), environ={}).discover()
     assert d.cuda_unavailable_reason == MISMATCH
 
