@@ -145,3 +145,39 @@ def qwen3_worker(tiny_qwen3: Path) -> Iterator[WorkerClient]:
     """A real worker serving the tiny Qwen3 on the CPU in fp32 (one per module)."""
     with WorkerClient.start({"path": str(tiny_qwen3), "served_id": "tiny/qwen3"}) as w:
         yield w
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_moe_normed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen3 MoE with norm_topk_prob=True: llama.cpp always renormalises the top-k router
+    weights, so this is the MoE checkpoint whose GGUF matches transformers token for token."""
+    return _build(tmp_path_factory, "qwen3_moe_normed", "qwen3_moe", norm_topk_prob=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(
+    tmp_path_factory: pytest.TempPathFactory, tiny_qwen3: Path, tiny_qwen3_moe_normed: Path
+) -> dict[str, Path]:
+    """GGUF files of the tiny checkpoints: keys `qwen3-F32`, `qwen3-Q8_0`, `qwen3_moe-F32`,
+    `qwen3_moe-Q8_0` (the source checkpoint of each: `tiny_qwen3`, `tiny_qwen3_moe_normed`)."""
+    pytest.importorskip("gguf")
+    from fixtures.gguf import QTYPES, write_gguf
+
+    root = tmp_path_factory.mktemp("gguf")
+    sources = {"qwen3": tiny_qwen3, "qwen3_moe": tiny_qwen3_moe_normed}
+    return {
+        f"{arch}-{q}": write_gguf(hf, root / f"tiny-{arch}-{q}.gguf", q)
+        for arch, hf in sources.items()
+        for q in QTYPES
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_split(tmp_path_factory: pytest.TempPathFactory, tiny_qwen3: Path) -> Path:
+    """The tiny Qwen3 as a Q8_0 GGUF split in three files; returns the first
+    (`tiny-Q8_0-00001-of-00003.gguf`)."""
+    pytest.importorskip("gguf")
+    from fixtures.gguf import write_gguf
+
+    dst = tmp_path_factory.mktemp("gguf_split") / "tiny-Q8_0.gguf"
+    return write_gguf(tiny_qwen3, dst, "Q8_0", split_max_tensors=10)

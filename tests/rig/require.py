@@ -29,3 +29,13 @@ def require_executable(*names: str, install: str) -> str:
         if path is not None:
             return path
     require_missing(" or ".join(names), install)
+
+
+def require_module(name: str, *, install: str) -> object:
+    """Import and return module `name` (e.g. "llama_cpp")."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        require_missing(f"the Python module {name}", install)
