@@ -19,9 +19,9 @@ import pytest
 from huggingface_hub import errors as hf
 
 from helexa.neuron import weights
+from helexa.neuron.download_progress import progress_class
 from helexa.neuron.sources import (
     META_PATTERNS,
-    _progress_class,
     fetch_model,
     fetch_tokenizer,
 )
@@ -243,7 +243,7 @@ def test_progress_reports_bytes(hub: FakeHub, tmp_path: Path) -> None:
 
 def test_progress_class_tracks_only_the_bytes_bar() -> None:
     seen: list[tuple[int, int | None]] = []
-    cls = _progress_class(lambda d, t: seen.append((d, t)))
+    cls = progress_class(lambda d, t: seen.append((d, t)))
     files = cls(total=3, desc="Fetching 3 files")
     files.update(1)
     bar = cls(name="huggingface_hub.snapshot_download", total=0, initial=0, unit="B")

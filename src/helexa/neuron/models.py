@@ -59,7 +59,7 @@ from helexa.neuron.worker_start import (
 )
 from helexa.wire.errors import ApiError
 from helexa.wire.harness import default_quant
-from helexa.wire.modelid import ModelId, parse_model_id
+from helexa.wire.modelid import parse_model_id
 from helexa.wire.neuron import ModelSpec
 
 log = logging.getLogger("helexa.neuron.models")
@@ -70,7 +70,7 @@ RESTART_BACKOFF = (1.0, 5.0, 15.0)
 UNLOAD_GRACE = 30.0
 
 
-ResolveFn = Callable[[ModelId, Callable[[int | None, int | None], None]], Path]
+ResolveFn = Callable[[ResolvedSpec, Callable[[int | None, int | None], None]], Path]
 TokenizerFn = Callable[[Path], Any]
 
 
@@ -290,7 +290,7 @@ class Registry:
         def on_download(done: int | None, total: int | None) -> None:
             rec.progress = {"phase": "download", "done_bytes": done, "total_bytes": total}
 
-        path = await asyncio.to_thread(self.resolve_source, rs.source, on_download)
+        path = await asyncio.to_thread(self.resolve_source, rs, on_download)
         chosen = choose_devices(rs.devices, await self.refresh_devices())
         kind = chosen[0].kind if chosen else "cpu"
         indexes = [d.index for d in chosen] or [0]

@@ -19,13 +19,13 @@ from helexa.neuron.metrics import NeuronMetrics
 from helexa.neuron.models import Registry
 from helexa.neuron.principals import PrincipalCap
 from helexa.neuron.records import DeviceView
+from helexa.neuron.sources import ResolvedSpec
 from helexa.neuron.supervisor import (
     Supervisor,
 )
 from helexa.neuron.tokenize_gate import TokenizeGate
 from helexa.neuron.tokenizer import ChatTokenizer, TokenizerCache
 from helexa.wire.http import BodyParser
-from helexa.wire.modelid import ModelId
 from helexa.wire.neuron import MAX_BYTES_PER_TOKEN
 
 log = logging.getLogger("helexa.neuron.service")
@@ -43,7 +43,7 @@ class Neuron:
         *,
         probe: DeviceProbe | None = None,
         supervisor: Supervisor | None = None,
-        resolve_source: Callable[[ModelId, Callable[[int | None, int | None], None]], Path]
+        resolve_source: Callable[[ResolvedSpec, Callable[[int | None, int | None], None]], Path]
         | None = None,
         tokenizer_for: Callable[[Path], Any] | None = None,
         estimate_mb: Callable[[Path, str], int | None] | None = None,
@@ -96,15 +96,17 @@ class Neuron:
 
     # -- collaborators -----------------------------------------------------------------------------
 
-    def _fetch(self, mid: ModelId, progress: Callable[[int | None, int | None], None]) -> Path:
+    def _fetch(self, rs: ResolvedSpec, progress: Callable[[int | None, int | None], None]) -> Path:
         cfg = self.cfg
         return sources.fetch_model(
-            mid,
+            rs.source,
             sources=cfg.sources,
             cache_dir=cfg.cache_dir,
             progress=progress,
             token_envs=cfg.source_token_env,
             roots=self.model_roots,
+            gguf=rs.harness == "llamacpp",
+            quant=rs.quant,
         )
 
     def _tokenizer(self, path: Path) -> ChatTokenizer:

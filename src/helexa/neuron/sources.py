@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helexa.neuron.download_progress import ProgressFn, Reporter, dir_bytes, progress_class
+from helexa.neuron.gguf_files import is_gguf, local_gguf, select_gguf
 from helexa.neuron.weights import SAFETENSORS_INDEX
 from helexa.wire.advice import get_model_advice
 from helexa.wire.errors import ApiError
@@ -53,11 +54,6 @@ META_PATTERNS = [
     "sentence_bert_config.json",
     "1_Pooling/config.json",
 ]
-
-ProgressFn = Callable[[int | None, int | None], None]
-"""`progress(done_bytes, total_bytes)`; called from hub worker threads, so it must be
-thread-safe (e.g. assign to a record, or `loop.call_soon_threadsafe`)."""
-
 
 # ---- spec validation -------------------------------------------------------------
 
@@ -227,27 +223,45 @@ def fetch_model(
     label: str | None = None,
     token_envs: Mapping[str, str] | None = None,
     roots: Sequence[str] | None = None,
+    gguf: bool = False,
+    quant: str | None = None,
 ) -> Path:
-    """A local directory holding the model: the path itself, or a hub snapshot.
+    """A local directory holding the model: the path itself, or a hub snapshot. With `gguf`
+    (the llamacpp harness; implied by a `.gguf` path), the first GGUF file instead, its split
+    siblings fetched with it; `quant` picks the file (gguf_files.select_gguf).
 
     `mid` must be resolved (scheme set, see `ResolvedSpec.source`). `label` (default: the id as
     the client wrote it) is what messages quote. Errors: 404 `model_source_not_found` (missing
     path, unknown repo, or not cached while offline / the hub is unreachable), 502
-    `download_failed`; 403 `model_path_not_allowed` (a path outside `roots`).
+    `download_failed`; 403 `model_path_not_allowed` (a path outside `roots`); 400
+    `ambiguous_gguf`.
     """
     label = label or mid.label
     if mid.path is not None:
+        if gguf or is_gguf(mid.path):
+            check_model_root(mid.path, roots, label)
+            if not Path(mid.path).exists():
+                raise _not_found(label, mid.path)
+            return local_gguf(Path(mid.path), quant, label)[0]
         return _local_dir(mid.path, label, roots)
     hub = _Hub(mid, label, sources, cache_dir, environ, token_envs)
     started = time.monotonic()
-    root = hub.snapshot(META_PATTERNS)
-    if not (root / "config.json").is_file():
-        raise hub.ctx.not_found(f"{hub.endpoint}/{mid.repo} (the repo has no config.json)")
-    weights = weight_patterns(root)
-    reporter = _Reporter(label, progress)
-    root = hub.snapshot(weights, _progress_class(reporter))
-    reporter.finish(_dir_bytes(root, weights))
+    if gguf:
+        shards = select_gguf(hub.list_files(), quant, label)
+        root = _download(hub, shards, label, progress) / shards[0]
+    else:
+        root = hub.snapshot(META_PATTERNS)
+        if not (root / "config.json").is_file():
+            raise hub.ctx.not_found(f"{hub.endpoint}/{mid.repo} (the repo has no config.json)")
+        root = _download(hub, weight_patterns(root), label, progress)
     log.info("model %s ready at %s (%.1fs)", label, root, time.monotonic() - started)
+    return root
+
+
+def _download(hub: _Hub, patterns: list[str], label: str, progress: ProgressFn | None) -> Path:
+    reporter = Reporter(label, progress)
+    root = hub.snapshot(patterns, progress_class(reporter))
+    reporter.finish(dir_bytes(root, patterns))
     return root
 
 
@@ -314,6 +328,19 @@ class _Hub:
         except Exception as e:
             raise self.ctx.map_error(e) from e
         return Path(path)
+
+    def list_files(self) -> list[str]:
+        """The repo's file names (the cached ones when offline)."""
+        if self.offline:
+            root = self.snapshot(["*.gguf"])
+            return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+        import huggingface_hub
+
+        try:
+            api = huggingface_hub.HfApi(endpoint=self.endpoint, token=self.token)
+            return list(api.list_repo_files(self.mid.repo))
+        except Exception as e:
+            raise self.ctx.map_error(e) from e
 
 
 def weight_patterns(root: Path) -> list[str]:
@@ -420,72 +447,3 @@ def _http_reason(e: Exception) -> str:
     status = getattr(getattr(e, "response", None), "status_code", None)
     first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     return f"HTTP {status}: {first}" if status else first
-
-
-# ---- progress ----------------------------------------------------------------------------------
-
-
-class _Reporter:
-    """Forwards byte progress to the caller and logs a line every few seconds."""
-
-    LOG_EVERY_SECS = 5.0
-
-    def __init__(self, label: str, progress: ProgressFn | None) -> None:
-        self.label = label
-        self.progress = progress
-        self.lock = threading.Lock()
-        self.last_log = 0.0
-        self.seen = False
-
-    def __call__(self, done: int, total: int | None) -> None:
-        self.seen = True
-        if self.progress is not None:
-            self.progress(done, total)
-        now = time.monotonic()
-        with self.lock:
-            if now - self.last_log < self.LOG_EVERY_SECS:
-                return
-            self.last_log = now
-        log.info("downloading %s: %s of %s", self.label, _mb(done), _mb(total))
-
-    def finish(self, total: int) -> None:
-        if self.progress is not None:
-            self.progress(total, total)
-        if self.seen:
-            log.info("downloaded %s: %s", self.label, _mb(total))
-
-
-def _mb(n: int | None) -> str:
-    return "?" if n is None else f"{n / 2**20:.1f} MB"
-
-
-def _progress_class(report: Callable[[int, int | None], None]) -> type:
-    """A tqdm class for `snapshot_download(tqdm_class=...)` that never draws and reports the
-    aggregated bytes bar (huggingface_hub >= 1.0 names it `huggingface_hub.snapshot_download`;
-    older versions only give a files-count bar, which is ignored)."""
-    from huggingface_hub.utils import tqdm as hf_tqdm
-
-    class _Bar(hf_tqdm):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self._hx_track = kwargs.get("name") == "huggingface_hub.snapshot_download"
-            self._hx_done = int(kwargs.get("initial") or 0)
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-        def update(self, n: float | None = 1) -> bool | None:
-            if self._hx_track and n:
-                self._hx_done += int(n)
-                total = getattr(self, "total", None)
-                report(self._hx_done, int(total) if total else None)
-            return super().update(n)
-
-    return _Bar
-
-
-def _dir_bytes(root: Path, patterns: list[str]) -> int:
-    total = 0
-    for pat in patterns:
-        for f in root.glob(pat):
-            if f.is_file():
-                total += f.stat().st_size
-    return total

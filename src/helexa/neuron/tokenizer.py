@@ -26,6 +26,7 @@ import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Tokenizer
 
+from helexa.neuron.gguf_tokenizer import gguf_tokenizer
 from helexa.wire.errors import ApiError
 
 log = logging.getLogger("helexa.neuron.tokenizer")
@@ -239,13 +240,22 @@ class ChatTokenizer:
     """Tokenizer + chat template of one model directory. Thread-safe for concurrent use."""
 
     def __init__(self, root: str | Path) -> None:
+        """`root`: a model directory, or a `.gguf` file (tokenizer from its metadata)."""
         self.root = Path(root)
-        tj = self.root / "tokenizer.json"
-        if not tj.is_file():
-            raise TokenizerError(f"{self.root} has no tokenizer.json")
-        self.tokenizer = Tokenizer.from_file(str(tj))
-        cfg = _read_json(self.root / "tokenizer_config.json")
-        legacy = _read_json(self.root / "special_tokens_map.json")
+        cfg: dict[str, Any]
+        if self.root.suffix.lower() == ".gguf":
+            try:
+                self.tokenizer, cfg = gguf_tokenizer(self.root)
+            except (OSError, ValueError, KeyError) as e:
+                raise TokenizerError(f"{self.root}: {e}") from e
+            legacy: dict[str, Any] = {}
+        else:
+            tj = self.root / "tokenizer.json"
+            if not tj.is_file():
+                raise TokenizerError(f"{self.root} has no tokenizer.json")
+            self.tokenizer = Tokenizer.from_file(str(tj))
+            cfg = _read_json(self.root / "tokenizer_config.json")
+            legacy = _read_json(self.root / "special_tokens_map.json")
         self.special_tokens: dict[str, str] = {}
         for attr in SPECIAL_TOKEN_ATTRS:
             value = _token_content(cfg.get(attr, legacy.get(attr)))
