@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -170,17 +171,22 @@ def test_nvml_one_gpu() -> None:
 
 
 def test_harnesses() -> None:
-    assert probe(has_module=lambda n: True).discover().harnesses == ["torch"]
+    everything = probe(has_module=lambda n: True).discover().harnesses
+    assert everything == ["torch", "llamacpp"]
+    assert probe(has_module=lambda n: n != "llama_cpp").discover().harnesses == ["torch"]
     assert probe(has_module=lambda n: n != "torch").discover().harnesses == []
     only_llama = NeuronConfig.model_validate({"harnesses": [{"name": "llamacpp"}]})
-    assert probe(cfg=only_llama, has_module=lambda n: True).discover().harnesses == []
+    assert probe(cfg=only_llama, has_module=lambda n: True).discover().harnesses == ["llamacpp"]
+    assert probe(cfg=only_llama, has_module=lambda n: n != "llama_cpp").discover().harnesses == []
     candle = NeuronConfig.model_validate({"harnesses": [{"name": "candle"}]})
     assert probe(cfg=candle, has_module=lambda n: True).discover().harnesses == ["torch"]
 
 
 def test_harness_detection_never_imports() -> None:
-    # In this venv torch is installed: found by find_spec, not imported by discovery.
-    assert probe().discover().harnesses == ["torch"]
+    # In this venv torch is installed: found by find_spec, not imported by discovery; so is
+    # llama_cpp where the llamacpp extra is installed.
+    llama = importlib.util.find_spec("llama_cpp") is not None
+    assert probe().discover().harnesses == (["torch", "llamacpp"] if llama else ["torch"])
 
 
 @pytest.mark.parametrize(

@@ -110,6 +110,7 @@ class Done:
     stop_reason: str | None
     completion_tokens: int
     token_ids: list[int] | None = None
+    cached_tokens: int = 0  # prompt tokens whose KV state was reused (prefix cache)
 
 
 @dataclass(slots=True)

@@ -38,6 +38,7 @@ class GenerationState:
     keep_logits: bool = False  # tests: keep the last step's logits in `last_logits`
     last_logits: Any = None
     uncovered: int = 0  # sampled tokens no delta has counted yet
+    cached_tokens: int = 0  # prompt tokens the engine did not have to prefill
 
     @property
     def step_no(self) -> int:
@@ -130,7 +131,7 @@ def _done(model: TokenModel, s: GenerationState, reason: str, stop_reason: str |
     model.release(s)
     s.cache = None
     ids = list(s.token_ids) if s.want_ids else None
-    return Done(s.id, reason, stop_reason, len(s.token_ids), ids)
+    return Done(s.id, reason, stop_reason, len(s.token_ids), ids, s.cached_tokens)
 
 
 def cancel(model: TokenModel, s: GenerationState) -> list[Event]:

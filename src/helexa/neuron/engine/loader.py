@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,6 +63,14 @@ class LoadSpec:
     max_output_tokens: int | None = None
     static_cache: bool | None = None
     compile: bool = False
+    # llamacpp: the GGUF file(s) (split shards in order; the first is opened), the context
+    # (KV cells shared by all sequences), layers on the GPUs (-1 all) and their split
+    gguf_files: list[str] = field(default_factory=list)
+    n_ctx: int | None = None
+    n_gpu_layers: int | None = None
+    tensor_split: list[float] | None = None
+    kv_cache_type: str = "f16"
+    n_threads: int | None = None
     test_faults: FaultPlan | None = None
 
     @classmethod
@@ -91,6 +100,14 @@ class LoadSpec:
             max_output_tokens=_opt_int(spec, "max_output_tokens"),
             static_cache=spec.get("static_cache"),
             compile=bool(spec.get("compile", False)),
+            gguf_files=[str(f) for f in spec.get("gguf_files") or []],
+            n_ctx=_opt_int(spec, "n_ctx"),
+            n_gpu_layers=_opt_int(spec, "n_gpu_layers"),
+            tensor_split=[float(x) for x in spec["tensor_split"]]
+            if spec.get("tensor_split")
+            else None,
+            kv_cache_type=str(spec.get("kv_cache_type") or "f16"),
+            n_threads=_opt_int(spec, "n_threads"),
             test_faults=faults,
         )
         out.check()
@@ -111,6 +128,9 @@ class LoadSpec:
             raise LoadError(400, "unsupported_quant", str(e)) from None
         if self.device not in ("cpu", "cuda"):
             raise LoadError(400, "invalid_devices", f"device kind '{self.device}' is not known")
+        if self.harness == "llamacpp":
+            self._check_gguf()
+            return
         p = Path(self.path)
         if not p.is_dir() or not (p / "config.json").is_file():
             raise LoadError(
@@ -118,6 +138,49 @@ class LoadSpec:
                 "model_source_not_found",
                 f"model '{self.served_id}' was not found at {self.path}",
             )
+
+    def _check_gguf(self) -> None:
+        if self.kv_cache_type not in GGUF_KV_TYPES:
+            raise LoadError(
+                400,
+                "invalid_value",
+                f"kv_cache_type '{self.kv_cache_type}' is not one of {list(GGUF_KV_TYPES)}",
+            )
+        if not self.gguf_files:
+            self.gguf_files = gguf_files_at(Path(self.path))
+        missing = [f for f in self.gguf_files if not Path(f).is_file()]
+        if not self.gguf_files or missing:
+            raise LoadError(
+                404,
+                "model_source_not_found",
+                f"model '{self.served_id}': no GGUF file at {(missing or [self.path])[0]}",
+            )
+
+
+GGUF_KV_TYPES = ("f16", "q8_0", "q4_0")
+
+
+def gguf_files_at(p: Path) -> list[str]:
+    """A .gguf file (its split set when it is a `-00001-of-0000N` shard), or a directory's one
+    GGUF model; [] when there is none or several."""
+    if p.is_file():
+        m = _SHARD.search(p.name)
+        if m is None:
+            return [str(p)]
+        n = int(m.group(2))
+        stem = p.name[: m.start()]
+        return [str(p.with_name(f"{stem}-{i:05d}-of-{n:05d}.gguf")) for i in range(1, n + 1)]
+    if not p.is_dir():
+        return []
+    firsts = []
+    for f in sorted(p.glob("*.gguf")):
+        m = _SHARD.search(f.name)
+        if m is None or m.group(1) == "00001":
+            firsts.append(f)
+    return gguf_files_at(firsts[0]) if len(firsts) == 1 else []
+
+
+_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
 def _opt_int(spec: Mapping[str, Any], key: str) -> int | None:

@@ -27,7 +27,8 @@ Worker -> daemon (`ev`):
   delta     {"ev":"delta","id","text":str,"tokens":int}   text never ends inside a UTF-8
                                            character, a stop string or a `hold` marker
   done      {"ev":"done","id","finish_reason":"stop"|"length","stop_reason":str|None,
-             "completion_tokens":int}
+             "completion_tokens":int,"cached_tokens":int}   cached_tokens: prompt tokens
+                                           whose KV state was reused (left out when 0)
   error     {"ev":"error","id","code":str,"message":str}   this request failed, worker is fine
   embedding {"ev":"embedding","id","vectors":[[float]],"prompt_tokens":int}
   pong      {"ev":"pong","id","vram_used_mb":int|None}
@@ -130,6 +131,8 @@ def _wire(frame: Op | Event) -> dict[str, Any]:
             }
             if frame.token_ids is not None:
                 done["token_ids"] = frame.token_ids
+            if frame.cached_tokens:
+                done["cached_tokens"] = frame.cached_tokens
             return done
         case Generate():
             gen: dict[str, Any] = {
@@ -310,6 +313,7 @@ def _decode_done(d: Mapping[str, Any]) -> Done:
         d.get("stop_reason") if isinstance(d.get("stop_reason"), str) else None,
         _opt_int(d, "completion_tokens") or 0,
         ids if isinstance(ids, list) else None,
+        _opt_int(d, "cached_tokens") or 0,
     )
 
 

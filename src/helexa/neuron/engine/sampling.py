@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from helexa.neuron.engine.errors import Fault
+
 FIELDS = (
     "temperature",
     "top_p",
@@ -196,3 +198,14 @@ class Sampler:
             self.seen[token] = True
         if self.counts is not None and 0 <= token < self.counts.shape[0]:
             self.counts[token] += 1
+
+
+def pick_checked(sampler: Sampler, logits: torch.Tensor, where: str) -> int:
+    """Sample from fp32 logits of shape (vocab,) with one host sync; a Fault when any score is
+    non-finite (`where` names the step and request)."""
+    picked = sampler.sample(logits)
+    finite = torch.isfinite(logits).all()
+    tok, ok = torch.stack([picked.to(torch.int64), finite.to(torch.int64)]).tolist()
+    if not ok:
+        raise Fault("non_finite", f"non-finite logits at {where}")
+    return int(tok)

@@ -18,17 +18,18 @@ from typing import Any
 import torch
 
 from helexa.neuron.engine import generation
-from helexa.neuron.engine.detok import Detokenizer
 from helexa.neuron.engine.errors import Fault, RequestError
 from helexa.neuron.engine.frames import Event, Generate, ReadyInfo
 from helexa.neuron.engine.generation import GenerationState, StepResult
 from helexa.neuron.engine.loader import LoadSpec, ModelDir, Pooling
-from helexa.neuron.engine.sampling import (
-    Sampler,
-    SamplingError,
-    defaults_from_generation_config,
-    resolve,
+from helexa.neuron.engine.request_checks import (
+    check_ids,
+    check_length,
+    not_embedding_only,
+    open_generation,
+    sampling_params,
 )
+from helexa.neuron.engine.sampling import Sampler, defaults_from_generation_config, pick_checked
 from helexa.neuron.engine.static_pool import StaticPool
 from helexa.neuron.engine.tokens import WorkerTokenizer
 from helexa.neuron.engine.torch_device import DTYPES, MemoryProbe, is_cuda_error, is_oom
@@ -202,14 +203,7 @@ class TorchEngine:
     def pick(self, state: GenerationState, logits: torch.Tensor) -> int:
         sampler = state.sampler
         assert isinstance(sampler, Sampler)
-        picked = sampler.sample(logits)
-        finite = torch.isfinite(logits).all()
-        tok, ok = torch.stack([picked.to(torch.int64), finite.to(torch.int64)]).tolist()
-        if not ok:
-            raise Fault(
-                "non_finite", f"non-finite logits at step {state.step_no} of request {state.id}"
-            )
-        return int(tok)
+        return pick_checked(sampler, logits, f"step {state.step_no} of request {state.id}")
 
     def release(self, state: GenerationState) -> None:
         self._release_cache(state.cache, state.slot)
@@ -217,33 +211,17 @@ class TorchEngine:
     # ---- requests ---------------------------------------------------------------------------
 
     def start(self, req: Generate) -> GenerationState:
-        if self.embedding_only:
-            raise RequestError(
-                "unsupported_model_capability",
-                f"model '{self.spec.served_id}' is an embedding model; use /v1/embeddings",
-            )
-        prompt = self._check_ids(req.prompt_ids, "prompt_ids")
-        cap = self.spec.max_prompt_tokens
-        if cap is not None and len(prompt) > cap:
-            raise RequestError(
-                "context_length_exceeded",
-                f"prompt is {len(prompt)} tokens; this neuron accepts at most {cap}",
-            )
+        not_embedding_only(self.embedding_only, self.spec.served_id)
+        prompt = check_ids(req.prompt_ids, self.vocab_size, "prompt_ids")
+        check_length(len(prompt), self.spec.max_prompt_tokens)
         max_tokens = req.max_tokens
         if max_tokens is None:
             max_tokens = self.default_max_tokens(len(prompt))
-        try:
-            params = resolve(req.sampling, self.sampling_defaults)
-        except SamplingError as e:
-            raise RequestError("invalid_value", str(e), e.field) from None
-        return GenerationState(
-            req.id,
-            prompt,
-            max_tokens,
-            Sampler(params, vocab_size=self.logits_size, device=self.device, prompt_ids=prompt),
-            Detokenizer(self.tokenizer, stop=req.stop, hold=req.hold),
-            want_ids=req.return_token_ids,
+        params = sampling_params(req.sampling, self.sampling_defaults)
+        sampler = Sampler(
+            params, vocab_size=self.logits_size, device=self.device, prompt_ids=prompt
         )
+        return open_generation(req, prompt, max_tokens, sampler, self.tokenizer)
 
     def step(self, active: list[GenerationState]) -> list[StepResult]:
         return generation.step(self, active)
@@ -267,17 +245,6 @@ class TorchEngine:
         ]
         return max(0, min(room)) if room else 16
 
-    def _check_ids(self, ids: list[int], field: str) -> list[int]:
-        for t in ids:
-            if not 0 <= t < self.vocab_size:
-                raise RequestError(
-                    "invalid_value",
-                    f"'{field}' holds {t!r}, not a token id of this model "
-                    f"(0..{self.vocab_size - 1})",
-                    field,
-                )
-        return ids
-
     @torch.inference_mode()
     def embed(self, inputs: list[list[int]]) -> tuple[list[list[float]], int]:
         """Pooled (and, per the model, L2-normalised) vectors in input order, and the token count.
@@ -285,14 +252,9 @@ class TorchEngine:
         Inputs of equal length share a forward pass, so no padding ever touches the numbers; the
         same request always gives the same vectors (a different batch mix may move the last
         bits)."""
-        seqs = [self._check_ids(x, "inputs") for x in inputs]
-        cap = self.spec.max_prompt_tokens
+        seqs = [check_ids(x, self.vocab_size, "inputs") for x in inputs]
         for s in seqs:
-            if cap is not None and len(s) > cap:
-                raise RequestError(
-                    "context_length_exceeded",
-                    f"prompt is {len(s)} tokens; this neuron accepts at most {cap}",
-                )
+            check_length(len(s), self.spec.max_prompt_tokens)
         unique = list(dict.fromkeys(tuple(s) for s in seqs))  # duplicates computed once
         by_len: dict[int, list[tuple[int, ...]]] = {}
         for u in unique:

@@ -20,6 +20,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     reasoning_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the engine's prefix cache
 
     @property
     def total_tokens(self) -> int:
@@ -31,7 +32,7 @@ class Usage:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
-            "prompt_tokens_details": {"cached_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         }
 
     def completion(self) -> dict[str, Any]:
@@ -44,7 +45,7 @@ class Usage:
     def responses(self) -> dict[str, Any]:
         return {
             "input_tokens": self.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": self.cached_tokens},
             "output_tokens": self.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
             "total_tokens": self.total_tokens,

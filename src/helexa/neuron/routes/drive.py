@@ -95,7 +95,9 @@ async def generate(
 def _usage(sink: Sink, prompt_len: int, done: Done) -> replies.Usage:
     completion = done.completion_tokens
     reasoning = sink.parser.reasoning_tokens if sink.parser is not None else 0
-    return replies.Usage(prompt_len, completion, min(reasoning, completion))
+    return replies.Usage(
+        prompt_len, completion, min(reasoning, completion), min(done.cached_tokens, prompt_len)
+    )
 
 
 def _observe_done(neuron: Neuron, model: str, done: Done, t_first: float) -> None:
