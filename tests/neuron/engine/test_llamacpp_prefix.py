@@ -8,7 +8,7 @@ import pytest
 
 from helexa.neuron.engine.errors import LoadError
 from helexa.neuron.engine.llamacpp_prefix import PrefixCache, common_prefix
-from helexa.neuron.engine.loader import LoadSpec, gguf_files_at
+from helexa.neuron.engine.loader import LoadSpec
 
 
 def test_common_prefix() -> None:
@@ -46,23 +46,6 @@ def test_busy_slots_are_not_shared_and_lru_goes_first() -> None:
     assert z is y and keep == 0  # no prefix anywhere: the least recently used slot
 
 
-def test_gguf_files_at(tmp_path: Path) -> None:
-    one = tmp_path / "one"
-    one.mkdir()
-    (one / "m-Q4_K_M.gguf").write_bytes(b"x")
-    assert gguf_files_at(one) == [str(one / "m-Q4_K_M.gguf")]
-    split = tmp_path / "split"
-    split.mkdir()
-    for i in (1, 2, 3):
-        (split / f"m-{i:05d}-of-00003.gguf").write_bytes(b"x")
-    shards = [str(split / f"m-{i:05d}-of-00003.gguf") for i in (1, 2, 3)]
-    assert gguf_files_at(split) == shards
-    assert gguf_files_at(split / "m-00001-of-00003.gguf") == shards
-    (one / "m-Q8_0.gguf").write_bytes(b"x")
-    assert gguf_files_at(one) == []  # two models: the daemon must name one
-    assert gguf_files_at(tmp_path / "absent") == []
-
-
 def test_llamacpp_spec_needs_a_gguf_not_a_config(tmp_path: Path) -> None:
     f = tmp_path / "m.gguf"
     f.write_bytes(b"x")
@@ -79,3 +62,11 @@ def test_llamacpp_spec_needs_a_gguf_not_a_config(tmp_path: Path) -> None:
     with pytest.raises(LoadError) as e:  # the second shard is missing
         LoadSpec.from_frame({"path": str(shards), "harness": "llamacpp"})
     assert e.value.status == 404
+    (tmp_path / "s-00002-of-00002.gguf").write_bytes(b"x")
+    spec = LoadSpec.from_frame({"path": str(shards), "harness": "llamacpp"})
+    assert spec.gguf_files == [str(shards), str(tmp_path / "s-00002-of-00002.gguf")]
+    with pytest.raises(LoadError) as e:  # a directory of two models and no quant to pick
+        LoadSpec.from_frame({"path": str(tmp_path), "harness": "llamacpp"})
+    assert (e.value.status, e.value.code) == (400, "ambiguous_gguf")
+    spec = LoadSpec.from_frame({"path": str(tmp_path), "harness": "llamacpp", "quant": "m"})
+    assert spec.gguf_files == [str(f)]

@@ -7,6 +7,7 @@ Skipped without llama_cpp locally; in CI a missing llama_cpp fails (tests/rig/re
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,3 +177,15 @@ def test_non_finite_logits_fault(tiny_gguf: dict[str, Path]) -> None:
             bad.collect(rid)
         assert bad.other[-1]["kind"] == "non_finite"
         assert bad.wait_exit() == 1
+
+
+def test_crash_mid_stream_is_a_dead_worker(tiny_gguf: dict[str, Path]) -> None:
+    s = spec(tiny_gguf["qwen3-F32"], test_faults={"exit_at_step": 3})
+    with WorkerClient.start(s) as dying:
+        rid = dying.submit(prompts()[0], max_tokens=10)
+        frames = []
+        with pytest.raises(EOFError):
+            while True:
+                frames.append(dying.next_for(rid))
+        assert len(frames) <= 3 and all(f["ev"] == "delta" for f in frames)
+        assert dying.wait_exit() == -signal.SIGKILL

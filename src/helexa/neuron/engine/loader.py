@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from helexa.neuron.engine.errors import LoadError
+from helexa.neuron.gguf_files import local_gguf
+from helexa.wire.errors import ApiError
 from helexa.wire.harness import QuantRefused, normalise_quant
 
 log = logging.getLogger("helexa.neuron.engine")
@@ -146,8 +147,12 @@ class LoadSpec:
                 "invalid_value",
                 f"kv_cache_type '{self.kv_cache_type}' is not one of {list(GGUF_KV_TYPES)}",
             )
-        if not self.gguf_files:
-            self.gguf_files = gguf_files_at(Path(self.path))
+        if not self.gguf_files and Path(self.path).exists():
+            try:
+                found = local_gguf(Path(self.path), self.quant, self.served_id)
+            except ApiError as e:
+                raise LoadError(e.status, e.code or "invalid_value", e.message) from None
+            self.gguf_files = [str(f) for f in found]
         missing = [f for f in self.gguf_files if not Path(f).is_file()]
         if not self.gguf_files or missing:
             raise LoadError(
@@ -158,29 +163,6 @@ class LoadSpec:
 
 
 GGUF_KV_TYPES = ("f16", "q8_0", "q4_0")
-
-
-def gguf_files_at(p: Path) -> list[str]:
-    """A .gguf file (its split set when it is a `-00001-of-0000N` shard), or a directory's one
-    GGUF model; [] when there is none or several."""
-    if p.is_file():
-        m = _SHARD.search(p.name)
-        if m is None:
-            return [str(p)]
-        n = int(m.group(2))
-        stem = p.name[: m.start()]
-        return [str(p.with_name(f"{stem}-{i:05d}-of-{n:05d}.gguf")) for i in range(1, n + 1)]
-    if not p.is_dir():
-        return []
-    firsts = []
-    for f in sorted(p.glob("*.gguf")):
-        m = _SHARD.search(f.name)
-        if m is None or m.group(1) == "00001":
-            firsts.append(f)
-    return gguf_files_at(firsts[0]) if len(firsts) == 1 else []
-
-
-_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
 def _opt_int(spec: Mapping[str, Any], key: str) -> int | None:
