@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -56,7 +56,9 @@ class ModelProfile(BaseModel):
     residency_priority: int = 100
     capabilities: list[str] = Field(default_factory=list)
     cost: Cost | None = None
-    limit: dict[str, object] | None = None  # accepted for compatibility, ignored
+    limit: dict[str, object] | None = None  # `context`: the llamacpp context; else ignored
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] | None = None  # llamacpp only
+    cpu_offload: bool = False  # llamacpp only: layers that fit no GPU run on the CPU
     # Checked by the ModelSpec they become, so cortex and neuron agree on what is valid.
     max_in_flight: int | None = None
     max_queue_depth: int | None = None
@@ -103,7 +105,18 @@ class ModelProfile(BaseModel):
             max_in_flight=self.max_in_flight,
             max_queue_depth=self.max_queue_depth,
             max_wait_secs=self.max_wait_secs,
+            **self._llamacpp_fields(),
         )
+
+    def _llamacpp_fields(self) -> dict[str, Any]:
+        if self.harness != "llamacpp":
+            return {}
+        context = (self.limit or {}).get("context")
+        return {
+            "context": context if isinstance(context, int) else None,
+            "kv_cache_type": self.kv_cache_type,
+            "cpu_offload": self.cpu_offload,
+        }
 
 
 class Catalogue(BaseModel):

@@ -92,7 +92,8 @@ def resolve_spec(
     harness = check_harness(harness_asked, harnesses)
     quant = check_quant(spec.quant, harness)
     devices = check_devices(spec.devices, device_count)
-    check_tensor_parallel(spec.tensor_parallel)
+    if harness != "llamacpp":  # llamacpp splits a model over devices by layer
+        check_tensor_parallel(spec.tensor_parallel)
     return ResolvedSpec(
         spec=spec,
         source=mid.with_default_scheme(default_source),

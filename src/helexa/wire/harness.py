@@ -42,7 +42,10 @@ def normalise_quant(quant: str | None, harness: str = "torch") -> str | None:
     """The canonical quant for `harness` (None: the device decides); raises QuantRefused."""
     if not quant:
         return None
-    if effective_harness(harness) != "torch":
+    name = effective_harness(harness)
+    if name == "llamacpp":
+        return _gguf_quant(quant)
+    if name != "torch":
         return quant
     if quant.lower() in _QUANT_SYNONYMS:
         return _QUANT_SYNONYMS[quant.lower()]
@@ -51,6 +54,21 @@ def normalise_quant(quant: str | None, harness: str = "torch") -> str | None:
     if _GGUF_TYPE.match(quant):
         raise QuantRefused(f"quant '{quant}' is a GGUF type; use harness 'llamacpp'")
     raise QuantRefused(f"quant '{quant}' is not supported by harness 'torch'")
+
+
+def _gguf_quant(quant: str) -> str:
+    """A GGUF type name in llama.cpp's spelling (`q4_k_m` → `Q4_K_M`; `fp16` → `F16`). It picks
+    the file of a repo; the served quant is the file's own type."""
+    q = _TORCH_TO_GGUF.get(quant.lower(), quant).upper().replace("-", "_")
+    if _GGUF_TYPE.match(q):
+        return q
+    raise QuantRefused(
+        f"quant '{quant}' is not a GGUF type for harness 'llamacpp' (e.g. Q4_K_M, Q5_K_M, "
+        "Q6_K, Q8_0, F16)"
+    )
+
+
+_TORCH_TO_GGUF = {"fp16": "F16", "float16": "F16", "fp32": "F32", "float32": "F32"}
 
 
 def default_quant(kind: str, compute_capability: str | None) -> str:

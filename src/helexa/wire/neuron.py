@@ -6,7 +6,7 @@ Readers ignore unknown fields and default missing ones, so a newer or older neur
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -123,6 +123,7 @@ class ModelInfo(_Lenient):
     loaded_at: int | None = None
     last_used_at: int | None = None
     restarts: int = 0
+    placement: str | None = None  # llamacpp: where the layers went, in words
     error: str | None = None
     progress: dict[str, Any] | None = None
 
@@ -152,3 +153,8 @@ class ModelSpec(_Lenient):
     max_in_flight: int | None = Field(default=None, ge=1)
     max_queue_depth: int | None = Field(default=None, ge=0)
     max_wait_secs: float | None = Field(default=None, gt=0)
+    # llamacpp only: the context (KV cells; else the file's trained one capped by what fits),
+    # the KV cache type, and whether layers that fit no GPU may run on the CPU.
+    context: int | None = Field(default=None, ge=1)
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] | None = None
+    cpu_offload: bool | None = None
