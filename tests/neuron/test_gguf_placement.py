@@ -45,7 +45,7 @@ def test_kv_cache_and_estimate() -> None:
 def test_one_device_takes_every_layer() -> None:
     p = place("m", QWEN3_14B, [(0, "cuda", 24 * GB)], n_ctx=8192)
     assert (p.n_gpu_layers, p.tensor_split, p.cpu_layers) == (-1, None, 0)
-    assert p.describe(40) == "40 of 40 layers on the GPU(s)"
+    assert p.describe() == "40 of 40 layers on the GPU(s)"
 
 
 def test_12_and_8_gb_split_in_proportion_to_free_memory() -> None:
@@ -80,7 +80,7 @@ def test_cpu_offload_puts_the_rest_on_the_cpu() -> None:
     assert p.n_gpu_layers == int(6 * GB / per_layer) + int(4 * GB / per_layer) == 33
     assert p.cpu_layers == 7
     assert p.tensor_split == [round(20 / 33, 4), round(13 / 33, 4)]
-    assert p.describe(40) == "33 of 40 layers on the GPU(s) split 0.61/0.39, 7 on the CPU"
+    assert p.describe() == "33 of 40 layers on the GPU(s) split 0.61/0.39, 7 on the CPU"
 
 
 def test_cpu_offload_with_no_room_at_all_runs_on_the_cpu() -> None:

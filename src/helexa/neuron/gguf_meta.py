@@ -142,3 +142,8 @@ def file_quant(meta: dict[str, Any]) -> str | None:
     """The file's quant name (`Q4_K_M`, `F16`, …) from general.file_type, if known."""
     ft = meta.get("general.file_type")
     return FILE_TYPES.get(ft) if isinstance(ft, int) else None
+
+
+def gguf_file_quant(path: str | os.PathLike[str]) -> str | None:
+    """The quant a GGUF file is served as (its `general.file_type`)."""
+    return file_quant(read_metadata(path))

@@ -20,6 +20,7 @@ from typing import Any
 from helexa.neuron.errors import insufficient_memory
 from helexa.neuron.gguf_files import shard_paths
 from helexa.neuron.gguf_meta import arch_key, read_metadata
+from helexa.wire.neuron import ModelSpec
 
 MB = 2**20
 # Bytes per KV element by cache type (q8_0: 34 bytes / 32 values, q4_0: 18 / 32).
@@ -86,9 +87,11 @@ class Placement:
     tensor_split: list[float] | None
     cpu_layers: int
     required_mb: int
+    n_layers: int
 
-    def describe(self, n_layers: int) -> str:
+    def describe(self) -> str:
         """The split in words, for ModelInfo and the log."""
+        n_layers = self.n_layers
         if self.n_gpu_layers == 0:
             return f"{n_layers} layers on the CPU"
         on_gpu = n_layers if self.n_gpu_layers < 0 else self.n_gpu_layers
@@ -132,11 +135,11 @@ def place(
         free = devices[0][2] if devices else None
         if free is not None and required > free:
             raise insufficient_memory(model, required, free, [d[0] for d in devices] or [0])
-        return Placement(n_ctx, 0, None, 0, required)
+        return Placement(n_ctx, 0, None, 0, required, size.n_layers)
     frees = [d[2] for d in devices]
     if any(f is None for f in frees) or sum(f or 0 for f in frees) >= required:
         split = _proportional([f or 1 for f in frees]) if len(devices) > 1 else None
-        return Placement(n_ctx, -1, split, 0, required)
+        return Placement(n_ctx, -1, split, 0, required, size.n_layers)
     total_free = sum(f or 0 for f in frees)
     if not cpu_offload:
         raise insufficient_memory(model, required, total_free, [d[0] for d in devices])
@@ -144,9 +147,22 @@ def place(
     held = [int((f or 0) / per_layer) for f in frees]
     on_gpu = min(size.n_layers, sum(held))
     split = _proportional(held) if len(devices) > 1 and on_gpu else None
-    return Placement(n_ctx, on_gpu, split, size.n_layers - on_gpu, required)
+    return Placement(n_ctx, on_gpu, split, size.n_layers - on_gpu, required, size.n_layers)
 
 
 def _proportional(weights: Sequence[float]) -> list[float]:
     total = sum(weights)
     return [round(w / total, 4) for w in weights] if total else [1.0 / len(weights)] * len(weights)
+
+
+def plan_gguf(model: str, first: Path, spec: ModelSpec, devices: Sequence[Any]) -> Placement:
+    """The daemon's pre-check for a llamacpp load: `devices` are the chosen DeviceViews."""
+    size = gguf_size(first)
+    kv_type = spec.kv_cache_type or "f16"
+    free = [(d.index, d.kind, d.free_mb) for d in devices]
+    known = [f for _, _, f in free]
+    total_free = None if not known or None in known else sum(f or 0 for f in known)
+    n_ctx = context_for(size, spec.context, total_free, kv_type)
+    return place(
+        model, size, free, n_ctx=n_ctx, kv_type=kv_type, cpu_offload=bool(spec.cpu_offload)
+    )

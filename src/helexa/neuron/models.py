@@ -28,6 +28,8 @@ from helexa.neuron.errors import (
     not_ready,
     still_loading,
 )
+from helexa.neuron.gguf_meta import gguf_file_quant
+from helexa.neuron.gguf_placement import plan_gguf
 from helexa.neuron.load_request import (
     AdmissionDefaults,
     admission_limits,
@@ -291,11 +293,16 @@ class Registry:
             rec.progress = {"phase": "download", "done_bytes": done, "total_bytes": total}
 
         path = await asyncio.to_thread(self.resolve_source, rs, on_download)
-        chosen = choose_devices(rs.devices, await self.refresh_devices())
+        gguf = rs.harness == "llamacpp"
+        span = (rs.spec.tensor_parallel or 1) if gguf else 1
+        chosen = choose_devices(rs.devices, await self.refresh_devices(), span)
         kind = chosen[0].kind if chosen else "cpu"
         indexes = [d.index for d in chosen] or [0]
         quant = rs.quant or default_quant(kind, chosen[0].compute_capability if chosen else None)
-        if self.estimate_mb is not None:
+        if gguf:  # the layer split, or the 507 (gguf_placement.py); the file names its quant
+            rec.placement = await asyncio.to_thread(plan_gguf, rec.id, path, rs.spec, chosen)
+            quant = gguf_file_quant(path) or rs.quant or "gguf"
+        elif self.estimate_mb is not None:
             required = await asyncio.to_thread(self.estimate_mb, path, quant)
             free = free_mb(chosen)
             if required is not None and free is not None and required > free:

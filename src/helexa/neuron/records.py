@@ -10,6 +10,7 @@ from typing import Any
 
 from helexa.neuron.admission import Admission
 from helexa.neuron.engine.frames import ReadyInfo
+from helexa.neuron.gguf_placement import Placement
 from helexa.neuron.supervisor import WorkerHandle
 from helexa.wire.neuron import ModelSpec
 
@@ -64,6 +65,7 @@ class ModelRecord:
     devices: list[int] = field(default_factory=list)
     kind: str = "cpu"
     path: Path | None = None
+    placement: Placement | None = None  # llamacpp: the layer split decided before loading
     tokenizer: Any = None
     handle: WorkerHandle | None = None
     draining: bool = False

@@ -56,6 +56,8 @@ def model_info(rec: ModelRecord, limit: dict[str, int]) -> dict[str, Any]:
         "max_queue_depth": rec.admission.max_queue_depth,
         "max_wait_secs": rec.admission.max_wait_secs,
     }
+    if rec.placement is not None:
+        out["placement"] = rec.placement.describe()
     if rec.status == LOADING:
         out["progress"] = rec.progress or {
             "phase": "load",

@@ -11,6 +11,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from helexa.neuron.gguf_files import shard_paths
+
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 _DTYPE_BYTES = {
@@ -81,5 +83,11 @@ def estimate_weight_bytes(root: Path, quant: str) -> int:
 
 
 def estimate_weight_mb(root: str | os.PathLike[str], quant: str) -> int:
-    """The 507 pre-check figure: weights at `quant` plus 10 %, in MB (rounded up)."""
-    return math.ceil(estimate_weight_bytes(Path(root), quant) * 1.1 / 2**20)
+    """The 507 pre-check figure: weights at `quant` plus 10 %, in MB (rounded up). A `.gguf`
+    file (llamacpp) weighs what its shards weigh; its KV cache is gguf_placement's."""
+    path = Path(root)
+    if path.suffix.lower() == ".gguf":
+        size = sum(p.stat().st_size for p in shard_paths(path) if p.is_file())
+    else:
+        size = estimate_weight_bytes(path, quant)
+    return math.ceil(size * 1.1 / 2**20)

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from helexa.neuron.engine.errors import LoadError
 from helexa.neuron.engine.frames import Progress, ReadyInfo
 from helexa.neuron.engine.loader import FaultPlan, LoadSpec
 from helexa.neuron.errors import insufficient_memory, load_failed
+from helexa.neuron.gguf_files import shard_paths
 from helexa.neuron.records import DeviceView, ModelRecord
 from helexa.neuron.supervisor import Supervisor, WorkerCrashed, WorkerHandle
 from helexa.wire.errors import ApiError
@@ -21,8 +23,11 @@ EstimateFn = Callable[[Path, str], "int | None"]
 FaultFn = Callable[[WorkerHandle, WorkerCrashed], None]
 
 
-def choose_devices(asked: list[int] | None, devices: list[DeviceView]) -> list[DeviceView]:
-    """The devices asked for, else the CPU, else the GPU with the most free memory."""
+def choose_devices(
+    asked: list[int] | None, devices: list[DeviceView], count: int = 1
+) -> list[DeviceView]:
+    """The devices asked for, else the CPU, else the `count` GPUs with the most free memory
+    (in index order)."""
     by_index = {d.index: d for d in devices}
     if asked:
         return [by_index[i] for i in asked if i in by_index]
@@ -30,7 +35,8 @@ def choose_devices(asked: list[int] | None, devices: list[DeviceView]) -> list[D
         return []
     if devices[0].kind == "cpu":
         return [devices[0]]
-    return [max(devices, key=lambda d: (d.free_mb or 0, -d.index))]
+    best = sorted(devices, key=lambda d: (-(d.free_mb or 0), d.index))[: max(1, count)]
+    return sorted(best, key=lambda d: d.index)
 
 
 def free_mb(devices: list[DeviceView]) -> int | None:
@@ -51,9 +57,24 @@ def load_spec(rec: ModelRecord, max_prompt_tokens: int, max_output_tokens: int) 
         devices=list(rec.devices),
         max_prompt_tokens=max_prompt_tokens,
         max_output_tokens=max_output_tokens,
+        **_gguf_fields(rec),
         # honoured only with HELEXA_TEST_FAULTS=1 in the worker's environment
         test_faults=FaultPlan.parse(rec.test_faults) if rec.test_faults else None,
     )
+
+
+def _gguf_fields(rec: ModelRecord) -> dict[str, Any]:
+    """llamacpp: every shard, the context, and the layer split (gguf_placement.py)."""
+    p = rec.placement
+    if p is None or rec.path is None:
+        return {}
+    return {
+        "gguf_files": [str(f) for f in shard_paths(rec.path)],
+        "n_ctx": p.n_ctx,
+        "n_gpu_layers": p.n_gpu_layers,
+        "tensor_split": p.tensor_split,
+        "kv_cache_type": rec.spec.kv_cache_type or "f16",
+    }
 
 
 async def start_worker(

@@ -16,6 +16,8 @@ from helexa.wire.errors import ApiError
 
 DEFAULT_SOURCE = "huggingface"
 
+_GGUF_SHARD = re.compile(r"-\d{5}-of-\d{5}$")
+
 
 @dataclass(frozen=True, slots=True)
 class ModelId:
@@ -66,7 +68,9 @@ class ModelId:
             return served_model_id
         if self.path is not None:
             base = posixpath.basename(self.path.rstrip("/")) or "root"
-            return f"local/{base.removesuffix('.gguf')}"
+            if base.lower().endswith(".gguf"):  # a split model is named without `-00001-of-N`
+                base = _GGUF_SHARD.sub("", base[: -len(".gguf")])
+            return f"local/{base}"
         return self.repo
 
 
