@@ -183,6 +183,10 @@ class Neuron(Service):
             "allowed_model_roots": ["/"],  # fixture models live in temp and cache dirs
             **config,
         }
+        # One key drives every test client through cortex; the per-principal cap has its own
+        # tests in tests/neuron/daemon.
+        admission = {"max_per_principal": 0, **self.config.get("admission", {})}
+        self.config["admission"] = admission
         self.client = httpx.Client(base_url=self.url, headers=AUTH, timeout=60, trust_env=False)
 
     @property
@@ -255,6 +259,9 @@ class Cortex(Service):
                 "request_timeout_secs": 60,
                 "cold_load_timeout_secs": 120,
                 "shutdown_grace_secs": 15,
+                # One key drives every test client (50 concurrent in the single-flight and
+                # failover tests): the per-key cap has its own tests in tests/cortex.
+                "max_in_flight_per_key": 256,
                 **(gateway or {}),
             },
             "neurons": [{"name": n.name, "endpoint": n.url, "token": TOKEN} for n in self.neurons],
