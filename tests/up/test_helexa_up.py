@@ -23,7 +23,9 @@ import pytest
 from click.testing import CliRunner
 
 from helexa.cli import main
+from helexa.config.catalogue import Catalogue
 from helexa.up import configs
+from helexa.up.preflight import config_warnings
 from helexa.version import version_line
 from rig.net import free_port
 from rig.procs import children, cmdline, wait_gone
@@ -346,13 +348,46 @@ def test_bad_model_id_is_a_usage_error(tmp_path: Path) -> None:
     assert "missing the '/' between org and name" in r.output
 
 
-def test_gguf_model_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+def test_gguf_model_without_llama_cpp_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a)
+    )
     gguf = tmp_path / "m.Q4_K_M.gguf"
     gguf.write_bytes(b"GGUF")
     r = CliRunner().invoke(main, ["up", "--config-dir", str(tmp_path / "c"), "--model", str(gguf)])
     assert r.exit_code == 2
-    assert "GGUF files need the llama.cpp harness" in r.output
+    assert "pip install 'helexa[llamacpp]'" in r.output
     assert not (tmp_path / "c" / "neuron.toml").exists()
+
+
+def test_gguf_model_gets_llamacpp_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "llama_cpp" else real(n, *a)
+    )
+    gguf = tmp_path / "Qwen3-8B-Q4_K_M-00001-of-00002.gguf"
+    gguf.write_bytes(b"GGUF")
+    w = configs.ensure(tmp_path / "c", [configs.parse_model_arg(str(gguf))])
+    assert w.added == ["local/Qwen3-8B-Q4_K_M"]
+    entry = configs.read(tmp_path / "c" / "models.toml")["models"][-1]
+    assert entry == {"id": "local/Qwen3-8B-Q4_K_M", "path": str(gguf), "harness": "llamacpp"}
+    warm = configs.read(tmp_path / "c" / "neuron.toml")["default_models"]
+    assert warm == [{"model_id": str(gguf), "harness": "llamacpp"}]
+    # what cortex and the neuron will read: the catalogue entry and the load spec validate
+    assert config_warnings(tmp_path / "c", {}) == []
+    spec = Catalogue.model_validate({"models": [entry]}).models[0].load_spec([0])
+    assert (spec.model_id, spec.harness, spec.served_model_id) == (
+        str(gguf),
+        "llamacpp",
+        "local/Qwen3-8B-Q4_K_M",
+    )
 
 
 def test_ensure_appends_and_keeps_comments(tmp_path: Path) -> None:

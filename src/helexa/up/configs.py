@@ -8,6 +8,7 @@ atomic (temp file, fsync, rename), so a full disk never leaves an empty file beh
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -75,24 +76,25 @@ class ModelArg:
     load_id: str  # model_id for the neuron: the path, or the hub id as given
     path: str | None = None
     source: str | None = None
+    harness: str | None = None  # "llamacpp" for a GGUF file
 
 
 def parse_model_arg(raw: str) -> ModelArg:
     """A path (absolute, relative, `~`, or anything that exists) or a hub id (`org/name`,
     `scheme:org/name`). Relative paths are made absolute: the children run elsewhere."""
-    if raw.lower().endswith(".gguf"):
-        # The neuron has no llama.cpp harness yet and would refuse every load of it.
-        raise UpConfigError(
-            f"--model {raw}: GGUF files need the llama.cpp harness, which this version does "
-            "not have yet; use a safetensors model directory or a hub id (org/name)"
-        )
     expanded = os.path.expanduser(raw)
     if raw.startswith(("/", ".", "~")) or os.path.exists(expanded):
         path = os.path.abspath(expanded)
         if not os.path.exists(path):
             raise UpConfigError(f"--model {raw}: {path} does not exist")
         mid = parse_model_id(path)
-        return ModelArg(served_id=mid.served_id(), load_id=path, path=path)
+        harness = "llamacpp" if path.lower().endswith(".gguf") else None
+        if harness and importlib.util.find_spec("llama_cpp") is None:
+            raise UpConfigError(
+                f"--model {raw}: GGUF files need the llama.cpp harness: "
+                "pip install 'helexa[llamacpp]' (the README says how to build it for CUDA)"
+            )
+        return ModelArg(served_id=mid.served_id(), load_id=path, path=path, harness=harness)
     try:
         mid = parse_model_id(raw)
     except ApiError as e:
@@ -177,7 +179,8 @@ vram_mb = {mb}                        # placement estimate; measured values refi
 # models.toml, the catalogue, written by `helexa up` (example: the README's "Configuration").
 # A model listed here is loaded on first use (downloaded from the Hugging Face hub if it is not
 # cached yet); `helexa up --model ID_OR_PATH` appends entries at the end of this file.
-# Keys: id, path (absolute local dir), source, vram_mb, min_device_vram_mb, pinned_on,
+# Keys: id, path (absolute local dir or .gguf file), source, harness ("llamacpp" for GGUF),
+# quant (a GGUF repo's file: "Q4_K_M"), vram_mb, min_device_vram_mb, pinned_on,
 # residency_priority, capabilities, cost = {{ input = 0.0, output = 0.0 }}.
 {blocks}
 # Aliases clients may send as `model`.
@@ -220,11 +223,14 @@ def catalogue_block(m: ModelArg) -> str:
         lines.append(f"path = {q(m.path)}\n")
     if m.source:
         lines.append(f"source = {q(m.source)}\n")
+    if m.harness:
+        lines.append(f"harness = {q(m.harness)}\n")
     return "".join(lines)
 
 
 def default_model_block(m: ModelArg) -> str:
-    return f"\n[[default_models]]  # added by helexa up --model\nmodel_id = {q(m.load_id)}\n"
+    text = f"\n[[default_models]]  # added by helexa up --model\nmodel_id = {q(m.load_id)}\n"
+    return text + (f"harness = {q(m.harness)}\n" if m.harness else "")
 
 
 # ---- files -------------------------------------------------------------------------------------
