@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -102,54 +104,65 @@ def in_process(path: Path, tokens: int, runs: int) -> tuple[list[float], list[fl
     return ttfts, tps, produced
 
 
-async def through_neuron(url: str, tokens: int, runs: int) -> tuple[list[float], list[float], int]:
-    import aiohttp
+async def stream_once(s: Any, url: str, body: dict[str, Any]) -> tuple[float, float, int, int]:
+    """One streamed chat completion: (TTFT s, decode tok/s, completion tokens, cached tokens)."""
+    stamps: list[float] = []
+    produced = cached = 0
+    start = time.perf_counter()
+    async with s.post(url + "/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        buf = b""
+        async for chunk in r.content.iter_any():
+            buf += chunk
+            while b"\n\n" in buf:
+                frame, buf = buf.split(b"\n\n", 1)
+                data = frame.removeprefix(b"data: ")
+                if data == b"[DONE]":
+                    continue
+                obj = orjson.loads(data)
+                if obj.get("usage"):
+                    produced = obj["usage"]["completion_tokens"]
+                    details = obj["usage"].get("prompt_tokens_details") or {}
+                    cached = details.get("cached_tokens") or 0
+                for ch in obj.get("choices", []):
+                    d = ch.get("delta", {})
+                    if d.get("content") or d.get("reasoning_content") or d.get("tool_calls"):
+                        stamps.append(time.perf_counter())
+    # a delta can carry several tokens (held-back text): rate over tokens, not frames
+    span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
+    tps = (produced - 1) / span if span > 0 else float("nan")
+    return stamps[0] - start, tps, produced, cached
 
-    body = {
-        "model": MODEL_ID,
-        "messages": [{"role": "user", "content": PROMPT}],
+
+def chat_body(model: str, text: str, tokens: int) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": text}],
         "max_tokens": tokens,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},  # the usage chunk carries the token count
     }
+
+
+async def through_neuron(url: str, tokens: int, runs: int) -> tuple[list[float], list[float], int]:
+    import aiohttp
+
+    body = chat_body(MODEL_ID, PROMPT, tokens)
     ttfts, tps = [], []
     produced = 0
     async with aiohttp.ClientSession() as s:
         for i in range(runs + 1):
-            stamps: list[float] = []
-            start = time.perf_counter()
-            async with s.post(url + "/v1/chat/completions", json=body) as r:
-                r.raise_for_status()
-                buf = b""
-                async for chunk in r.content.iter_any():
-                    buf += chunk
-                    while b"\n\n" in buf:
-                        frame, buf = buf.split(b"\n\n", 1)
-                        data = frame.removeprefix(b"data: ")
-                        if data == b"[DONE]":
-                            continue
-                        obj = orjson.loads(data)
-                        if obj.get("usage"):
-                            produced = obj["usage"]["completion_tokens"]
-                        for ch in obj.get("choices", []):
-                            d = ch.get("delta", {})
-                            if (
-                                d.get("content")
-                                or d.get("reasoning_content")
-                                or d.get("tool_calls")
-                            ):
-                                stamps.append(time.perf_counter())
+            ttft, rate, produced, _ = await stream_once(s, url, body)
             if i == 0:
                 continue
-            ttfts.append(stamps[0] - start)
-            if len(stamps) > 1:
-                # a delta can carry several tokens (held-back text): rate over tokens, not frames
-                tps.append((produced - 1) / (stamps[-1] - stamps[0]))
+            ttfts.append(ttft)
+            if not math.isnan(rate):
+                tps.append(rate)
     return ttfts, tps, produced
 
 
-async def wait_loaded(url: str, deadline: float) -> None:
+async def wait_loaded(url: str, deadline: float, ids: tuple[str, ...] = (MODEL_ID,)) -> None:
     import aiohttp
 
     async with aiohttp.ClientSession() as s:
@@ -157,7 +170,8 @@ async def wait_loaded(url: str, deadline: float) -> None:
             try:
                 async with s.get(url + "/health") as r:
                     h = await r.json()
-                if any(m["id"] == MODEL_ID and m["status"] == "loaded" for m in h["models"]):
+                loaded = {m["id"] for m in h["models"] if m["status"] == "loaded"}
+                if loaded >= set(ids):
                     return
                 if h.get("activation", {}).get("failed"):
                     raise SystemExit(f"pre-warm failed: {h['activation']['failed']}")
@@ -165,6 +179,39 @@ async def wait_loaded(url: str, deadline: float) -> None:
                 pass
             await asyncio.sleep(0.2)
     raise SystemExit("neuron did not load the model in time")
+
+
+def serve_neuron(
+    tmp: Path, tokens: int, models: list[tuple[str, str, str]], extra: str = ""
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`neuron serve` on a free loopback port pre-warming `models` (path, served id, harness)."""
+    port = free_port()
+    toml = (
+        f'listen = "127.0.0.1:{port}"\nbind_url = "http://127.0.0.1:{port}"\n'
+        f"max_output_tokens = {tokens}\n{extra}"
+    )
+    for path, served, harness in models:
+        toml += (
+            f'[[default_models]]\nmodel_id = "{path}"\nserved_model_id = "{served}"\n'
+            f'harness = "{harness}"\n'
+        )
+    (tmp / "neuron.toml").write_text(toml)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "helexa.neuron.cli", "serve", "--config", str(tmp / "neuron.toml")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "neuron.log", "wb"),  # noqa: SIM115
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def med(xs: list[float]) -> float:
@@ -177,7 +224,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--harness", choices=("torch", "llamacpp"), default="torch")
     args = ap.parse_args()
+    if args.harness == "llamacpp":
+        from llamacpp_decode import run
+
+        run(args)
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="helexa-neuron-bench-"))
     path = build(tmp / "model", args.hidden, args.layers)
@@ -189,29 +242,12 @@ def main() -> None:
 
     a_ttft, a_tps, a_n = in_process(path, args.tokens, args.runs)
 
-    port = free_port()
-    (tmp / "neuron.toml").write_text(
-        f'listen = "127.0.0.1:{port}"\nbind_url = "http://127.0.0.1:{port}"\n'
-        f"max_output_tokens = {args.tokens}\n"
-        f'[[default_models]]\nmodel_id = "{path}"\nserved_model_id = "{MODEL_ID}"\n'
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "helexa.neuron.cli", "serve", "--config", str(tmp / "neuron.toml")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "neuron.log", "wb"),  # noqa: SIM115
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = serve_neuron(tmp, args.tokens, [(str(path), MODEL_ID, "torch")])
     try:
         asyncio.run(wait_loaded(url, time.monotonic() + 180))
         b_ttft, b_tps, b_n = asyncio.run(through_neuron(url, args.tokens, args.runs))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
     print(f"\n{'path':<28} {'tokens':>6} {'TTFT p50 ms':>12} {'decode tok/s p50':>17}")
     print(
