@@ -78,7 +78,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)  # a 150k-token vocabulary is tens of MB as Python objects
 def _cached(path: str, size: int, mtime: int) -> dict[str, Any]:
     with open(path, "rb", buffering=1 << 20) as f:
         return _read(f, path)
