@@ -189,3 +189,29 @@ def test_crash_mid_stream_is_a_dead_worker(tiny_gguf: dict[str, Path]) -> None:
                 frames.append(dying.next_for(rid))
         assert len(frames) <= 3 and all(f["ev"] == "delta" for f in frames)
         assert dying.wait_exit() == -signal.SIGKILL
+
+
+def test_seeded_sampling_repeats_and_bad_params_are_refused(w: WorkerClient) -> None:
+    ids = prompts()[1]
+    sampling = {
+        "temperature": 0.9,
+        "top_k": 40,
+        "top_p": 0.95,
+        "min_p": 0.01,
+        "repetition_penalty": 1.1,
+        "presence_penalty": 0.2,
+        "frequency_penalty": 0.1,
+        "seed": 7,
+    }
+    one = w.generate(ids, max_tokens=STEPS, sampling=sampling)
+    two = w.generate(ids, max_tokens=STEPS, sampling=sampling)
+    assert one.ids == two.ids and one.end["completion_tokens"] > 0
+    other = w.generate(ids, max_tokens=STEPS, sampling={**sampling, "seed": 8})
+    greedy = w.generate(ids, max_tokens=STEPS)
+    assert one.ids != greedy.ids or other.ids != greedy.ids  # it does sample
+    bad = w.generate(ids, max_tokens=2, sampling={"top_p": 0})
+    assert (bad.end["ev"], bad.end["code"], bad.end.get("param")) == (
+        "error",
+        "invalid_value",
+        "top_p",
+    )

@@ -221,9 +221,10 @@ def serve(fs: FrameSocket) -> int:
         return 1
     info = engine.info()
     log.info(
-        "ready: %s (%s, %s MB, %.1fs)",
+        "ready: %s (%s %s, %s MB, %.1fs)",
         spec.served_id,
-        info.dtype,
+        info.harness,
+        info.dtype or info.quant,
         info.vram_used_mb,
         info.load_secs,
     )
