@@ -156,6 +156,10 @@ def test_embeddings_are_last_token_normalised(w: WorkerClient, tiny_qwen3: Path)
     assert reply["ev"] == "embedding" and reply["prompt_tokens"] == 8
     vecs = reply["vectors"]
     assert vecs[0] == vecs[2]
+    long = [3 + i % 500 for i in range(700)]  # past the first embedding context (512)
+    reply = w.call({"op": "embed", "id": "e2", "inputs": [long]})
+    inputs.append(long)
+    vecs += reply["vectors"]
     for seq, v in zip(inputs, vecs, strict=True):
         with torch.no_grad():
             h = model.model(input_ids=torch.tensor([seq])).last_hidden_state[0, -1]

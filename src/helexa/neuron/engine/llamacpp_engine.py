@@ -157,7 +157,7 @@ class LlamaCppEngine:
         seqs = [check_ids(x, self.vocab_size, "inputs") for x in inputs]
         for s in seqs:
             check_length(len(s), self._prompt_cap())
-        ctx = self._embedder()
+        ctx = self._embedder(max((len(s) for s in seqs), default=1))
         found: dict[tuple[int, ...], list[float]] = {}
         for s in seqs:
             key = tuple(s)
@@ -173,28 +173,34 @@ class LlamaCppEngine:
         empty = [0.0] * self.model.n_embd
         return [found.get(tuple(s), empty) for s in seqs], sum(len(s) for s in seqs)
 
-    def _embedder(self) -> Context:
-        """A second context computing pooled embeddings (whole inputs in one batch)."""
-        if self._embed_ctx is None:
-            import llama_cpp as L
+    def _embedder(self, longest: int) -> Context:
+        """A second context computing pooled embeddings, a whole input per batch: sized to the
+        longest input so far (a power of two from 512), not to the model's context."""
+        size = 512
+        while size < longest:
+            size *= 2
+        size = min(size, self.n_ctx)
+        if self._embed_ctx is not None and self._embed_ctx.n_ctx >= size:
+            return self._embed_ctx
+        if self._embed_ctx is not None:
+            self._embed_ctx.close()
+        import llama_cpp as L
 
-            pooling = (
-                L.LLAMA_POOLING_TYPE_UNSPECIFIED
-                if self.embedding_only
-                else L.LLAMA_POOLING_TYPE_LAST
-            )
-            cfg = self.ctx.cfg
-            self._embed_ctx = Context(
-                self.model,
-                ContextConfig(
-                    self.n_ctx,
-                    threads=cfg.threads,
-                    kv_type=cfg.kv_type,
-                    embeddings=True,
-                    pooling=pooling,
-                    n_batch=self.n_ctx,
-                ),
-            )
+        pooling = (
+            L.LLAMA_POOLING_TYPE_UNSPECIFIED if self.embedding_only else L.LLAMA_POOLING_TYPE_LAST
+        )
+        cfg = self.ctx.cfg
+        self._embed_ctx = Context(
+            self.model,
+            ContextConfig(
+                size,
+                threads=cfg.threads,
+                kv_type=cfg.kv_type,
+                embeddings=True,
+                pooling=pooling,
+                n_batch=size,
+            ),
+        )
         return self._embed_ctx
 
     # ---- measurements and failures ----------------------------------------------------------
