@@ -219,3 +219,11 @@ def test_seeded_sampling_repeats_and_bad_params_are_refused(w: WorkerClient) -> 
         "invalid_value",
         "top_p",
     )
+
+
+def test_concurrent_requests_keep_their_own_sequences(w: WorkerClient) -> None:
+    ps = prompts()
+    alone = [w.generate(ids, max_tokens=STEPS).ids for ids in ps]
+    rids = [w.submit(ids, max_tokens=STEPS) for ids in ps]
+    together = [w.collect(rid).ids for rid in rids]
+    assert together == alone

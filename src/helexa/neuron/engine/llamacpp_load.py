@@ -13,8 +13,9 @@ from helexa.neuron.engine.llamacpp_engine import LlamaCppEngine
 from helexa.neuron.engine.llamacpp_model import Context, ContextConfig, GgufModel, Placement
 from helexa.neuron.engine.loader import LoadSpec
 
-# KV sequences per worker: requests in flight plus the prefixes kept for reuse.
-N_SEQ = 8
+# KV sequences per worker: requests in flight plus the prefixes kept for reuse. They share one
+# unified KV cache (n_ctx cells), so more sequences cost no memory, only bookkeeping.
+N_SEQ = 32
 # Without a context from the catalogue, the trained context is capped here (KV memory).
 DEFAULT_CTX_CAP = 8192
 
