@@ -43,6 +43,18 @@ def _merge_limit(current: dict[str, int] | None, new: dict[str, int]) -> dict[st
     return current
 
 
+def _effective(e: dict[str, Any]) -> None:
+    """Top-level harness and quant: a loaded location's (the effective ones), else the
+    catalogue's (asked); a key is left out when neither says."""
+    served = next((loc for loc in e["locations"] if loc["status"] == "loaded"), None)
+    for key in ("harness", "quant"):
+        value = (served or {}).get(key) or e.get(key)
+        if value is None:
+            e.pop(key, None)
+        else:
+            e[key] = value
+
+
 def build_models(fleet: Fleet, catalogue: Catalogue) -> dict[str, Any]:
     created = int(time.time())
     entries: dict[str, dict[str, Any]] = {}
@@ -59,6 +71,7 @@ def build_models(fleet: Fleet, catalogue: Catalogue) -> dict[str, Any]:
         caps[prof.id] = set(prof.capabilities)
         if prof.cost is not None:
             e["cost"] = prof.cost.as_wire()
+        e["harness"], e["quant"] = prof.harness, prof.quant
     for node in fleet:
         for mid, m in node.models.items():
             e = entries.get(mid) or _new(entries, caps, mid, created)
@@ -68,6 +81,8 @@ def build_models(fleet: Fleet, catalogue: Catalogue) -> dict[str, Any]:
                 "vram_used_mb": m.vram_used_mb,
                 "healthy": node.healthy,
             }
+            if m.quant is not None:  # what the node serves (a GGUF: the file's own type)
+                loc["harness"], loc["quant"] = m.harness, m.quant
             if m.status == "failed":
                 loc["error"] = FAILED_VIEW  # the neuron's text stays in logs and /api/fleet
             e["locations"].append(loc)
@@ -92,6 +107,7 @@ def build_models(fleet: Fleet, catalogue: Catalogue) -> dict[str, Any]:
     for mid, e in entries.items():
         e["locations"].sort(key=lambda loc: loc["node"])
         e["loaded"] = any(loc["status"] == "loaded" and loc["healthy"] for loc in e["locations"])
+        _effective(e)
         e["capabilities"] = sorted(caps[mid])
     for alias, target in catalogue.aliases.items():
         if target in entries and alias not in entries:
