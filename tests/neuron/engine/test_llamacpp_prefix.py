@@ -47,7 +47,7 @@ def test_busy_slots_are_not_shared_and_lru_goes_first() -> None:
 
 
 def test_llamacpp_spec_needs_a_gguf_not_a_config(tmp_path: Path) -> None:
-    f = tmp_path / "m.gguf"
+    f = tmp_path / "m-Q8_0.gguf"
     f.write_bytes(b"x")
     spec = LoadSpec.from_frame({"path": str(f), "harness": "llamacpp", "quant": "Q8_0"})
     assert spec.gguf_files == [str(f)] and spec.quant == "Q8_0"
@@ -68,5 +68,5 @@ def test_llamacpp_spec_needs_a_gguf_not_a_config(tmp_path: Path) -> None:
     with pytest.raises(LoadError) as e:  # a directory of two models and no quant to pick
         LoadSpec.from_frame({"path": str(tmp_path), "harness": "llamacpp"})
     assert (e.value.status, e.value.code) == (400, "ambiguous_gguf")
-    spec = LoadSpec.from_frame({"path": str(tmp_path), "harness": "llamacpp", "quant": "m"})
+    spec = LoadSpec.from_frame({"path": str(tmp_path), "harness": "llamacpp", "quant": "q8_0"})
     assert spec.gguf_files == [str(f)]

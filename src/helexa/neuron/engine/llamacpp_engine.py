@@ -53,6 +53,7 @@ class LlamaCppEngine:
         self.prefix = PrefixCache(n_seq)
         self.sampling_defaults: dict[str, Any] = {}
         self._embed_ctx: Context | None = None
+        self._decoded: dict[GenerationState, torch.Tensor] = {}  # this step's batched logits
         self._memory = MemoryProbe(torch.device(spec.device))
         self.load_secs = 0.0
 
@@ -80,9 +81,30 @@ class LlamaCppEngine:
             state.cache = slot
             state.cached_tokens = keep
             self._feed(slot, state.prompt[keep:], keep)
+        elif state in self._decoded:
+            return self._decoded.pop(state)
         else:
             self._feed(slot, [state.token_ids[-1]], len(slot.tokens))
         return torch.from_numpy(self.ctx.logits())
+
+    def _decode_together(self, active: list[GenerationState]) -> None:
+        """One batched decode for every generation past its prefill that needs a token; on
+        any failure each falls back to its own decode (which makes room or reports)."""
+        todo = [
+            s
+            for s in active
+            if s.cache is not None and not s.finished and len(s.token_ids) < s.max_tokens
+        ]
+        if len(todo) < 2 or len(todo) > self.ctx.cfg.n_batch:
+            return
+        items = [(s.cache.seq, s.token_ids[-1], len(s.cache.tokens)) for s in todo]
+        try:
+            self.ctx.feed_each(items)
+        except Exception:  # each decodes alone next, and reports its own error
+            return
+        for i, s in enumerate(todo):
+            s.cache.tokens.append(s.token_ids[-1])
+            self._decoded[s] = torch.from_numpy(self.ctx.logits(i))
 
     def _feed(self, slot: Slot, tokens: list[int], start: int) -> None:
         """Decode `tokens` after the first `start` cached ones, dropping idle sequences (least
@@ -143,7 +165,11 @@ class LlamaCppEngine:
         return max(0, room)
 
     def step(self, active: list[GenerationState]) -> list[StepResult]:
-        return generation.step(self, active)
+        self._decode_together(active)
+        try:
+            return generation.step(self, active)
+        finally:
+            self._decoded.clear()
 
     def cancel(self, state: GenerationState) -> list[Event]:
         return generation.cancel(self, state)

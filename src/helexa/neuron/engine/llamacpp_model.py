@@ -200,9 +200,27 @@ class Context:
             if rc != 0:
                 raise RuntimeError(f"llama_decode failed ({rc})")
 
-    def logits(self) -> np.ndarray[Any, np.dtype[np.float32]]:
-        """A copy of the last decoded position's logits."""
-        ptr = L.llama_get_logits_ith(self.ptr, -1)
+    def feed_each(self, items: list[tuple[int, int, int]]) -> None:
+        """Decode one token for each (seq, token, position) in one batch, logits for all."""
+        b = self._batch
+        b.n_tokens = len(items)
+        for i, (seq, tok, pos) in enumerate(items):
+            b.token[i] = tok
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = 1
+        rc = L.llama_decode(self.ptr, b)
+        if rc == 1:
+            for seq, _, pos in items:
+                self.forget(seq, pos)
+            raise DecodeFull("no room in the KV cache")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc})")
+
+    def logits(self, i: int = -1) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """A copy of the logits of the batch's i-th output (the last by default)."""
+        ptr = L.llama_get_logits_ith(self.ptr, i)
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
 
     def pooled(self, seq: int) -> np.ndarray[Any, np.dtype[np.float32]]:
