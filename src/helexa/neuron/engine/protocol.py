@@ -36,6 +36,8 @@ Worker -> daemon (`ev`):
 
 LoadSpec (helexa.neuron.engine.loader.LoadSpec; checked by the worker before torch loads):
   path               local model directory (hub ids are resolved by the daemon)   required
+                     (llamacpp: a .gguf file, or a directory whose GGUF `quant` picks)
+  harness            "torch" | "llamacpp"                                          default torch
   served_id          id used in messages                                          default path
   quant              "bf16"|"fp16"|"fp32"|null; null → bf16 on CUDA cc >= 8, fp16 on older CUDA,
                      fp32 on CPU. int8/int4/q4k/q5k/q6k/q8_0 → 400 unsupported_quant
@@ -48,6 +50,9 @@ LoadSpec (helexa.neuron.engine.loader.LoadSpec; checked by the worker before tor
   static_cache       pooled StaticCache instead of DynamicCache (any device)       default false
   compile            CUDA only: static cache of the whole context + torch.compile
                      (reduce-overhead) decode step, compiled at load, eager if that fails
+  llamacpp only:     gguf_files (every shard, default from path), n_ctx (KV cells of all
+                     sequences; default the trained context up to 8192), n_gpu_layers (-1 all;
+                     default -1 on cuda), tensor_split, kv_cache_type f16|q8_0|q4_0, n_threads
   test_faults        honoured only with HELEXA_TEST_FAULTS=1 in the worker's env (FaultPlan):
                      non_finite_at_step, exit_at_step (SIGKILL), arm_file (one-shot),
                      load_delay_secs, step_delay_secs, script_text / script_ids (every
