@@ -299,6 +299,7 @@ class Registry:
         kind = chosen[0].kind if chosen else "cpu"
         indexes = [d.index for d in chosen] or [0]
         quant = rs.quant or default_quant(kind, chosen[0].compute_capability if chosen else None)
+        rec.placement = None  # a record reloaded with another harness keeps no stale split
         if gguf:  # the layer split, or the 507 (gguf_placement.py); the file names its quant
             rec.placement = await asyncio.to_thread(plan_gguf, rec.id, path, rs.spec, chosen)
             quant = gguf_file_quant(path) or rs.quant or "gguf"
