@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from helexa.exits import exit_text
 from helexa.neuron.engine.errors import LoadError
 from helexa.neuron.engine.frames import (
     Cancel,
@@ -213,7 +214,7 @@ class WorkerHandle:
                 problem = ""
             if frame is None:
                 rc = await self._wait_exit(5.0)
-                detail = f"the worker exited with code {rc} before it was ready"
+                detail = f"the worker {exit_text(rc)} before it was ready"
                 if self._fault is not None:
                     detail = f"{self._fault[0]}: {self._fault[1]}"
                 raise WorkerCrashed(self._fault[0] if self._fault else "crash", problem or detail)
@@ -282,7 +283,7 @@ class WorkerHandle:
             await self._kill()
             if not detail:
                 rc = self.proc.returncode
-                detail = f"the worker exited with code {rc}"
+                detail = f"the worker {exit_text(rc)}"
         finally:
             for t in (exit_task, stall, self._read_task):
                 if t is not None and not t.done():

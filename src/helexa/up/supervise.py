@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from helexa.exits import exit_text
+
 MAX_RESTARTS = 5  # in a row; a child that ran STABLE_SECS resets the count
 STABLE_SECS = 60.0
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -115,16 +117,6 @@ class Child:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
-
-
-def exit_text(rc: int) -> str:
-    """How a child ended, in words: a negative code is the signal that killed it."""
-    if rc < 0:
-        try:
-            return f"was killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"was killed by signal {-rc}"
-    return f"exited with code {rc}"
 
 
 class Stop(Exception):
