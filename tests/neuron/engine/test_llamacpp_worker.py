@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 torch = pytest.importorskip("torch")
-from workerctl import WorkerClient  # noqa: E402
+from workerctl import WorkerClient, markers_whole  # noqa: E402
 
 from rig.require import require_module  # noqa: E402
 
@@ -227,3 +227,23 @@ def test_concurrent_requests_keep_their_own_sequences(w: WorkerClient) -> None:
     rids = [w.submit(ids, max_tokens=STEPS) for ids in ps]
     together = [w.collect(rid).ids for rid in rids]
     assert together == alone
+
+
+MARKERS = ["<think>", "</think>", "<tool_call>", "</tool_call>"]
+SCRIPT = (
+    "Let me see<think>step by step, naïve 日本語</think>\n\n"
+    'Sure 🙂 <tool_call>{"name": "Read", "arguments": {"path": "/etc/hosts"}}</tool_call>'
+)
+
+
+def test_markers_and_utf8_through_the_gguf_vocabulary(tiny_gguf: dict[str, Path]) -> None:
+    """Reasoning and tool-call markers reach the daemon whole, multi-byte text never split,
+    through llama.cpp's detokenisation of the GGUF vocabulary."""
+    s = spec(tiny_gguf["qwen3-F32"], test_faults={"script_text": SCRIPT})
+    with WorkerClient.start(s) as scripted:
+        res = scripted.generate([1, 5, 6], max_tokens=200, hold=MARKERS)
+        assert res.text == SCRIPT and res.end["finish_reason"] == "stop"
+        assert markers_whole(res.texts, MARKERS)
+        assert not any("\ufffd" in t for t in res.texts)
+        cut = scripted.generate([1, 5, 6], max_tokens=200, hold=MARKERS, stop=["by step"])
+        assert cut.text == "Let me see<think>step "
