@@ -3,6 +3,7 @@ fetch_model's GGUF branch over a fake hub (no network)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,56 @@ def test_hub_ambiguous_quant_downloads_nothing(gguf_hub: FakeHub, tmp_path: Path
         fetch_model(mid, sources={}, cache_dir=tmp_path / "c", environ={}, gguf=True, quant="Q4_K")
     assert e.value.code == "ambiguous_gguf"
     assert gguf_hub.calls == []
+
+
+def test_tokenizer_of_a_hub_gguf_reads_only_the_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_gguf: dict[str, Path]
+) -> None:
+    """/tokenize on a GGUF repo that isn't loaded: the file's head up to the end of its
+    metadata (range reads), never the tensors; the tokenizer equals the whole file's."""
+    from helexa.neuron.sources import fetch_tokenizer
+    from helexa.neuron.tokenizer import ChatTokenizer
+
+    full = tiny_gguf["qwen3-Q8_0"]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(full, repo / "tiny-Q8_0.gguf")
+    shutil.copy(tiny_gguf["qwen3-F32"], repo / "tiny-F32.gguf")
+    fake = FakeHub({(HF, "Qwen/Tiny-GGUF"): repo})
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.setattr(
+        huggingface_hub.HfApi,
+        "list_repo_files",
+        lambda self, repo_id, **kw: sorted(p.name for p in repo.iterdir()),
+    )
+    read: list[int] = []
+
+    class FakeFs:
+        def __init__(self, **kw: Any) -> None:
+            assert kw["endpoint"] == HF
+
+        def open(self, path: str, mode: str) -> Any:
+            assert path == "Qwen/Tiny-GGUF/tiny-Q8_0.gguf" and mode == "rb"
+            f = (repo / "tiny-Q8_0.gguf").open("rb")
+            real_read = f.read
+
+            def counted(n: int = -1) -> bytes:
+                data = real_read(n)
+                read.append(len(data))
+                return data
+
+            f.read = counted  # type: ignore[method-assign]
+            return f
+
+    monkeypatch.setattr(huggingface_hub, "HfFileSystem", FakeFs)
+    mid = parse_model_id("Qwen/Tiny-GGUF", {}).with_default_scheme("huggingface")
+    kw: dict[str, Any] = {"sources": {}, "cache_dir": tmp_path / "c", "environ": {}}
+    head = fetch_tokenizer(mid, quant="q8_0", **kw)
+    assert head.suffix == ".gguf" and head.stat().st_size < full.stat().st_size / 4
+    assert sum(read) < full.stat().st_size / 2
+    text = "Read the file /etc/hosts <think>ok</think>"
+    assert ChatTokenizer(head).encode(text) == ChatTokenizer(full).encode(text)
+    assert fetch_tokenizer(mid, quant="Q8_0", **kw) == head  # cached: no second read
+    with pytest.raises(ApiError) as e:
+        fetch_tokenizer(mid, **kw)
+    assert e.value.code == "ambiguous_gguf"

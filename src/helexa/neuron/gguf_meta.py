@@ -101,6 +101,15 @@ def _read(f: IO[bytes], label: str) -> dict[str, Any]:
     return out
 
 
+def header_bytes(f: IO[bytes], label: str) -> bytes:
+    """The bytes of a GGUF file up to the end of its metadata: a file of them reads back with
+    `read_metadata` (tokenizer, template, sizes) without the tensors."""
+    _read(f, label)
+    end = f.tell()
+    f.seek(0)
+    return _exact(f, end, label)
+
+
 def _exact(f: IO[bytes], n: int, label: str) -> bytes:
     data = f.read(n)
     if len(data) != n:

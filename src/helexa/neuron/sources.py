@@ -24,6 +24,7 @@ from typing import Any
 
 from helexa.neuron.download_progress import ProgressFn, Reporter, dir_bytes, progress_class
 from helexa.neuron.gguf_files import is_gguf, local_gguf, select_gguf
+from helexa.neuron.gguf_meta import GgufError, header_bytes
 from helexa.neuron.weights import SAFETENSORS_INDEX
 from helexa.wire.advice import get_model_advice
 from helexa.wire.errors import ApiError
@@ -275,17 +276,24 @@ def fetch_tokenizer(
     label: str | None = None,
     token_envs: Mapping[str, str] | None = None,
     roots: Sequence[str] | None = None,
+    quant: str | None = None,
 ) -> Path:
     """Like `fetch_model` but only the metadata (config, tokenizer, chat template): enough for
-    `/tokenize` on a model that isn't loaded, never the weights."""
+    `/tokenize` on a model that isn't loaded, never the weights. A GGUF repo (no
+    tokenizer.json): the head of the file `quant` picks, up to the end of its metadata."""
     label = label or mid.label
     if mid.path is not None:
         return _local_dir(mid.path, label, roots)
     hub = _Hub(mid, label, sources, cache_dir, environ, token_envs)
     root = hub.snapshot(META_PATTERNS)
-    if not (root / "tokenizer.json").is_file():
+    if (root / "tokenizer.json").is_file():
+        return root
+    # A GGUF repo has neither config.json nor tokenizer.json: look for its files.
+    has_config = (root / "config.json").is_file()
+    ggufs = [] if has_config else [f for f in hub.list_files() if is_gguf(f)]
+    if not ggufs:
         raise hub.ctx.not_found(f"{hub.endpoint}/{mid.repo} (the repo has no tokenizer.json)")
-    return root
+    return hub.gguf_header(select_gguf(ggufs, quant, label)[0])
 
 
 class _Hub:
@@ -329,6 +337,31 @@ class _Hub:
         except Exception as e:
             raise self.ctx.map_error(e) from e
         return Path(path)
+
+    def gguf_header(self, name: str) -> Path:
+        """A local `.gguf` holding only the metadata of the repo's file `name` (read with HTTP
+        range requests; the whole file when it is cached)."""
+        safe = f"{self.mid.repo}--{name}".replace("/", "--")
+        dest = self.cache / "helexa-gguf-headers" / safe
+        if dest.is_file():
+            return dest
+        if self.offline:
+            return self.snapshot([name]) / name
+        import huggingface_hub
+
+        try:
+            fs = huggingface_hub.HfFileSystem(endpoint=self.endpoint, token=self.token)
+            with fs.open(f"{self.mid.repo}/{name}", "rb") as f:
+                head = header_bytes(f, name)
+        except GgufError:
+            raise
+        except Exception as e:
+            raise self.ctx.map_error(e) from e
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".tmp")
+        tmp.write_bytes(head)
+        os.replace(tmp, dest)
+        return dest
 
     def list_files(self) -> list[str]:
         """The repo's file names (the cached ones when offline)."""

@@ -26,7 +26,7 @@ async def tokenize(request: web.Request) -> web.Response:
     neuron = request.app[NEURON]
     body = await read_json(request, neuron.max_prompt_bytes)
     model = oa.require_model(body)
-    tok = await _tokenizer_for_count(neuron, model, body.get("model_id"))
+    tok = await _tokenizer_for_count(neuron, model, body.get("model_id"), body.get("quant"))
     if body.get("messages") is not None:
         messages = oc.check_messages(body.get("messages"), model, False)
         tools = oc.check_tools(body.get("tools"))
@@ -43,7 +43,7 @@ async def tokenize(request: web.Request) -> web.Response:
     return json_response({"model": model, "count": len(ids)})
 
 
-async def _tokenizer_for_count(neuron: Neuron, model: str, load_id: Any) -> Any:
+async def _tokenizer_for_count(neuron: Neuron, model: str, load_id: Any, quant: Any) -> Any:
     rec = neuron.registry.records.get(model)
     if rec is not None and rec.tokenizer is not None:
         return rec.tokenizer
@@ -66,7 +66,11 @@ async def _tokenizer_for_count(neuron: Neuron, model: str, load_id: Any) -> Any:
             root = Path(mid.path)
         else:
             root = sources.fetch_tokenizer(
-                mid, sources=cfg.sources, cache_dir=cfg.cache_dir, token_envs=cfg.source_token_env
+                mid,
+                sources=cfg.sources,
+                cache_dir=cfg.cache_dir,
+                token_envs=cfg.source_token_env,
+                quant=quant if isinstance(quant, str) else None,  # a GGUF repo's file
             )
         return neuron.tokenizers.get(root)
 
