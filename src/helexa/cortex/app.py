@@ -272,8 +272,9 @@ async def anthropic_count_tokens(request: web.Request) -> web.Response:
             raise e.to_api() from None
     profile = gw.catalogue.get(model_id)
     load_id = profile.load_id() if profile is not None else None
+    gguf_quant = profile.quant if profile is not None and profile.harness == "llamacpp" else None
     with gw.key_limits.hold(ctx.principal):
-        return await messages.count_tokens(gw.proxy, ctx, model_id, chat, load_id)
+        return await messages.count_tokens(gw.proxy, ctx, model_id, chat, load_id, gguf_quant)
 
 
 # -- fleet views --------------------------------------------------------------------------------

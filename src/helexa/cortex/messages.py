@@ -171,14 +171,22 @@ async def _stream(
 
 
 async def count_tokens(
-    proxy: Proxy, ctx: RequestContext, model_id: str, chat: dict[str, Any], load_id: str | None
+    proxy: Proxy,
+    ctx: RequestContext,
+    model_id: str,
+    chat: dict[str, Any],
+    load_id: str | None,
+    gguf_quant: str | None = None,
 ) -> web.Response:
-    """Count with the model's own tokenizer and template on a neuron; loads nothing."""
+    """Count with the model's own tokenizer and template on a neuron; loads nothing.
+    `gguf_quant` picks a GGUF repo's file (whose header holds the tokenizer)."""
     node = proxy.router.tokenizer_node(model_id)
     ctx.model, ctx.node = model_id, node
     body: dict[str, Any] = {"model": model_id, "messages": chat["messages"]}
     if load_id is not None:
         body["model_id"] = load_id
+    if gguf_quant is not None:
+        body["quant"] = gguf_quant
     # The chat route renders no tools under tool_choice "none", so they are not counted either.
     if "tools" in chat and chat.get("tool_choice") != "none":
         body["tools"] = chat["tools"]
