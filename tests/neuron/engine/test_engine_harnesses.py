@@ -17,19 +17,27 @@ from helexa.neuron.engine.loader import LoadSpec
 
 
 @pytest.fixture
-def second_harness() -> Iterator[None]:
-    harnesses.register(harnesses.Harness("llamacpp", ("json",), "json:loads"))
+def third_harness() -> Iterator[None]:
+    harnesses.register(harnesses.Harness("third", ("json",), "json:loads"))
     yield
-    harnesses._REGISTRY.pop("llamacpp")
+    harnesses._REGISTRY.pop("third")
 
 
 def test_a_registered_harness_is_advertised_when_its_modules_are_there(
-    second_harness: None,
+    third_harness: None,
 ) -> None:
-    assert "llamacpp" in harnesses.names()
+    assert "third" in harnesses.names()
     found = {"torch", "transformers", "json"}
-    assert available_harnesses(NeuronConfig(), found.__contains__) == ["torch", "llamacpp"]
-    assert available_harnesses(NeuronConfig(), {"json"}.__contains__) == ["llamacpp"]
+    assert available_harnesses(NeuronConfig(), found.__contains__) == ["torch", "third"]
+    assert available_harnesses(NeuronConfig(), {"json"}.__contains__) == ["third"]
+
+
+def test_llamacpp_needs_llama_cpp_and_torch() -> None:
+    everything = {"torch", "transformers", "llama_cpp"}
+    assert available_harnesses(NeuronConfig(), everything.__contains__) == ["torch", "llamacpp"]
+    no_llama = {"torch", "transformers"}
+    assert available_harnesses(NeuronConfig(), no_llama.__contains__) == ["torch"]
+    assert available_harnesses(NeuronConfig(), {"llama_cpp"}.__contains__) == []
 
 
 def test_listing_harnesses_imports_no_engine() -> None:
@@ -39,6 +47,7 @@ def test_listing_harnesses_imports_no_engine() -> None:
         "from helexa.neuron.discovery import available_harnesses\n"
         "available_harnesses(NeuronConfig())\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'llama_cpp' not in sys.modules, 'llama_cpp was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
