@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_rig import NeuronFactory, chat_body, until
@@ -37,18 +38,24 @@ def transformers_greedy(hf_dir: Path, messages: list[dict[str, str]], n: int) ->
     return str(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
 
 
-async def test_gguf_through_the_daemon(
-    start_neuron: NeuronFactory, tiny_gguf: dict[str, Path], tiny_qwen3: Path, tmp_path: Path
-) -> None:
+async def gguf_neuron(start_neuron: NeuronFactory, gguf: Path, tmp_path: Path) -> Any:
+    """A daemon with the real worker, the tiny Qwen3's GGUF loaded as MODEL (context 512)."""
     require_module("llama_cpp", install="pip install 'helexa[llamacpp]'")
     path = tmp_path / "tiny-qwen3-F32.gguf"
-    shutil.copy(tiny_gguf["qwen3-F32"], path)
+    shutil.copy(gguf, path)
     rig = await start_neuron(tokenizer_for=None, estimate_mb=None)
     rig.neuron.supervisor.worker_cmd = ENGINE_CMD
     if "llamacpp" not in rig.registry.harnesses:
         rig.registry.harnesses = (*rig.registry.harnesses, "llamacpp")  # the fake probe's list
     r = await rig.load(path, context=512)
     assert r.status_code == 200, r.text
+    return rig
+
+
+async def test_gguf_through_the_daemon(
+    start_neuron: NeuronFactory, tiny_gguf: dict[str, Path], tiny_qwen3: Path, tmp_path: Path
+) -> None:
+    rig = await gguf_neuron(start_neuron, tiny_gguf["qwen3-F32"], tmp_path)
     info = await rig.info(MODEL)
     assert (info["harness"], info["quant"]) == ("llamacpp", "F32")
     assert info["placement"] == "2 layers on the CPU" and info["vram_used_mb"] > 0
@@ -68,3 +75,22 @@ async def test_gguf_through_the_daemon(
     assert (await rig.unload(MODEL)).status_code == 200
     await until(lambda: rss_mb(pid) is None, within=5)
     assert await rig.status(MODEL) == "unloaded"
+
+
+async def test_prefix_cache_shows_in_usage(
+    start_neuron: NeuronFactory, tiny_gguf: dict[str, Path], tmp_path: Path
+) -> None:
+    """A second conversation sharing a long prefix: usage reports the reused prompt tokens
+    (chat `prompt_tokens_details`, responses `input_tokens_details`), the first reports none."""
+    rig = await gguf_neuron(start_neuron, tiny_gguf["qwen3-F32"], tmp_path)
+    history = " ".join(f"line {i} of the file says hello" for i in range(30))
+    first = chat_body(MODEL, max_tokens=4, temperature=0)
+    first["messages"] = [{"role": "user", "content": history + " First?"}]
+    u1 = (await rig.client.post("/v1/chat/completions", json=first)).json()["usage"]
+    assert u1["prompt_tokens_details"]["cached_tokens"] == 0
+    second = {**first, "messages": [{"role": "user", "content": history + " Second?"}]}
+    u2 = (await rig.client.post("/v1/chat/completions", json=second)).json()["usage"]
+    assert 100 < u2["prompt_tokens_details"]["cached_tokens"] < u2["prompt_tokens"]
+    resp = {"model": MODEL, "input": history + " Third?", "max_output_tokens": 4}
+    u3 = (await rig.client.post("/v1/responses", json=resp)).json()["usage"]
+    assert 100 < u3["input_tokens_details"]["cached_tokens"] < u3["input_tokens"]
