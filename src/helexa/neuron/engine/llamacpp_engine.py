@@ -78,6 +78,8 @@ class LlamaCppEngine:
             if taken is None:
                 raise RequestError("server_busy", "every KV sequence of this worker is in use")
             slot, keep = taken
+            if keep and not self.ctx.forget(slot.seq, keep):
+                keep = 0  # a recurrent state can't be cut back: prefill it all
             state.cache = slot
             state.cached_tokens = keep
             self._feed(slot, state.prompt[keep:], keep)
@@ -109,7 +111,8 @@ class LlamaCppEngine:
     def _feed(self, slot: Slot, tokens: list[int], start: int) -> None:
         """Decode `tokens` after the first `start` cached ones, dropping idle sequences (least
         recently used first) while the cache is full."""
-        self.ctx.forget(slot.seq, start)
+        if not self.ctx.forget(slot.seq, start):
+            raise RuntimeError(f"KV sequence {slot.seq} could not be cut at {start}")
         del slot.tokens[start:]
         while True:
             try:

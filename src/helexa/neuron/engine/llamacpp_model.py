@@ -174,9 +174,10 @@ class Context:
         self.mem = L.llama_get_memory(ctx)
         self._batch = L.llama_batch_init(cfg.n_batch, 0, 1)
 
-    def forget(self, seq: int, start: int = 0) -> None:
-        """Drop the KV cells of `seq` from position `start` on."""
-        L.llama_memory_seq_rm(self.mem, seq, start, -1)
+    def forget(self, seq: int, start: int = 0) -> bool:
+        """Drop the KV cells of `seq` from position `start` on; False when the memory can't be
+        cut there (a recurrent state, as in hybrid models, only drops whole)."""
+        return bool(L.llama_memory_seq_rm(self.mem, seq, start, -1))
 
     def feed(self, seq: int, tokens: list[int], start: int, *, last_logits: bool = True) -> None:
         """Decode `tokens` at positions start.. of `seq`, in batches of n_batch."""
