@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 
 import aiohttp
 import orjson
@@ -65,6 +66,17 @@ def error_code(raw: bytes) -> str | None:
         return None
     code = env.get("code") if isinstance(env, dict) else None
     return code if isinstance(code, str) else None
+
+
+class _ClientGone(Exception):
+    """Writing to the client failed: it hung up (not the node's failure)."""
+
+
+async def _to_client(write: Awaitable[None]) -> None:
+    try:
+        await write
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one too
+        raise _ClientGone from None
 
 
 def midstream_error(path: str, code: str, message: str) -> bytes:
@@ -259,8 +271,7 @@ class Proxy:
         ctx: RequestContext,
         path: str,
     ) -> None:
-        feed = observer.feed
-        write = resp.write
+        feed, write = observer.feed, resp.write
         strip = UsageStripper() if ctx.strip_usage and observer.streaming else None
         try:
             async for chunk in upstream.content.iter_any():
@@ -269,9 +280,15 @@ class Proxy:
                     chunk = strip.feed(chunk)
                     if not chunk:
                         continue
-                await write(chunk)
+                await _to_client(write(chunk))
             if strip is not None and (rest := strip.flush()):
-                await write(rest)
+                await _to_client(write(rest))
+            await _to_client(resp.write_eof())
+        except _ClientGone:
+            # The client hung up: nothing to tell it, and the node did nothing wrong. The
+            # observer charges what was relayed; closing the upstream cancels the generation.
+            log.debug("client left %s mid-stream (request %s)", path, ctx.request_id)
+            return
         except TimeoutError:
             secs = self.settings.request_timeout_secs
             await self._fail_midstream(
@@ -293,8 +310,6 @@ class Proxy:
                 "upstream_connection_error",
                 "upstream connection lost mid-stream",
             )
-            return
-        await resp.write_eof()
 
     async def _fail_midstream(
         self,
@@ -314,5 +329,8 @@ class Proxy:
             if request.transport is not None:
                 request.transport.close()
             return
-        await resp.write(midstream_error(path, code, message))
-        await resp.write_eof()
+        try:
+            await resp.write(midstream_error(path, code, message))
+            await resp.write_eof()
+        except ConnectionResetError:
+            log.debug("client left before the error frame of request %s", ctx.request_id)
