@@ -14,6 +14,7 @@ import aiohttp
 import httpx
 import openai
 import orjson
+import pytest
 from aiohttp import web
 
 from helexa.cortex.auth import Snapshot
@@ -404,8 +405,9 @@ async def test_embeddings_proxied_and_metered_on_prompt_tokens(
     )
 
 
+@pytest.mark.parametrize("route", ["/chat/completions", "/messages"])
 async def test_clients_that_hang_up_mid_stream_are_not_errors_of_ours(
-    start_cortex: CortexFactory, fake: FakeNeuron, caplog: Any, monkeypatch: Any
+    start_cortex: CortexFactory, fake: FakeNeuron, caplog: Any, monkeypatch: Any, route: str
 ) -> None:
     """A client that goes away while cortex writes a stream is the client's choice: no
     traceback, no internal_server_error, no blame on the node. aiohttp raises
@@ -430,7 +432,7 @@ async def test_clients_that_hang_up_mid_stream_are_not_errors_of_ours(
     assert principal is not None
     async with aiohttp.ClientSession() as session:
         resp = await session.post(
-            cortex.base + "/chat/completions",
+            cortex.base + route,
             json={"model": "test-model", "messages": CHAT, "stream": True, "max_tokens": 100},
             headers={"Authorization": f"Bearer {KEY}"},
         )

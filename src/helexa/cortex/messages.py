@@ -16,7 +16,7 @@ from helexa.cortex import errors
 from helexa.cortex.context import RequestContext
 from helexa.cortex.neuron_client import NeuronCallError
 from helexa.cortex.observer import PROMPT_HEADER, TokenObserver, prompt_header
-from helexa.cortex.proxy import Proxy
+from helexa.cortex.proxy import ClientGone, Proxy, to_client
 from helexa.cortex.upstream import Response
 from helexa.translate.response import message_id, translate_response
 from helexa.translate.stream import PING, AnthropicStream
@@ -120,7 +120,29 @@ async def _stream(
     machine = AnthropicStream(model, message_id(), int(prompt) if prompt.isdigit() else 0)
     resp = web.StreamResponse(status=200, headers={**sse.HEADERS, **headers})
     await resp.prepare(request)
-    await resp.write(machine.start())
+    try:
+        failure = await _relay(resp, proxy, upstream, observer, machine)
+    except ClientGone:  # the client hung up: nothing to tell it, the node did nothing wrong
+        log.debug("client left /v1/messages mid-stream (request %s)", ctx.request_id)
+        return resp
+    if failure is not None:
+        log.warning("messages stream for %s failed mid-stream: %s", model, failure)
+        proxy.metrics.request_errors(model, node.name).inc()
+        ctx.status = 502
+    return resp
+
+
+async def _relay(
+    resp: web.StreamResponse,
+    proxy: Proxy,
+    upstream: Response,
+    observer: TokenObserver,
+    machine: AnthropicStream,
+) -> str | None:
+    """Translate the upstream stream onto `resp`; the failure to report, if any. Raises
+    ClientGone when the client hangs up."""
+    write = resp.write
+    await to_client(write(machine.start()))
     decoder = sse.SSEDecoder()
     content = upstream.content
     failure: str | None = None
@@ -132,7 +154,7 @@ async def _stream(
             # busy the upstream is with frames that translate to nothing.
             quiet = PING_AFTER_SECS - (clock() - last_event)
             if quiet <= 0:
-                await resp.write(PING)
+                await to_client(write(PING))
                 last_event = clock()
                 continue
             try:
@@ -147,27 +169,23 @@ async def _stream(
             observer.feed(chunk)
             out = b"".join(machine.feed(data) for _, data in decoder.feed(chunk))
             if out:
-                await resp.write(out)
+                await to_client(write(out))
                 last_event = clock()
         if machine.failed:
             failure = "upstream sent an error frame"
         elif not machine.finished:
             if machine.finish_reason is None:
                 failure = "upstream ended before the message finished"
-            await resp.write(machine.end())
+            await to_client(write(machine.end()))
     except TimeoutError:
         secs = proxy.settings.request_timeout_secs
         failure = f"stalled for {secs:g}s"
-        await resp.write(machine.fail(f"upstream stream stalled for {secs:g}s"))
+        await to_client(write(machine.fail(f"upstream stream stalled for {secs:g}s")))
     except aiohttp.ClientError as e:
         failure = repr(e)
-        await resp.write(machine.fail("upstream connection lost mid-stream"))
-    if failure is not None:
-        log.warning("messages stream for %s failed mid-stream: %s", model, failure)
-        proxy.metrics.request_errors(model, node.name).inc()
-        ctx.status = 502
-    await resp.write_eof()
-    return resp
+        await to_client(write(machine.fail("upstream connection lost mid-stream")))
+    await to_client(resp.write_eof())
+    return failure
 
 
 async def count_tokens(

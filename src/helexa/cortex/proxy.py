@@ -68,15 +68,15 @@ def error_code(raw: bytes) -> str | None:
     return code if isinstance(code, str) else None
 
 
-class _ClientGone(Exception):
+class ClientGone(Exception):
     """Writing to the client failed: it hung up (not the node's failure)."""
 
 
-async def _to_client(write: Awaitable[None]) -> None:
+async def to_client(write: Awaitable[None]) -> None:
     try:
         await write
     except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one too
-        raise _ClientGone from None
+        raise ClientGone from None
 
 
 def midstream_error(path: str, code: str, message: str) -> bytes:
@@ -280,11 +280,11 @@ class Proxy:
                     chunk = strip.feed(chunk)
                     if not chunk:
                         continue
-                await _to_client(write(chunk))
+                await to_client(write(chunk))
             if strip is not None and (rest := strip.flush()):
-                await _to_client(write(rest))
-            await _to_client(resp.write_eof())
-        except _ClientGone:
+                await to_client(write(rest))
+            await to_client(resp.write_eof())
+        except ClientGone:
             # The client hung up: nothing to tell it, and the node did nothing wrong. The
             # observer charges what was relayed; closing the upstream cancels the generation.
             log.debug("client left %s mid-stream (request %s)", path, ctx.request_id)
