@@ -54,7 +54,14 @@ async def test_loaded_and_unloaded_models_land_in_node_state(
         listed = await get_models(cortex)
         assert listed["Qwen/Qwen3-8B"]["loaded"] is True
         assert listed["Qwen/Qwen3-8B"]["locations"] == [
-            {"node": "mock-node", "status": "loaded", "vram_used_mb": 17420, "healthy": True}
+            {
+                "node": "mock-node",
+                "status": "loaded",
+                "vram_used_mb": 17420,
+                "healthy": True,
+                "harness": "torch",
+                "quant": "bf16",
+            }
         ]
         assert listed["Qwen/Qwen3-1.7B"]["loaded"] is False
         assert listed["Qwen/Qwen3-1.7B"]["locations"][0]["status"] == "unloaded"

@@ -100,7 +100,7 @@ class NeuronConfig(Section):
     max_output_tokens: int = Field(default=8192, ge=1)
     max_body_mb: float = Field(default=8, gt=0)
     max_tokenizations: int = Field(default=2, ge=1)
-    tokenize_queue: int = Field(default=32, ge=0)
+    tokenize_queue: int = Field(default=128, ge=0)  # bodies are already read and byte-capped
     write_timeout_secs: float = Field(default=30, gt=0)
     header_timeout_secs: float = Field(default=10, gt=0)
     body_timeout_secs: float = Field(default=60, gt=0)
