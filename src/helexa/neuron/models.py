@@ -14,11 +14,11 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from helexa.neuron.activation import Activation, Job
+from helexa.neuron.background import Background
 from helexa.neuron.engine.frames import ReadyInfo
 from helexa.neuron.errors import (
     insufficient_memory,
@@ -76,17 +76,6 @@ ResolveFn = Callable[[ResolvedSpec, Callable[[int | None, int | None], None]], P
 TokenizerFn = Callable[[Path], Any]
 
 
-@dataclass
-class _Snapshot:
-    """What a record looked like before a load, restored when that load fails cleanly."""
-
-    existed: bool
-    values: dict[str, Any]
-
-
-_SNAP_FIELDS = ("status", "spec", "source", "error", "progress", "harness", "quant", "devices")
-
-
 def _now() -> int:
     return int(time.time())
 
@@ -133,7 +122,7 @@ class Registry:
         self.device_count = 1
         self.activation = Activation()
         self._load_lock = asyncio.Lock()  # FIFO: at most one load (or restart) at a time
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.background = Background()
         self._closing = False
 
     # -- views ------------------------------------------------------------------------------------
@@ -225,21 +214,17 @@ class Registry:
             return rec.op
         if rec is not None and rec.status == LOADED:
             return asyncio.ensure_future(_value(loaded_reply(rec, already=True)))
-        snap = _Snapshot(rec is not None, {})
+        snap = None if rec is None else rec.snapshot()
         if rec is None:
             admission = new_admission(served, spec, self.admission_defaults, self.metrics)
             rec = ModelRecord(served, rs.source_str, spec, admission)
-        else:
-            snap.values = {k: getattr(rec, k) for k in _SNAP_FIELDS}
         rec.move(LOADING)
         rec.spec, rec.source, rec.progress = spec, rs.source_str, None
         if test_faults is not None:
             rec.test_faults = test_faults
         self.records[served] = rec
-        task = asyncio.create_task(self._load_op(rec, rs, snap, on_start), name=f"load:{served}")
-        rec.op = task
-        self._keep(task)
-        return task
+        rec.op = self.background.spawn(self._load_op(rec, rs, snap, on_start), f"load:{served}")
+        return rec.op
 
     async def _join(self, op: asyncio.Future[dict[str, Any]], model: str) -> dict[str, Any]:
         """Wait for an operation someone else may also wait for; our cancellation leaves it be."""
@@ -252,7 +237,7 @@ class Registry:
         self,
         rec: ModelRecord,
         rs: ResolvedSpec,
-        snap: _Snapshot,
+        snap: dict[str, Any] | None,
         on_start: Callable[[], None] | None,
     ) -> dict[str, Any]:
         try:
@@ -340,17 +325,12 @@ class Registry:
     def _watched(self, rec: ModelRecord, work: Awaitable[T]) -> Awaitable[T]:
         return watched(rec, work, self.load_timeout, self.load_stall)
 
-    def _restore(self, rec: ModelRecord, snap: _Snapshot) -> None:
+    def _restore(self, rec: ModelRecord, snap: dict[str, Any] | None) -> None:
         """A load that failed for a reason other than load_failed leaves no trace."""
-        if not snap.existed:
-            if self.records.get(rec.id) is rec:
-                del self.records[rec.id]
-            return
-        for k, v in snap.values.items():
-            if k == "status":
-                rec.move(v)
-            else:
-                setattr(rec, k, v)
+        if snap is not None:
+            rec.restore(snap)
+        elif self.records.get(rec.id) is rec:
+            del self.records[rec.id]
 
     def _fail(self, rec: ModelRecord, error: str) -> None:
         rec.move(FAILED)
@@ -373,9 +353,7 @@ class Registry:
         rec.move(RECOVERING)
         rec.handle = None
         rec.admission.pause()
-        task = asyncio.create_task(self._recover(rec, err), name=f"recover:{rec.id}")
-        rec.op = task
-        self._keep(task)
+        rec.op = self.background.spawn(self._recover(rec, err), f"recover:{rec.id}")
 
     async def _recover(self, rec: ModelRecord, err: WorkerCrashed) -> dict[str, Any]:
         last = f"worker {err.reason}: {err.detail}"
@@ -421,9 +399,7 @@ class Registry:
         if rec.status == LOADING:
             raise still_loading(model)
         if rec.unload_op is None:
-            task = asyncio.create_task(self._unload_op(rec, force), name=f"unload:{model}")
-            rec.unload_op = task
-            self._keep(task)
+            rec.unload_op = self.background.spawn(self._unload_op(rec, force), f"unload:{model}")
         elif force:
             await self._stop_worker(rec)  # speeds up a graceful unload under way
         return await self._join(rec.unload_op, model)
@@ -487,19 +463,14 @@ class Registry:
                 act.refused(ident, e.message)
         if jobs:
             act.state = "pre_warming"
-        task = asyncio.create_task(act.run(jobs, self._join), name="activation")
-        self._keep(task)
-        return task
+        return self.background.spawn(act.run(jobs, self._join), "activation")
 
     # -- shutdown ---------------------------------------------------------------------------------
 
     async def close(self) -> None:
         """Stop every worker (SIGTERM drain step 3); recoveries and loads are abandoned."""
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        await self.background.cancel_all()
         stops = [r.handle.stop() for r in self.records.values() if r.handle is not None]
         if stops:
             await asyncio.gather(*stops, return_exceptions=True)
@@ -507,19 +478,6 @@ class Registry:
             if rec.handle is not None:
                 rec.move(UNLOADED)
                 rec.handle = None
-
-    def _keep(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(_forget(self._tasks))
-
-
-def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
-    def done(task: asyncio.Task[Any]) -> None:
-        tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: nobody may be waiting any more
-
-    return done
 
 
 async def _value(reply: dict[str, Any]) -> dict[str, Any]:

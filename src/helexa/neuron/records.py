@@ -32,6 +32,9 @@ MOVES: dict[str, frozenset[str]] = {
 }
 
 
+_SNAPSHOT = ("status", "spec", "source", "error", "progress", "harness", "quant", "devices")
+
+
 class IllegalMove(RuntimeError):
     """A status change the table does not allow."""
 
@@ -72,6 +75,17 @@ class ModelRecord:
     test_faults: Any = None
     op: asyncio.Task[dict[str, Any]] | None = None
     unload_op: asyncio.Task[dict[str, Any]] | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a load may change, put back by `restore` when that load fails cleanly."""
+        return {k: getattr(self, k) for k in _SNAPSHOT}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        for k, v in snap.items():
+            if k == "status":
+                self.move(v)
+            else:
+                setattr(self, k, v)
 
     def move(self, to: str) -> None:
         """The one way a model's status changes (MOVES says which changes are legal)."""
