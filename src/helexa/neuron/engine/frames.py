@@ -19,6 +19,14 @@ class Load:
 
 
 @dataclass(slots=True)
+class Constraint:
+    """A grammar the output must match; before `after` appears the model writes freely."""
+
+    grammar: str  # an llguidance grammar: Lark syntax, JSON schemas inline via %json{...}
+    after: str | None = None  # e.g. "</think>": generate freely until this marker, then constrain
+
+
+@dataclass(slots=True)
 class Generate:
     id: str
     prompt_ids: list[int]
@@ -27,6 +35,7 @@ class Generate:
     stop: list[str] = field(default_factory=list)
     hold: list[str] = field(default_factory=list)
     return_token_ids: bool = False
+    constraint: Constraint | None = None
 
 
 @dataclass(slots=True)

@@ -14,6 +14,12 @@ Daemon -> worker (`op`):
                          "presence_penalty","frequency_penalty","seed"},   (absent = default)
              "stop":[str], "hold":[str]}   hold: marker strings (e.g. "<think>") the worker may
                                            emit only whole, never split across deltas
+            sampling.logit_bias: {"<token id>": bias in [-100, 100]} added to the logits
+            "constraint":{"grammar":str,"after":str|None}   optional: the output must match
+                                           the llguidance grammar (Lark; %json{...} inline);
+                                           with `after` only the text after that marker is
+                                           constrained. The grammar complete → "stop"; a
+                                           grammar that won't compile → error invalid_value
   cancel    {"op":"cancel","id"}
   embed     {"op":"embed","id","inputs":[[int]]}
   ping      {"op":"ping","id"}
@@ -90,6 +96,7 @@ import orjson
 from helexa.neuron.engine.errors import RequestError
 from helexa.neuron.engine.frames import (
     Cancel,
+    Constraint,
     Delta,
     Done,
     Embed,
@@ -152,6 +159,11 @@ def _wire(frame: Op | Event) -> dict[str, Any]:
                 gen["sampling"] = frame.sampling
             if frame.return_token_ids:
                 gen["return_token_ids"] = True
+            if frame.constraint is not None:
+                gen["constraint"] = {
+                    "grammar": frame.constraint.grammar,
+                    "after": frame.constraint.after,
+                }
             return gen
         case Error():
             err: dict[str, Any] = {
@@ -262,7 +274,22 @@ def _generate(d: Mapping[str, Any], rid: str) -> Generate:
         _strings(d.get("stop"), "stop"),
         _strings(d.get("hold"), "hold"),
         bool(d.get("return_token_ids")),
+        _constraint(d.get("constraint")),
     )
+
+
+def _constraint(v: Any) -> Constraint | None:
+    if v is None:
+        return None
+    grammar = v.get("grammar") if isinstance(v, dict) else None
+    after = v.get("after") if isinstance(v, dict) else None
+    if not isinstance(grammar, str) or not grammar or not (after is None or isinstance(after, str)):
+        raise RequestError(
+            "invalid_value",
+            '\'constraint\' must be {"grammar": non-empty string, "after": string or null}',
+            "constraint",
+        )
+    return Constraint(grammar, after or None)
 
 
 def _embed(d: Mapping[str, Any], rid: str) -> Embed:
