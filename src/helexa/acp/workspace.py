@@ -18,11 +18,16 @@ Allow = Callable[[str, str, str, dict[str, Any]], Awaitable[bool]]
 OUTPUT_KEEP = 1 << 20  # bytes of command output kept in memory; tools cap further
 
 
+class WorkspaceError(Exception):
+    """A workspace operation failed in a way the model should hear about (not a crash)."""
+
+
 class Workspace(Protocol):
     cwd: Path
 
     async def read_text(self, path: Path, line: int | None, limit: int | None) -> str:
-        """The file's text from 1-based `line`, at most `limit` lines."""
+        """The file's text from 1-based `line`, at most `limit` lines; OSError or
+        WorkspaceError when it cannot be read."""
         ...
 
     async def write_text(self, path: Path, content: str) -> None: ...
