@@ -1,18 +1,23 @@
 """The decode loop: every engine's generations advance here, one token per step.
 
 A `GenerationState` is one request on the worker: prefill on its first step, then one token per
-step until EOS, a stop string or `max_tokens`. The engine supplies the model work through three
-hooks (`logits`, `pick`, `release`); everything else (EOS, stop strings, held markers, the
-frames) is decided here, so a second harness or a batched step reuses it unchanged.
+step until EOS, a stop string, a completed grammar or `max_tokens`. The engine supplies the model
+work through three hooks (`logits`, `pick`, `release`); everything else (EOS, stop strings, held
+markers, the grammar's progress, the frames) is decided here, so a second harness or a batched
+step reuses it unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from helexa.neuron.engine.detok import Detokenizer
 from helexa.neuron.engine.frames import Delta, Done, Event
+
+if TYPE_CHECKING:
+    from helexa.neuron.engine.constraint import Constrained
+    from helexa.neuron.engine.logit_bias import LogitBias
 
 
 class Observer(Protocol):
@@ -39,6 +44,8 @@ class GenerationState:
     last_logits: Any = None
     uncovered: int = 0  # sampled tokens no delta has counted yet
     cached_tokens: int = 0  # prompt tokens the engine did not have to prefill
+    bias: LogitBias | None = None  # logit_bias, applied by the engine's `pick`
+    constraint: Constrained | None = None  # the grammar: `pick` masks, the loop advances it
 
     @property
     def step_no(self) -> int:
@@ -97,6 +104,8 @@ def _advance(model: TokenModel, s: GenerationState) -> list[Event]:
     s.token_ids.append(tok)
     if tok in model.eos_ids:
         return _finish(model, s, "stop")
+    if s.constraint is not None:
+        s.constraint.advance(tok)
     s.sampler.observe(tok)
     s.uncovered += 1
     text = s.detok.push(tok)
@@ -105,6 +114,8 @@ def _advance(model: TokenModel, s: GenerationState) -> list[Event]:
         events.append(_delta(s, text))
     if s.detok.stop_reason is not None:
         events.append(_done(model, s, "stop", s.detok.stop_reason))
+    elif s.constraint is not None and s.constraint.complete:
+        events += _finish(model, s, "stop")
     elif len(s.token_ids) >= s.max_tokens:
         events += _finish(model, s, "length")
     return events
