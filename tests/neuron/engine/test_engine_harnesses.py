@@ -32,12 +32,12 @@ def test_a_registered_harness_is_advertised_when_its_modules_are_there(
     assert available_harnesses(NeuronConfig(), {"json"}.__contains__) == ["third"]
 
 
-def test_llamacpp_needs_llama_cpp_and_torch() -> None:
+def test_llamacpp_needs_llama_cpp_only() -> None:
     everything = {"torch", "transformers", "llama_cpp"}
     assert available_harnesses(NeuronConfig(), everything.__contains__) == ["torch", "llamacpp"]
     no_llama = {"torch", "transformers"}
     assert available_harnesses(NeuronConfig(), no_llama.__contains__) == ["torch"]
-    assert available_harnesses(NeuronConfig(), {"llama_cpp"}.__contains__) == []
+    assert available_harnesses(NeuronConfig(), {"llama_cpp"}.__contains__) == ["llamacpp"]
 
 
 def test_listing_harnesses_imports_no_engine() -> None:

@@ -15,12 +15,14 @@ from transformers.generation.logits_process import (  # noqa: E402
 
 from helexa.neuron.engine.sampling import (  # noqa: E402
     Sampler,
-    SamplingError,
-    SamplingParams,
     apply_min_p,
     apply_top_k,
     apply_top_p,
     defaults_from_generation_config,
+)
+from helexa.neuron.engine.sampling_params import (  # noqa: E402
+    SamplingError,
+    SamplingParams,
     resolve,
 )
 

@@ -7,6 +7,7 @@ Skipped without llama_cpp locally; in CI a missing llama_cpp fails (tests/rig/re
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,36 @@ def test_q8_0_first_tokens(tiny_gguf: dict[str, Path], tiny_qwen3: Path) -> None
         for ids in prompts():
             ref = reference(tiny_qwen3, ids)
             assert q8.generate(ids, max_tokens=STEPS).ids[:Q8_SAME] == ref[:Q8_SAME]
+
+
+# Makes torch (and transformers) unimportable in a process: a GGUF-only host.
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None
+sys.modules["transformers"] = None
+"""
+
+
+def test_worker_serves_without_torch(
+    w: WorkerClient, tiny_gguf: dict[str, Path], tmp_path: Path
+) -> None:
+    """A host with llama_cpp and no torch: the worker loads, answers greedy and seeded requests
+    as the worker with torch installed does, and faults on non-finite logits."""
+    (tmp_path / "sitecustomize.py").write_text(NO_TORCH)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.getenv("PYTHONPATH")]))}
+    ids = prompts()[2]
+    seeded = {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.2, "seed": 3}
+    arm = tmp_path / "arm"  # the fault fires once this file exists
+    s = spec(tiny_gguf["qwen3-F32"], test_faults={"non_finite_at_step": 2, "arm_file": str(arm)})
+    with WorkerClient.start(s, env=env) as bare:
+        assert bare.generate(ids, max_tokens=4).ids == w.generate(ids, max_tokens=4).ids
+        got = bare.generate(ids, max_tokens=STEPS, sampling=seeded)
+        assert got.ids == w.generate(ids, max_tokens=STEPS, sampling=seeded).ids
+        arm.touch()
+        rid = bare.submit(ids, max_tokens=STEPS)
+        with pytest.raises(EOFError, match="fault"):
+            bare.collect(rid)
+        assert bare.other[-1]["kind"] == "non_finite"
 
 
 def test_split_files_load_as_one(tiny_gguf: dict[str, Path], tiny_gguf_split: Path) -> None:

@@ -2,7 +2,7 @@
 
 A harness is registered with the modules it needs and the dotted name of its loader, so the
 daemon can list the usable ones (`importlib.util.find_spec`, nothing imported) and only the
-worker ever imports the engine. llama.cpp is the second (`llamacpp`, GGUF files).
+worker ever imports the engine. llama.cpp is the second (`llamacpp`, GGUF files; no torch).
 """
 
 from __future__ import annotations
@@ -62,4 +62,4 @@ def load(spec: LoadSpec, progress: OnProgress) -> Engine:
 
 
 register(Harness("torch", ("torch", "transformers"), "helexa.neuron.engine.torch_load:load"))
-register(Harness("llamacpp", ("llama_cpp", "torch"), "helexa.neuron.engine.llamacpp_load:load"))
+register(Harness("llamacpp", ("llama_cpp",), "helexa.neuron.engine.llamacpp_load:load"))

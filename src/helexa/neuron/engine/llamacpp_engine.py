@@ -2,9 +2,10 @@
 
 Every request decodes in its own KV sequence of one unified cache, so a prompt sharing a prefix
 with an earlier one prefills only the rest (llamacpp_prefix.py). llama.cpp gives raw logits and
-the project's torch `Sampler` picks from them: the same processors in the same order as the torch
-harness, so a request (seed included) means the same on both. Detokenisation, stop strings and
-held markers are the shared loop's (`generation.step`), over the GGUF's own vocabulary.
+`NumpySampler` picks from them: the same processors in the same order as the torch harness, so a
+request means the same on both. No torch here: a GGUF-only host needs llama_cpp and numpy.
+Detokenisation, stop strings and held markers are the shared loop's (`generation.step`), over
+the GGUF's own vocabulary.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
+from llguidance import LLTokenizer
 
 from helexa.neuron.engine import generation
+from helexa.neuron.engine.constraint import Grammars, vocabulary
 from helexa.neuron.engine.errors import Fault, RequestError
 from helexa.neuron.engine.frames import Event, Generate, ReadyInfo
 from helexa.neuron.engine.generation import GenerationState, StepResult
 from helexa.neuron.engine.llamacpp_model import Context, ContextConfig, DecodeFull, GgufModel
 from helexa.neuron.engine.llamacpp_prefix import PrefixCache, Slot
 from helexa.neuron.engine.loader import LoadSpec
+from helexa.neuron.engine.logit_bias import logit_bias
 from helexa.neuron.engine.request_checks import (
     check_ids,
     check_length,
@@ -30,12 +33,19 @@ from helexa.neuron.engine.request_checks import (
     open_generation,
     sampling_params,
 )
-from helexa.neuron.engine.sampling import Sampler, pick_checked
-from helexa.neuron.engine.torch_device import MemoryProbe
+from helexa.neuron.engine.sampling_np import NumpySampler, Scores, check_finite
+from helexa.neuron.memory import ProcessMemory
 
 log = logging.getLogger("helexa.neuron.engine")
 
-_CPU = torch.device("cpu")
+
+def gguf_vocabulary(model: GgufModel, eos_ids: frozenset[int]) -> LLTokenizer:
+    """The GGUF's tokens as the text they decode to; control tokens are the special ones."""
+    import llama_cpp as L
+
+    special = {t for t in range(model.n_vocab) if L.llama_vocab_is_control(model.vocab, t)}
+    texts = [model.piece(t, t in special) for t in range(model.n_vocab)]
+    return vocabulary(texts, special, eos_ids, model.n_vocab, model.tokenize)
 
 
 class LlamaCppEngine:
@@ -53,9 +63,10 @@ class LlamaCppEngine:
         self.prefix = PrefixCache(n_seq)
         self.sampling_defaults: dict[str, Any] = {}
         self._embed_ctx: Context | None = None
-        self._decoded: dict[GenerationState, torch.Tensor] = {}  # this step's batched logits
-        self._memory = MemoryProbe(torch.device(spec.device))
+        self._decoded: dict[GenerationState, Scores] = {}  # this step's batched logits
+        self._memory = ProcessMemory(cuda=spec.device == "cuda")
         self.load_secs = 0.0
+        self.grammars = Grammars(lambda: gguf_vocabulary(model, self.eos_ids), self.eos_ids)
 
     def warmup(self) -> None:
         """One real decode (catches broken weights at load)."""
@@ -71,7 +82,9 @@ class LlamaCppEngine:
 
     # ---- the decode loop's hooks ------------------------------------------------------------
 
-    def logits(self, state: GenerationState) -> torch.Tensor:
+    def logits(self, state: GenerationState) -> Scores:
+        """The scores at the prompt's or the last token's position: a view of llama.cpp's own
+        buffer (valid until the next decode; `pick` comes first), or a copy from the batch."""
         slot: Slot | None = state.cache
         if slot is None:
             taken = self.prefix.take(state.prompt)
@@ -87,7 +100,7 @@ class LlamaCppEngine:
             return self._decoded.pop(state)
         else:
             self._feed(slot, [state.token_ids[-1]], len(slot.tokens))
-        return torch.from_numpy(self.ctx.logits())
+        return self.ctx.logits()
 
     def _decode_together(self, active: list[GenerationState]) -> None:
         """One batched decode for every generation past its prefill that needs a token; on
@@ -106,7 +119,8 @@ class LlamaCppEngine:
             return
         for i, s in enumerate(todo):
             s.cache.tokens.append(s.token_ids[-1])
-            self._decoded[s] = torch.from_numpy(self.ctx.logits(i))
+            # a copy: a prefill later in this step overwrites llama.cpp's buffer
+            self._decoded[s] = self.ctx.logits(i).copy()
 
     def _feed(self, slot: Slot, tokens: list[int], start: int) -> None:
         """Decode `tokens` after the first `start` cached ones, dropping idle sequences (least
@@ -135,10 +149,18 @@ class LlamaCppEngine:
             slot.tokens.extend(tokens)
             return
 
-    def pick(self, state: GenerationState, logits: torch.Tensor) -> int:
+    def pick(self, state: GenerationState, logits: Scores) -> int:
+        """Check the raw scores (a Fault when any is non-finite), then sample. `logits` is a
+        writable float32 array of shape (vocab,) that nothing reads after this call: a
+        per-request token mask or logit_bias is applied to it here, in place, between the two."""
+        check_finite(logits, f"step {state.step_no} of request {state.id}")
+        if state.bias is not None:
+            state.bias.apply(logits)
+        if state.constraint is not None:
+            state.constraint.mask(logits)
         sampler = state.sampler
-        assert isinstance(sampler, Sampler)
-        return pick_checked(sampler, logits, f"step {state.step_no} of request {state.id}")
+        assert isinstance(sampler, NumpySampler)
+        return sampler.sample(logits)
 
     def release(self, state: GenerationState) -> None:
         if state.cache is not None:
@@ -154,8 +176,11 @@ class LlamaCppEngine:
         if max_tokens is None:
             max_tokens = self.default_max_tokens(len(prompt))
         params = sampling_params(req.sampling, self.sampling_defaults)
-        sampler = Sampler(params, vocab_size=self.vocab_size, device=_CPU, prompt_ids=prompt)
-        return open_generation(req, prompt, max_tokens, sampler, self.model)
+        sampler = NumpySampler(params, vocab_size=self.vocab_size, prompt_ids=prompt)
+        state = open_generation(req, prompt, max_tokens, sampler, self.model)
+        state.bias = logit_bias(req.sampling, self.vocab_size)
+        state.constraint = self.grammars.open(req.constraint)
+        return state
 
     def _prompt_cap(self) -> int:
         cap = self.spec.max_prompt_tokens
@@ -166,6 +191,9 @@ class LlamaCppEngine:
         if self.spec.max_output_tokens is not None:
             room = min(room, self.spec.max_output_tokens)
         return max(0, room)
+
+    def admits(self, state: GenerationState, running: list[GenerationState]) -> bool:
+        return True  # its KV sequences are one shared cache; a full one reports server_busy
 
     def step(self, active: list[GenerationState]) -> list[StepResult]:
         self._decode_together(active)

@@ -220,9 +220,10 @@ class Context:
             raise RuntimeError(f"llama_decode failed ({rc})")
 
     def logits(self, i: int = -1) -> np.ndarray[Any, np.dtype[np.float32]]:
-        """A copy of the logits of the batch's i-th output (the last by default)."""
+        """The logits of the batch's i-th output (the last by default): a writable view of
+        llama.cpp's buffer, overwritten by the next decode."""
         ptr = L.llama_get_logits_ith(self.ptr, i)
-        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
 
     def pooled(self, seq: int) -> np.ndarray[Any, np.dtype[np.float32]]:
         ptr = L.llama_get_embeddings_seq(self.ptr, seq)

@@ -8,8 +8,8 @@ from typing import Any
 from helexa.neuron.engine.detok import Decoder, Detokenizer
 from helexa.neuron.engine.errors import RequestError
 from helexa.neuron.engine.frames import Generate
-from helexa.neuron.engine.generation import GenerationState
-from helexa.neuron.engine.sampling import Sampler, SamplingError, SamplingParams, resolve
+from helexa.neuron.engine.generation import GenerationState, Observer
+from helexa.neuron.engine.sampling_params import SamplingError, SamplingParams, resolve
 
 
 def check_ids(ids: list[int], vocab_size: int, field: str) -> list[int]:
@@ -46,7 +46,7 @@ def sampling_params(asked: Mapping[str, Any] | None, defaults: Mapping[str, Any]
 
 
 def open_generation(
-    req: Generate, prompt: list[int], max_tokens: int, sampler: Sampler, decoder: Decoder
+    req: Generate, prompt: list[int], max_tokens: int, sampler: Observer, decoder: Decoder
 ) -> GenerationState:
     """The request's state for the loop: its sampler, and a detokenizer with its stop strings
     and held markers."""

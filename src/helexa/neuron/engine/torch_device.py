@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
 
 import torch
 
 from helexa.neuron.engine.errors import LoadError
 from helexa.neuron.engine.loader import LoadSpec
-from helexa.neuron.memory import mem_available_mb, rss_mb
+from helexa.neuron.memory import ProcessMemory, mem_available_mb
 from helexa.wire import harness
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -71,46 +70,15 @@ def free_mb(device: torch.device) -> int | None:
 
 
 class MemoryProbe:
-    """What this process holds: NVML per-process memory over our GPUs (else torch's reserved
-    bytes) on CUDA, RSS on CPU. Keeps NVML initialised between calls."""
+    """What this process holds (memory.ProcessMemory), else torch's reserved bytes on CUDA."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._nvml: Any = None
-        self._handles: list[Any] | None = None
+        self._process = ProcessMemory(cuda=device.type == "cuda")
 
     def used_mb(self) -> int | None:
-        if self.device.type != "cuda":
-            return rss_mb()
-        used = self._nvml_used()
-        if used is not None:
+        used = self._process.used_mb()
+        if used is not None or self.device.type != "cuda":
             return used
         total = sum(torch.cuda.memory_reserved(i) for i in range(torch.cuda.device_count()))
         return max(1, total // (1024 * 1024))
-
-    def _nvml_used(self) -> int | None:
-        try:
-            if self._handles is None:
-                import pynvml
-
-                pynvml.nvmlInit()
-                self._nvml = pynvml
-                handles = []
-                for i in range(torch.cuda.device_count()):
-                    uuid = str(torch.cuda.get_device_properties(i).uuid)
-                    if not uuid.startswith("GPU-"):
-                        uuid = "GPU-" + uuid
-                    handles.append(pynvml.nvmlDeviceGetHandleByUUID(uuid))
-                self._handles = handles
-            pid = os.getpid()
-            total = 0
-            found = False
-            for h in self._handles:
-                for p in self._nvml.nvmlDeviceGetComputeRunningProcesses(h):
-                    if p.pid == pid and p.usedGpuMemory:
-                        total += int(p.usedGpuMemory)
-                        found = True
-            return max(1, total // (1024 * 1024)) if found else None
-        except Exception:
-            self._handles = []
-            return None
