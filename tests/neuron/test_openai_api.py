@@ -323,16 +323,6 @@ def test_valid_conversation_passes_unchanged() -> None:
         ({"logprobs": True}, "logprobs", "'logprobs' is not supported"),
         ({"top_logprobs": 3}, "top_logprobs", "'top_logprobs' is not supported"),
         (
-            {"response_format": {"type": "json_object"}},
-            "response_format",
-            "'response_format' of type 'json_object' is not supported",
-        ),
-        (
-            {"response_format": {"type": "json_schema", "json_schema": {}}},
-            "response_format",
-            "'response_format' of type 'json_schema' is not supported",
-        ),
-        (
             {"tools": [{"type": "custom", "custom": {"name": "x"}}]},
             "tools",
             "tool type 'custom' is not supported; only 'function' tools are",
@@ -418,26 +408,45 @@ def test_tools_validation(tools: Any, param: str, problem: str) -> None:
     )
 
 
-@pytest.mark.parametrize("choice", ["any", 3])
+@pytest.mark.parametrize("choice", ["any", 3, {"name": "Read"}])
 def test_bad_tool_choice(choice: Any) -> None:
-    e = err(parse_chat, chat(tools=TOOLS, tool_choice=choice))
-    assert_err(e, 400, "invalid_value", "tool_choice", "'tool_choice' must be 'none' or 'auto'")
-
-
-@pytest.mark.parametrize(
-    "choice",
-    ["required", {"type": "function", "function": {"name": "Read"}}, {"type": "function"}],
-)
-def test_forced_tool_choice_is_refused_until_it_can_be_enforced(choice: Any) -> None:
     e = err(parse_chat, chat(tools=TOOLS, tool_choice=choice))
     assert_err(
         e,
         400,
-        "unsupported_parameter",
+        "invalid_value",
         "tool_choice",
-        "'tool_choice' 'required' or a named tool is not supported yet (tool use can't be"
-        " enforced); use 'auto'",
+        "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", ...}"
+        " naming a tool",
     )
+
+
+@pytest.mark.parametrize(
+    "choice,named",
+    [("required", None), ({"type": "function", "function": {"name": "Read"}}, "Read")],
+)
+def test_forced_tool_choice_is_constrained(choice: Any, named: str | None) -> None:
+    r = parse_chat(chat(tools=TOOLS, tool_choice=choice))
+    assert (r.tool_choice, r.named_tool, r.constrained) == ("required", named, True)
+    assert r.grammar_tools() == [(0, TOOLS[0])]
+    assert r.call_limit == (1 if named else None)
+
+
+@pytest.mark.parametrize(
+    "tools,choice,message",
+    [
+        (TOOLS, {"type": "function"}, "'tool_choice' must name the function to call"),
+        (
+            TOOLS,
+            {"type": "function", "function": {"name": "Write"}},
+            "'tool_choice' names function 'Write', which is not in 'tools'",
+        ),
+        (None, "required", "'tool_choice' 'required' needs at least one tool in 'tools'"),
+    ],
+)
+def test_forced_tool_choice_needs_its_tool(tools: Any, choice: Any, message: str) -> None:
+    e = err(parse_chat, chat(tools=tools, tool_choice=choice))
+    assert_err(e, 400, "invalid_value", "tool_choice", message)
 
 
 # -- caps ---------------------------------------------------------------------------------------

@@ -253,16 +253,11 @@ def test_previous_response_id() -> None:
             "tool type 'file_search' is not supported; only 'function' tools are",
         ),
         (
-            {"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}},
-            "unsupported_parameter",
-            "text.format",
-            "'text.format' of type 'json_schema' is not supported",
-        ),
-        (
-            {"text": {"format": {"type": "json_object"}}},
-            "unsupported_parameter",
-            "text.format",
-            "'text.format' of type 'json_object' is not supported",
+            {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": 3}}}},
+            "invalid_value",
+            "text.format.schema",
+            "'text.format.schema' is not a supported JSON schema: type must be a string or array of"
+            " strings",
         ),
         (
             {"input": [{"type": "item_reference", "id": "msg_1"}]},
@@ -349,19 +344,20 @@ def test_previous_response_id() -> None:
             {"tool_choice": "any"},
             "invalid_value",
             "tool_choice",
-            "'tool_choice' must be 'none' or 'auto'",
+            "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", ...}"
+            " naming a tool",
         ),
         (
             {"tool_choice": "required"},
-            "unsupported_parameter",
+            "invalid_value",
             "tool_choice",
-            "'tool_choice' 'required' or a named tool is not supported yet (tool use can't be enforced); use 'auto'",
+            "'tool_choice' 'required' needs at least one tool in 'tools'",
         ),
         (
             {"tool_choice": {"type": "function", "name": "Read"}},
-            "unsupported_parameter",
+            "invalid_value",
             "tool_choice",
-            "'tool_choice' 'required' or a named tool is not supported yet (tool use can't be enforced); use 'auto'",
+            "'tool_choice' names function 'Read', which is not in 'tools'",
         ),
         (
             {"text": {"verbosity": "low"}},

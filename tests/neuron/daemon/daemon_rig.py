@@ -145,6 +145,8 @@ class CharTokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return "".join(chr(i) for i in ids)
 
+    vocab_size = 0x110000  # every code point
+
 
 def chat_prompt_len(content: str) -> int:
     """Prompt tokens CharTokenizer gives a one-user-message chat (no tools)."""

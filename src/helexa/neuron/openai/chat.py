@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from helexa.neuron.constrain.grammar import check_schema
 from helexa.neuron.openai.common import (
     Sampling,
-    check_format,
     check_unsupported,
     flag,
     include_usage,
@@ -24,10 +24,10 @@ from helexa.neuron.openai.common import (
     parse_sampling,
     parse_stop,
     require_model,
+    response_schema,
     unsupported_content,
-    unsupported_parameter,
 )
-from helexa.neuron.openai.params import CHAT_REFUSED, thinking_kwargs
+from helexa.neuron.openai.params import CHAT_REFUSED, thinking_kwargs, unsupported_parameter
 from helexa.neuron.openai.replies import Chunks, Usage
 from helexa.neuron.parse import ContentDelta, Event, OutputParser, ReasoningDelta, ToolCall, new_id
 from helexa.wire import sse
@@ -41,13 +41,16 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 class ChatRequest:
     """A checked chat request. `messages` are as the client sent them (the tokenizer does the
     preprocessing); `tools` is None when there are none or `tool_choice` is "none", and
-    then the output is not parsed for calls."""
+    then the output is not parsed for calls. `schema` is the JSON schema the answer must match
+    (`response_format`), `named_tool` the function `tool_choice` forces."""
 
     model: str
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | None = None
+    named_tool: str | None = None
     parallel_tool_calls: bool | None = None
+    schema: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     sampling: Sampling = field(default_factory=Sampling)
     stop: list[str] = field(default_factory=list)
@@ -62,10 +65,33 @@ class ChatRequest:
 
     @property
     def call_limit(self) -> int | None:
-        """How many calls the reply may carry: 1 without parallel calls, `max_tool_calls`."""
-        one = 1 if self.parallel_tool_calls is False else None
+        """How many calls the reply may carry: 1 for a named tool or without parallel calls,
+        `max_tool_calls`."""
+        one = 1 if self.parallel_tool_calls is False or self.named_tool is not None else None
         limits = [n for n in (self.max_tool_calls, one) if n is not None]
         return min(limits) if limits else None
+
+    def grammar_tools(self) -> list[tuple[int, dict[str, Any]]]:
+        """(index in `tools`, tool) of the calls a grammar must allow: the named tool; every
+        tool under "required", or beside a `schema` answer under "auto"; else none."""
+        if self.tools is None:
+            return []
+        if self.named_tool is not None:
+            return [(i, t) for i, t in enumerate(self.tools) if tool_name(t) == self.named_tool]
+        if self.tool_choice == "required" or self.schema is not None:
+            return list(enumerate(self.tools))
+        return []
+
+    @property
+    def constrained(self) -> bool:
+        """The output must match a grammar (constrain/plan.py builds it)."""
+        return self.schema is not None or bool(self.grammar_tools())
+
+
+def tool_name(tool: dict[str, Any]) -> str:
+    """The name of a checked tool, chat form (`{"function": {"name"}}`) or flat."""
+    src = tool["function"] if isinstance(tool.get("function"), dict) else tool
+    return str(src["name"])
 
 
 def _json_args(v: Any, where: str) -> None:
@@ -178,30 +204,64 @@ def check_tools(tools: Any) -> list[dict[str, Any]]:
     return tools
 
 
-def check_tool_choice(choice: Any) -> str | None:
-    """'none' or 'auto'; 'required' and named choices are refused by `check_unsupported`."""
+def check_tool_choice(choice: Any, tools: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """`tool_choice` → (the mode, the forced function's name). A function is named as
+    `{"type": "function", "function": {"name"}}` (chat) or `{"type": "function", "name"}`
+    (Responses) and must be one of `tools`; "required" needs tools."""
     if choice is None or choice in ("none", "auto"):
-        return choice
-    raise invalid_value("tool_choice", "must be 'none' or 'auto'")
+        return choice, None
+    if choice == "required":
+        if not tools:
+            raise invalid_value("tool_choice", "'required' needs at least one tool in 'tools'")
+        return choice, None
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if isinstance(kind, str) and kind != "function":
+        raise unsupported_parameter(
+            "tool_choice", f"'tool_choice' of type '{kind}' is not supported"
+        )
+    if kind != "function":
+        raise invalid_value(
+            "tool_choice",
+            "must be 'none', 'auto', 'required' or {\"type\": \"function\", ...} naming a tool",
+        )
+    src = choice["function"] if isinstance(choice.get("function"), dict) else choice
+    name = src.get("name")
+    if not isinstance(name, str) or not name:
+        raise invalid_value("tool_choice", "must name the function to call")
+    if name not in (tool_name(t) for t in tools):
+        raise invalid_value("tool_choice", f"names function '{name}', which is not in 'tools'")
+    return "required", name
+
+
+def check_grammar_tools(chat: ChatRequest, where: str) -> None:
+    """The parameter schemas of the tools a grammar will hold can be enforced (`where`: how
+    the request names a tool's parameters, with `{i}` for its index)."""
+    for i, tool in chat.grammar_tools():
+        src = tool["function"] if isinstance(tool.get("function"), dict) else tool
+        params = src.get("parameters")
+        if params is not None:
+            check_schema(params, where.format(i=i))
 
 
 def parse_chat(body: dict[str, Any], *, vision: bool = False) -> ChatRequest:
     """Check a `/v1/chat/completions` body (params.py)."""
     model = require_model(body)
     check_unsupported(body, CHAT_REFUSED)
-    check_format(body.get("response_format"), "response_format")
+    schema = response_schema(body.get("response_format"), "response_format")
     messages = check_messages(body.get("messages"), model, vision)
     tools = check_tools(body.get("tools"))
-    choice = check_tool_choice(body.get("tool_choice"))
+    choice, named = check_tool_choice(body.get("tool_choice"), tools)
     ptc = body.get("parallel_tool_calls")
     if ptc is not None and not isinstance(ptc, bool):
         raise invalid_value("parallel_tool_calls", "must be a boolean")
-    return ChatRequest(
+    chat = ChatRequest(
         model=model,
         messages=messages,
         tools=tools if tools and choice != "none" else None,
         tool_choice=choice,
+        named_tool=named,
         parallel_tool_calls=ptc,
+        schema=schema,
         chat_template_kwargs=thinking_kwargs(
             body,
             obj_field(body, "chat_template_kwargs"),
@@ -214,6 +274,16 @@ def parse_chat(body: dict[str, Any], *, vision: bool = False) -> ChatRequest:
         stream=flag(body, "stream", False),
         include_usage=include_usage(body),
     )
+    check_grammar_tools(chat, "tools[{i}].function.parameters")
+    return chat
+
+
+# On a choice whose grammar (response_format, forced tool_choice) the output cap cut short: the
+# text is partial and will not parse or match, which `finish_reason: length` alone doesn't say.
+UNFINISHED = {
+    "reason": "max_tokens",
+    "message": "the output reached max_tokens before it completed the requested format",
+}
 
 
 def tool_call_json(call: ToolCall) -> dict[str, Any]:
@@ -232,8 +302,10 @@ def chat_completion(
     *,
     id: str | None = None,
     created: int | None = None,
+    constrained: bool = False,
 ) -> dict[str, Any]:
-    """The non-streaming chat reply from a finished parser."""
+    """The non-streaming chat reply from a finished parser; a `constrained` one cut by the cap
+    says so (`UNFINISHED`)."""
     text = parser.content
     message: dict[str, Any] = {
         "role": "assistant",
@@ -243,20 +315,21 @@ def chat_completion(
         message["reasoning_content"] = parser.reasoning
     if parser.tool_calls:
         message["tool_calls"] = [tool_call_json(c) for c in parser.tool_calls]
+    choice = {
+        "index": 0,
+        "message": message,
+        "finish_reason": parser.finish_reason,
+        "stop_reason": stop_reason,
+        "logprobs": None,
+    }
+    if constrained and parser.hit_cap:
+        choice["incomplete_details"] = UNFINISHED
     return {
         "id": id or new_id("chatcmpl-"),
         "object": "chat.completion",
         "created": created if created is not None else int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": parser.finish_reason,
-                "stop_reason": stop_reason,
-                "logprobs": None,
-            }
-        ],
+        "choices": [choice],
         "usage": usage.chat(),
     }
 
@@ -295,13 +368,23 @@ class ChatStream(Chunks):
                 out.append(self._delta({"tool_calls": [args]}))
         return b"".join(out)
 
-    def final(self, finish_reason: str, stop_reason: str | None = None) -> bytes:
-        return self._frame(
-            {"index": 0, "delta": {}, "finish_reason": finish_reason, "stop_reason": stop_reason}
-        )
+    def final(
+        self, finish_reason: str, stop_reason: str | None = None, unfinished: bool = False
+    ) -> bytes:
+        choice = {
+            "index": 0,
+            "delta": {},
+            "finish_reason": finish_reason,
+            "stop_reason": stop_reason,
+        }
+        if unfinished:
+            choice["incomplete_details"] = UNFINISHED
+        return self._frame(choice)
 
     def usage(self, usage: Usage) -> bytes:
         return self.usage_frame(usage.chat())
 
-    def end(self, finish_reason: str, stop_reason: str | None, usage: Usage) -> bytes:
-        return self.final(finish_reason, stop_reason) + self.usage(usage) + sse.DONE
+    def end(
+        self, finish_reason: str, stop_reason: str | None, usage: Usage, unfinished: bool = False
+    ) -> bytes:
+        return self.final(finish_reason, stop_reason, unfinished) + self.usage(usage) + sse.DONE

@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from helexa.neuron.constrain.grammar import check_schema
 from helexa.neuron.openai.params import (
     Refused,
     invalid_value,
     refuse,
-    unsupported_parameter,
 )
 from helexa.wire.errors import ApiError
 
@@ -131,6 +131,7 @@ class Sampling:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     seed: int | None = None
+    logit_bias: dict[str, float] | None = None  # token id (a decimal string) -> bias
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -168,7 +169,37 @@ def parse_sampling(body: dict[str, Any], *, full: bool = True) -> Sampling:
         if not is_int(seed) or not -(2**63) <= seed < 2**64:
             raise invalid_value("seed", "must be an integer")
         s.seed = int(seed)
+    s.logit_bias = _logit_bias(body.get("logit_bias"))
     return s
+
+
+def _logit_bias(v: Any) -> dict[str, float] | None:
+    """`logit_bias`: token ids (JSON keys, so strings) → a bias in [-100, 100]; whether the ids
+    are in the vocabulary is `check_logit_bias`'s job, once the model is known."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise invalid_value("logit_bias", "must be an object mapping token ids to numbers")
+    out: dict[str, float] = {}
+    for k, b in v.items():
+        if not k.isdigit() or not k.isascii() or len(k) > 10:
+            raise invalid_value("logit_bias", f"key '{k[:32]}' is not a token id")
+        if isinstance(b, bool) or not isinstance(b, int | float) or not -100 <= b <= 100:
+            raise invalid_value("logit_bias", f"bias of token {k} must be between -100 and 100")
+        out[str(int(k))] = float(b)
+    return out or None
+
+
+def check_logit_bias(sampling: Sampling, tokenizer: Any) -> None:
+    """Every biased token id is in the model's vocabulary (`tokenizer.vocab_size`)."""
+    if not sampling.logit_bias:
+        return
+    vocab_size = int(tokenizer.vocab_size)
+    for k in sampling.logit_bias:
+        if int(k) >= vocab_size:
+            raise invalid_value(
+                "logit_bias", f"token id {k} is not in the vocabulary (size {vocab_size})"
+            )
 
 
 def parse_stop(body: dict[str, Any]) -> list[str]:
@@ -206,17 +237,35 @@ def include_usage(body: dict[str, Any]) -> bool:
     return bool(v)
 
 
-def check_format(fmt: Any, param: str) -> None:
-    """`response_format` / `text.format`: only plain text in W1."""
+def response_schema(fmt: Any, param: str) -> dict[str, Any] | None:
+    """`response_format` (chat: the schema under `json_schema`) or `text.format` (Responses:
+    the schema beside `type`) → the JSON schema the answer must match; None for plain text.
+    `json_object` is any JSON object; `strict` is accepted either way: we always enforce."""
     if fmt is None:
-        return
+        return None
     kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind in ("json_object", "json_schema"):
-        raise unsupported_parameter(param, f"'{param}' of type '{kind}' is not supported")
-    if kind != "text":
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind != "json_schema":
         raise invalid_value(
             param, "must be an object with type 'text', 'json_object' or 'json_schema'"
         )
+    assert isinstance(fmt, dict)
+    at, spec = param, fmt
+    if param == "response_format":  # chat nests the schema's fields one level down
+        at, nested = f"{param}.json_schema", fmt.get("json_schema")
+        if not isinstance(nested, dict):
+            raise invalid_value(at, "must be an object with the 'name' and 'schema'")
+        spec = nested
+    for key in ("name", "description"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise invalid_value(f"{at}.{key}", "must be a string")
+    if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+        raise invalid_value(f"{at}.strict", "must be a boolean")
+    schema = spec.get("schema")
+    return {"type": "object"} if schema is None else check_schema(schema, f"{at}.schema")
 
 
 # -- prompt and output caps ---------------------------------------------------------------------

@@ -16,9 +16,8 @@ from helexa.neuron.openai.common import (
     parse_stop,
     positive_int,
     require_model,
-    unsupported_parameter,
 )
-from helexa.neuron.openai.params import COMPLETIONS_REFUSED
+from helexa.neuron.openai.params import COMPLETIONS_REFUSED, unsupported_parameter
 from helexa.neuron.openai.replies import Chunks, Usage
 from helexa.neuron.parse import new_id
 from helexa.wire import sse

@@ -59,11 +59,6 @@ def _not_medium(v: Any) -> bool:
     return v != "medium"
 
 
-def _forced_choice(v: Any) -> bool:
-    """`required` or a named tool: honouring either needs constrained decoding (a later issue)."""
-    return v == "required" or isinstance(v, dict)
-
-
 def _audio(v: Any) -> bool:
     return isinstance(v, list) and "audio" in v
 
@@ -76,25 +71,16 @@ def _logprob_include(v: Any) -> bool:
     return isinstance(v, list) and "message.output_text.logprobs" in v
 
 
-TOOL_CHOICE = Refused(
-    "tool_choice",
-    _forced_choice,
-    "'tool_choice' 'required' or a named tool is not supported yet (tool use can't be enforced);"
-    " use 'auto'",
-)
-
 # refusals shared by chat and completions (their messages are pinned by tests)
 _SAMPLING = (
     Refused("n", _not_one, "'n' other than 1 is not supported"),
     Refused("best_of", _not_one, "'best_of' other than 1 is not supported"),
     Refused("logprobs", _truthy, "'logprobs' is not supported"),
     Refused("top_logprobs", _truthy, "'top_logprobs' is not supported"),
-    Refused("logit_bias", _truthy, "'logit_bias' is not supported"),
 )
 
 CHAT_REFUSED = (
     *_SAMPLING,
-    TOOL_CHOICE,
     Refused("prediction", _any, "'prediction' (predicted outputs) is not supported"),
     Refused("audio", _any, "'audio' output is not supported"),
     Refused("modalities", _audio, "'modalities' with 'audio' is not supported"),
@@ -108,7 +94,8 @@ CHAT_HONOURED = frozenset(
     {
         "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
         "seed", "stop", "stream", "stream_options", "presence_penalty", "frequency_penalty",
-        "tools", "parallel_tool_calls", "response_format", "reasoning_effort",
+        "tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort",
+        "logit_bias",
     }
 )  # fmt: skip
 CHAT_HARMLESS = frozenset(
@@ -126,7 +113,7 @@ COMPLETIONS_REFUSED = (
 COMPLETIONS_HONOURED = frozenset(
     {
         "model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
-        "stream_options", "presence_penalty", "frequency_penalty",
+        "stream_options", "presence_penalty", "frequency_penalty", "logit_bias",
     }
 )  # fmt: skip
 COMPLETIONS_HARMLESS = frozenset({"user"})
@@ -142,12 +129,12 @@ RESPONSES_REFUSED = (
     Refused("top_logprobs", _truthy, "'top_logprobs' is not supported"),
     Refused("include", _logprob_include, "'include' of output logprobs is not supported"),
     Refused("moderation", _any, "'moderation' is not supported"),
-    TOOL_CHOICE,
 )
 RESPONSES_HONOURED = frozenset(
     {
         "model", "input", "instructions", "stream", "max_output_tokens", "temperature", "top_p",
-        "tools", "parallel_tool_calls", "reasoning", "text", "metadata", "max_tool_calls",
+        "tools", "tool_choice", "parallel_tool_calls", "reasoning", "text", "metadata",
+        "max_tool_calls",
     }
 )  # fmt: skip
 RESPONSES_HARMLESS = frozenset(

@@ -12,15 +12,24 @@ from typing import Any
 
 import orjson
 
-from helexa.neuron.openai.chat import ChatRequest, check_part
+from helexa.neuron.openai.chat import (
+    ChatRequest,
+    check_grammar_tools,
+    check_part,
+    check_tool_choice,
+)
 from helexa.neuron.openai.common import (
-    check_format,
     invalid_value,
     parse_sampling,
     require_model,
+    response_schema,
+)
+from helexa.neuron.openai.params import (
+    RESPONSES_REFUSED,
+    refuse,
+    thinking_kwargs,
     unsupported_parameter,
 )
-from helexa.neuron.openai.params import RESPONSES_REFUSED, refuse, thinking_kwargs
 
 _TEXT_PARTS = ("input_text", "output_text")
 _MESSAGE_ROLES = ("user", "assistant", "system", "developer")
@@ -193,15 +202,6 @@ def _tools(tools: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return out, echo
 
 
-def _tool_choice(choice: Any) -> str:
-    """'none' or 'auto' (the default); forced choices are refused by `refuse` first."""
-    if choice is None:
-        return "auto"
-    if choice in ("none", "auto"):
-        return str(choice)
-    raise invalid_value("tool_choice", "must be 'none' or 'auto'")
-
-
 def _optional(body: dict[str, Any], key: str, kind: type, problem: str) -> Any:
     v = body.get(key)
     if v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
@@ -216,27 +216,28 @@ def _count(body: dict[str, Any], key: str) -> int | None:
     return v
 
 
-def _text(body: dict[str, Any]) -> dict[str, Any]:
-    """`text`: plain-text format only, and the default verbosity (which is all we do)."""
+def _text(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`text` → (its echo, the JSON schema `text.format` asks for); the default verbosity
+    only (which is all we do)."""
     text = _optional(body, "text", dict, "must be an object") or {}
     fmt = text.get("format")
-    check_format(fmt, "text.format")
+    schema = response_schema(fmt, "text.format")
     verbosity = text.get("verbosity")
     if verbosity not in (None, "medium"):
         raise unsupported_parameter(
             "text.verbosity", "'text.verbosity' other than 'medium' is not supported"
         )
-    return {"format": {"type": "text"}, "verbosity": "medium"}
+    return {"format": fmt if fmt is not None else {"type": "text"}, "verbosity": "medium"}, schema
 
 
 def parse_responses(body: dict[str, Any], *, vision: bool = False) -> ResponsesRequest:
     """Check a `/v1/responses` body (params.py)."""
     model = require_model(body)
     refuse(body, RESPONSES_REFUSED)
-    text = _text(body)
+    text, schema = _text(body)
     messages = input_messages(body, model, vision)
     tools, tools_echo = _tools(body.get("tools"))
-    choice = _tool_choice(body.get("tool_choice"))
+    choice, named = check_tool_choice(body.get("tool_choice"), tools)
     ptc = _optional(body, "parallel_tool_calls", bool, "must be a boolean")
     max_out = _count(body, "max_output_tokens")
     max_calls = _count(body, "max_tool_calls")
@@ -252,18 +253,21 @@ def parse_responses(body: dict[str, Any], *, vision: bool = False) -> ResponsesR
         messages=messages,
         tools=tools if tools and choice != "none" else None,
         tool_choice=choice,
+        named_tool=named,
         parallel_tool_calls=ptc,
+        schema=schema,
         chat_template_kwargs=kwargs,
         sampling=sampling,
         max_tokens=max_out,
         stream=bool(stream),
         max_tool_calls=max_calls,
     )
+    check_grammar_tools(chat, "tools[{i}].parameters")
     echo = {
         "previous_response_id": None,
         "instructions": body.get("instructions"),
         "tools": tools_echo,
-        "tool_choice": choice,
+        "tool_choice": {"type": "function", "name": named} if named else choice or "auto",
         "truncation": "disabled",
         "parallel_tool_calls": True if ptc is None else ptc,
         "text": text,

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from helexa.neuron.constrain.plan import constraint_for
 from helexa.neuron.engine.frames import Generate
 from helexa.neuron.errors import not_ready
 from helexa.neuron.openai import chat as oc
@@ -94,9 +95,11 @@ async def _chat_like(
     limits = _limits(neuron, rec)
     oa.check_prompt(len(ids), limits)
     tok = rec.tokenizer
+    oa.check_logit_bias(chat.sampling, tok)
     tools = chat.tools is not None
+    reasoning = bool(getattr(tok, "reasoning", False))
     parser = OutputParser(
-        reasoning=bool(getattr(tok, "reasoning", False)),
+        reasoning=reasoning,
         start_in_reasoning=bool(tok.prompt_opens_think(text)),
         tools_enabled=tools,
         max_calls=chat.call_limit,
@@ -108,6 +111,7 @@ async def _chat_like(
         chat.sampling.to_wire(),
         chat.stop,
         _hold(tok, tools),
+        constraint=constraint_for(chat, text, reasoning),
     )
     return await generate(request, neuron, rec, req, len(ids), make_sink(parser), chat.stream)
 
@@ -117,7 +121,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     neuron, rec, model = _lookup(request, body)
     chat = oc.parse_chat(body)
     return await _chat_like(
-        request, neuron, rec, model, chat, lambda p: ChatSink(model, p, chat.include_usage)
+        request,
+        neuron,
+        rec,
+        model,
+        chat,
+        lambda p: ChatSink(model, p, chat.include_usage, chat.constrained),
     )
 
 
@@ -137,6 +146,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if _embedding_only(rec):
         raise oa.embedding_only(model)
     tok = rec.tokenizer
+    oa.check_logit_bias(req.sampling, tok)
     ids = await neuron.tokenize.run(tok.encode, req.prompt)
     if not ids:
         raise oa.invalid_value("prompt", "must not be empty")

@@ -44,9 +44,12 @@ class Sink:
 
 
 class ChatSink(Sink):
-    def __init__(self, model: str, parser: OutputParser, include_usage: bool) -> None:
+    def __init__(
+        self, model: str, parser: OutputParser, include_usage: bool, constrained: bool = False
+    ) -> None:
         super().__init__(model, parser)
         self.stream = oc.ChatStream(model, include_usage=include_usage)
+        self.constrained = constrained
 
     def start(self) -> bytes:
         return self.stream.first()
@@ -59,12 +62,16 @@ class ChatSink(Sink):
     def end(self, done: Done, usage: replies.Usage) -> bytes:
         assert self.parser is not None
         tail = self.stream.events(self.finish_parser(done))
-        return tail + self.stream.end(self.parser.finish_reason, done.stop_reason, usage)
+        p = self.parser
+        unfinished = self.constrained and p.hit_cap
+        return tail + self.stream.end(p.finish_reason, done.stop_reason, usage, unfinished)
 
     def body(self, done: Done, usage: replies.Usage) -> dict[str, Any]:
         assert self.parser is not None
         self.finish_parser(done)
-        return oc.chat_completion(self.model, self.parser, usage, done.stop_reason)
+        return oc.chat_completion(
+            self.model, self.parser, usage, done.stop_reason, constrained=self.constrained
+        )
 
 
 class CompletionSink(Sink):

@@ -1,0 +1,129 @@
+"""llguidance grammars (Lark, JSON schemas inline via `%json`) for structured output and forced
+tool calls, in the chat template's Hermes tool-call format.
+
+Pure and torch-free: the daemon builds and checks grammars here; the worker compiles them
+against the model's tokenizer. JSON is written in one fixed style, `{"a": 1, "b": [2, 3]}`
+(what the templates' `tojson` and `json.dumps` write, so models are used to it), with no free
+whitespace: a model can't spend its `max_tokens` on blanks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from llguidance import LLMatcher
+
+from helexa.neuron.openai.params import invalid_value
+
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+# after `</think>` templates and models put a blank line before the answer
+_THINK_GAP = r"/[ \n]{0,4}/"
+CALL_TAIL = "}\n</tool_call>"
+_THINK_RULE = f'think[lazy]: "{THINK_OPEN}" /(.|\\n)*/ "{THINK_CLOSE}"'
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may be made to call; `parameters` is its arguments' JSON schema."""
+
+    name: str
+    parameters: Mapping[str, Any] | None = None
+
+
+def _lit(text: str) -> str:
+    """A Lark string literal (JSON's escapes are Lark's)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def json_rule(schema: Mapping[str, Any]) -> str:
+    """`%json {...}`: the schema in our JSON style."""
+    styled = {**schema, "x-guidance": JSON_STYLE}
+    return "%json " + json.dumps(styled, ensure_ascii=False, separators=(",", ":"))
+
+
+def call_rule(tool: Tool) -> str:
+    """One Hermes call, exactly as the Qwen templates render one:
+    `<tool_call>\\n{"name": "f", "arguments": {...}}\\n</tool_call>`."""
+    head = '<tool_call>\n{"name": ' + json.dumps(tool.name, ensure_ascii=False) + ', "arguments": '
+    args = json_rule(tool.parameters if tool.parameters is not None else ANY_OBJECT)
+    return f"{_lit(head)} {args} {_lit(CALL_TAIL)}"
+
+
+def build(
+    *,
+    schema: Mapping[str, Any] | None = None,
+    tools: Sequence[Tool] = (),
+    max_calls: int | None = None,
+    think: str | None = None,
+) -> str:
+    """The grammar of a whole reply: tool calls (one or more, at most `max_calls`, a line
+    apart) or a JSON value matching `schema`; at least one of the two is given.
+
+    `think`: None when the reply starts with the answer; "optional" when the model may first
+    write a `<think>…</think>` block (freely); "closed" when the worker starts the grammar right
+    after a `</think>` (`Constraint.after`), so only the blank line before the answer remains.
+    """
+    rules: list[str] = []
+    answers: list[str] = []
+    if tools:
+        for i, tool in enumerate(tools):
+            rules.append(f"call_{i}: {call_rule(tool)}")
+        rules.append("call: " + " | ".join(f"call_{i}" for i in range(len(tools))))
+        if max_calls == 1:
+            answers.append("call")
+        else:
+            more = "*" if max_calls is None else f"~0..{max_calls - 1}"
+            answers.append(f'call ("\\n" call){more}')
+    if schema is not None:
+        rules.append(f"answer: {json_rule(schema)}")
+        answers.append("answer")
+    if not answers:
+        raise ValueError("a grammar needs a schema or tools")
+    body = " | ".join(answers)
+    if think == "optional":
+        start = f"start: (think {_THINK_GAP})? ({body})"
+        rules.append(_THINK_RULE)
+    elif think == "closed":
+        start = f"start: {_THINK_GAP} ({body})"
+    else:
+        start = f"start: {body}"
+    return "\n".join([start, *rules]) + "\n"
+
+
+@lru_cache(maxsize=512)
+def _problem(grammar: str) -> str:
+    """llguidance's complaint about a grammar, "" when it compiles (cached: clients resend the
+    same schema with every request)."""
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    return messages[0] if is_error and messages else ""
+
+
+def _first_line(message: str) -> str:
+    """llguidance's error without its position and source excerpt."""
+    line = message.strip().splitlines()[0] if message.strip() else message
+    for prefix in ("failed to compile JSON schema: ",):
+        at = line.find(prefix)
+        if at >= 0:
+            line = line[at + len(prefix) :]
+    return line.strip()
+
+
+def check_schema(schema: Any, param: str) -> dict[str, Any]:
+    """A JSON schema we can enforce, or 400 `invalid_value` naming `param` and the problem."""
+    if not isinstance(schema, dict):
+        raise invalid_value(param, "must be a JSON schema object")
+    try:
+        grammar = f"start: {json_rule(schema)}"
+    except (TypeError, ValueError) as e:
+        raise invalid_value(param, f"is not valid JSON: {e}") from None
+    problem = _problem(grammar)
+    if problem:
+        raise invalid_value(param, f"is not a supported JSON schema: {_first_line(problem)}")
+    return schema

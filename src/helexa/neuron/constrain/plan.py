@@ -1,0 +1,37 @@
+"""Which grammar a chat request's output must match, if any, given its rendered prompt.
+
+The grammar depends on where the prompt leaves the model: a prompt that ends inside an open
+`<think>` lets it think freely and constrains only after `</think>` (`Constraint.after`, so no
+mask is computed while it thinks); one that ends after a closed (empty) think block, or a model
+without think markers, is constrained from the first token; otherwise the model may choose to
+think first, and the grammar allows an optional `<think>…</think>` block.
+"""
+
+from __future__ import annotations
+
+from helexa.neuron.constrain.grammar import THINK_CLOSE, THINK_OPEN, Tool, build
+from helexa.neuron.engine.frames import Constraint
+from helexa.neuron.openai.chat import ChatRequest, tool_name
+
+
+def _think(prompt: str, reasoning: bool) -> str | None:
+    tail = prompt.rstrip()
+    if tail.endswith(THINK_OPEN):
+        return "closed"
+    if not reasoning or tail.endswith(THINK_CLOSE):
+        return None
+    return "optional"
+
+
+def constraint_for(chat: ChatRequest, prompt: str, reasoning: bool) -> Constraint | None:
+    """The request's `Constraint` (None when unconstrained); `reasoning`: the model has think
+    markers."""
+    if not chat.constrained:
+        return None
+    tools = []
+    for _, t in chat.grammar_tools():
+        src = t["function"] if isinstance(t.get("function"), dict) else t
+        tools.append(Tool(tool_name(t), src.get("parameters")))
+    think = _think(prompt, reasoning)
+    grammar = build(schema=chat.schema, tools=tools, max_calls=chat.call_limit, think=think)
+    return Constraint(grammar, THINK_CLOSE if think == "closed" else None)

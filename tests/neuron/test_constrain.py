@@ -1,0 +1,243 @@
+"""The grammar builder (helexa.neuron.constrain): what its grammars accept and reject, checked
+with llguidance's own matcher over a byte-level vocabulary, and how a request picks one."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from helexa.neuron.constrain.grammar import Tool, build, check_schema
+from helexa.neuron.constrain.plan import constraint_for
+from helexa.neuron.openai.chat import parse_chat
+from helexa.neuron.parse import OutputParser
+from helexa.wire.errors import ApiError
+
+llguidance = pytest.importorskip("llguidance")
+
+
+class _Bytes:
+    """A tokenizer whose tokens are the 256 bytes, plus an end token."""
+
+    def __init__(self) -> None:
+        self.eos_token_id = 256
+        self.bos_token_id = None
+        self.tokens = [bytes([i]) for i in range(256)] + [b"<end>"]
+        self.special_token_ids = [256]
+
+    def __call__(self, s: bytes) -> list[int]:
+        return list(s)
+
+
+TOKENIZER = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Bytes()))
+
+
+def matches(grammar: str, text: str) -> bool:
+    """`text` is a complete output of `grammar`."""
+    m = llguidance.LLMatcher(TOKENIZER, grammar, log_level=0)
+    assert not m.is_error(), m.get_error()
+    return m.consume_tokens(list(text.encode())) and m.is_accepting()
+
+
+ORDER = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "status": {"enum": ["open", "shipped"]},
+        "customer": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "vip": {"type": "boolean"}},
+            "required": ["name", "vip"],
+            "additionalProperties": False,
+        },
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"sku": {"type": "string"}, "qty": {"type": "integer"}},
+                "required": ["sku", "qty"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["id", "status", "customer", "items"],
+    "additionalProperties": False,
+}
+GOOD_ORDER = {
+    "id": 7,
+    "status": "open",
+    "customer": {"name": "Ada", "vip": True},
+    "items": [{"sku": "a-1", "qty": 2}, {"sku": "b", "qty": 1}],
+}
+
+
+def test_schema_grammar_accepts_matching_json_in_one_style() -> None:
+    g = build(schema=ORDER)
+    assert matches(g, json.dumps(GOOD_ORDER))
+    assert matches(g, json.dumps({**GOOD_ORDER, "items": []}))
+    assert not matches(g, json.dumps(GOOD_ORDER, separators=(",", ":")))  # one style only
+    assert not matches(g, json.dumps(GOOD_ORDER, indent=2))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {**GOOD_ORDER, "status": "lost"},
+        {k: v for k, v in GOOD_ORDER.items() if k != "customer"},
+        {**GOOD_ORDER, "customer": {"name": "Ada"}},
+        {**GOOD_ORDER, "items": [{"sku": "a", "qty": "two"}]},
+        {**GOOD_ORDER, "extra": 1},
+        [GOOD_ORDER],
+    ],
+)
+def test_schema_grammar_rejects_what_does_not_match(bad: Any) -> None:
+    assert not matches(build(schema=ORDER), json.dumps(bad))
+
+
+def test_json_object_is_any_object() -> None:
+    g = build(schema={"type": "object"})
+    assert matches(g, '{"a": [1, {"b": null}]}') and matches(g, "{}")
+    assert not matches(g, "[1]") and not matches(g, "hello")
+
+
+READ = Tool("Read", {"type": "object", "properties": {"path": {"type": "string"}},
+                     "required": ["path"], "additionalProperties": False})  # fmt: skip
+LS = Tool("ls", None)
+
+
+def call(name: str, args: dict[str, Any]) -> str:
+    """A call as the Qwen templates write one."""
+    return f'<tool_call>\n{{"name": "{name}", "arguments": {json.dumps(args)}}}\n</tool_call>'
+
+
+def test_tool_grammar_is_the_templates_call_format_with_matching_arguments() -> None:
+    g = build(tools=[READ, LS])
+    assert matches(g, call("Read", {"path": "/etc/hosts"}))
+    assert matches(g, call("ls", {"any": ["thing"]}))
+    assert matches(g, call("Read", {"path": "a"}) + "\n" + call("ls", {}))
+    assert not matches(g, call("Read", {"file": "a"}))
+    assert not matches(g, call("Write", {"path": "a"}))
+    assert not matches(g, "I will read it. " + call("Read", {"path": "a"}))
+    assert not matches(g, "")
+
+
+def test_call_count_is_capped() -> None:
+    one, two = call("ls", {}), call("ls", {}) + "\n" + call("ls", {})
+    assert matches(build(tools=[LS], max_calls=1), one)
+    assert not matches(build(tools=[LS], max_calls=1), two)
+    assert matches(build(tools=[LS], max_calls=2), two)
+    assert not matches(build(tools=[LS], max_calls=2), two + "\n" + call("ls", {}))
+
+
+def test_a_tool_name_that_needs_escaping() -> None:
+    odd = Tool('qu"ote\\d', None)
+    assert matches(build(tools=[odd]), call('qu\\"ote\\\\d', {}))
+
+
+def test_tools_beside_a_schema_answer_either_way() -> None:
+    g = build(schema=ORDER, tools=[READ])
+    assert matches(g, json.dumps(GOOD_ORDER)) and matches(g, call("Read", {"path": "x"}))
+    assert not matches(g, "plain prose")
+
+
+def test_thinking_first_is_free_then_the_grammar_holds() -> None:
+    g = build(schema={"type": "object"}, think="optional")
+    assert matches(g, "<think>\nmaybe {not json} </thin\n</think>\n\n{}")
+    assert matches(g, "{}")
+    assert not matches(g, "<think>x</think>\n\nnot json")
+    assert not matches(g, "prose first {}")
+    closed = build(schema={"type": "object"}, think="closed")
+    assert matches(closed, "\n\n{}") and matches(closed, "{}") and not matches(closed, "x{}")
+
+
+@pytest.mark.parametrize(
+    "schema,problem",
+    [
+        ({"type": "thing"}, "Invalid type: thing"),
+        ({"$ref": "#/$defs/missing"}, "Pointer '/$defs/missing' does not exist"),
+        ({"type": "string", "pattern": "(("}, "regex parse error:"),
+        ([1], None),
+    ],
+)
+def test_a_bad_schema_is_invalid_value_naming_it(schema: Any, problem: str | None) -> None:
+    with pytest.raises(ApiError) as e:
+        check_schema(schema, "response_format.json_schema.schema")
+    err = e.value
+    assert (err.status, err.code, err.param) == (
+        400, "invalid_value", "response_format.json_schema.schema"
+    )  # fmt: skip
+    assert err.message.startswith("'response_format.json_schema.schema' ")
+    assert problem is None or problem in err.message
+
+
+def _chat(**extra: Any) -> Any:
+    return parse_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra})
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "Read", "parameters": dict(READ.parameters or {})}},
+    {"type": "function", "function": {"name": "ls"}},
+]
+FORMAT = {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER, "strict": True}}
+
+
+@pytest.mark.parametrize(
+    "prompt,reasoning,after,thinks",
+    [
+        ("<|im_start|>assistant\n<think>\n", True, "</think>", False),
+        ("<|im_start|>assistant\n<think>\n\n</think>\n\n", True, None, False),
+        ("<|im_start|>assistant\n", True, None, True),
+        ("<|im_start|>assistant\n", False, None, False),
+    ],
+)
+def test_the_prompt_decides_where_the_grammar_starts(
+    prompt: str, reasoning: bool, after: str | None, thinks: bool
+) -> None:
+    c = constraint_for(_chat(response_format=FORMAT), prompt, reasoning)
+    assert c is not None and c.after == after
+    assert matches(c.grammar, "<think>hm</think>\n\n" + json.dumps(GOOD_ORDER)) is thinks
+    assert matches(c.grammar, json.dumps(GOOD_ORDER))
+
+
+def test_which_requests_are_constrained() -> None:
+    assert constraint_for(_chat(), "", False) is None
+    assert constraint_for(_chat(tools=TOOLS), "", False) is None  # auto: free
+    assert constraint_for(_chat(tools=TOOLS, tool_choice="none", response_format=FORMAT), "",
+                          False) is not None  # fmt: skip
+    named = constraint_for(
+        _chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "ls"}}), "", False
+    )
+    assert named is not None
+    assert matches(named.grammar, call("ls", {}))
+    assert not matches(named.grammar, call("Read", {"path": "x"}))
+    assert not matches(named.grammar, call("ls", {}) + "\n" + call("ls", {}))
+    required = constraint_for(_chat(tools=TOOLS, tool_choice="required"), "", False)
+    assert required is not None
+    assert matches(required.grammar, call("Read", {"path": "x"}) + "\n" + call("ls", {}))
+    single = constraint_for(
+        _chat(tools=TOOLS, tool_choice="required", parallel_tool_calls=False), "", False
+    )
+    assert single is not None
+    assert not matches(single.grammar, call("Read", {"path": "x"}) + "\n" + call("ls", {}))
+
+
+def test_a_forced_tools_bad_parameters_schema_is_named() -> None:
+    tools = [*TOOLS, {"type": "function", "function": {"name": "x", "parameters": {"type": 5}}}]
+    with pytest.raises(ApiError) as e:
+        _chat(tools=tools, tool_choice="required")
+    assert (e.value.code, e.value.param) == ("invalid_value", "tools[2].function.parameters")
+    _chat(tools=tools)  # auto without a format: no grammar, nothing to check
+
+
+def test_what_the_grammar_allows_the_parser_reads_as_calls() -> None:
+    text = call("Read", {"path": "/tmp/a b"}) + "\n" + call("ls", {})
+    g = constraint_for(_chat(tools=TOOLS, tool_choice="required"), "", False)
+    assert g is not None and matches(g.grammar, text)
+    parser = OutputParser(False, False, True)
+    events = [e for ch in text for e in parser.feed(ch)] + parser.finish()
+    assert [(c.name, json.loads(c.arguments)) for c in parser.tool_calls] == [
+        ("Read", {"path": "/tmp/a b"}),
+        ("ls", {}),
+    ]
+    assert parser.content == "" and len(events) == 2
