@@ -812,11 +812,25 @@ def test_output_config_without_effort_leaves_thinking_to_the_model() -> None:
         ("high", "output_config"),
         ({"effort": "extreme"}, "output_config.effort"),
         ({"effort": ["high"]}, "output_config.effort"),
-        ({"format": {"type": "json_schema", "schema": {}}}, "not supported"),
+        ({"format": {"type": "json_object"}}, "output_config.format"),
+        ({"format": {"type": "json_schema"}}, "output_config.format.schema"),
+        ({"format": {"type": "json_schema", "schema": True}}, "output_config.format.schema"),
     ],
 )
 def test_bad_or_unsupported_output_config_is_refused(config: Any, fragment: str) -> None:
     rejects(body(output_config=config), fragment)
+
+
+def test_output_config_format_is_the_response_format() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    out = translate_request(
+        body(output_config={"format": {"type": "json_schema", "schema": schema}})
+    )
+    assert out["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema},
+    }
+    assert "response_format" not in translate_request(body(output_config={"effort": "high"}))
 
 
 def test_claude_code_max_tokens_goes_through_unclamped_for_the_neuron_to_clamp() -> None:

@@ -297,11 +297,6 @@ def _enable_thinking(body: dict[str, Any]) -> bool | None:
     if config is None:
         return switch
     _require(isinstance(config, dict), "'output_config' must be an object")
-    _require(
-        config.get("format") is None,
-        "output_config.format (structured output) is not supported; describe the format "
-        "in the prompt instead",
-    )
     effort = config.get("effort")
     if effort is None:
         return switch
@@ -310,6 +305,21 @@ def _enable_thinking(body: dict[str, Any]) -> bool | None:
         f"output_config.effort must be one of {', '.join(EFFORT_THINKS)}",
     )
     return switch if switch is False else EFFORT_THINKS[effort]
+
+
+def _response_format(config: Any) -> dict[str, Any] | None:
+    """`output_config.format` (structured outputs) → chat's `response_format`; the neuron
+    checks the schema itself."""
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if fmt is None:
+        return None
+    _require(
+        isinstance(fmt, dict) and fmt.get("type") == "json_schema",
+        'output_config.format must be {"type": "json_schema", "schema": {...}}',
+    )
+    schema = fmt.get("schema")
+    _require(isinstance(schema, dict), "output_config.format.schema must be an object")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
 
 
 def translate_request(body: dict[str, Any], *, count_tokens: bool = False) -> dict[str, Any]:
@@ -337,6 +347,9 @@ def translate_request(body: dict[str, Any], *, count_tokens: bool = False) -> di
         out["chat_template_kwargs"] = {"enable_thinking": thinks}
     if count_tokens:
         return out
+    fmt = _response_format(body.get("output_config"))
+    if fmt is not None:
+        out["response_format"] = fmt
     stops = body.get("stop_sequences")
     if stops is not None:
         _require(
