@@ -36,7 +36,7 @@ def tok(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def grammars(tok: Any) -> Grammars:
-    return Grammars(lambda: hf_vocabulary(tok.to_str(), [EOS], N_VOCAB))
+    return Grammars(lambda: hf_vocabulary(tok.to_str(), [EOS], N_VOCAB), [EOS])
 
 
 def ids(tok: Any, text: str) -> list[int]:
@@ -49,7 +49,7 @@ def allowed_ids(c: Constrained) -> set[int]:
 
 def test_markers_are_text_and_eos_is_special(tok: Any, grammars: Grammars) -> None:
     call = tok.token_to_id("<tool_call>")
-    c = grammars.open(Constraint('start: "<tool_call>" %json{"type": "object"}'), [EOS])
+    c = grammars.open(Constraint('start: "<tool_call>" %json{"type": "object"}'))
     assert c is not None
     assert call in allowed_ids(c)  # the added token, not only its spelling
     for t in [call, *ids(tok, '{"a": 1}')]:
@@ -60,7 +60,7 @@ def test_markers_are_text_and_eos_is_special(tok: Any, grammars: Grammars) -> No
 
 
 def test_eos_only_where_the_grammar_accepts(tok: Any, grammars: Grammars) -> None:
-    c = grammars.open(Constraint('start: "ab" | "abab"'), [EOS])
+    c = grammars.open(Constraint('start: "ab" | "abab"'))
     assert c is not None
     for t in ids(tok, "ab"):
         assert EOS not in allowed_ids(c)
@@ -69,7 +69,7 @@ def test_eos_only_where_the_grammar_accepts(tok: Any, grammars: Grammars) -> Non
 
 
 def test_mask_sets_minus_inf_in_place(grammars: Grammars) -> None:
-    c = grammars.open(Constraint('start: "Hello"'), [EOS])
+    c = grammars.open(Constraint('start: "Hello"'))
     assert c is not None
     logits = np.zeros(N_VOCAB, dtype=np.float32)
     c.mask(logits)
@@ -80,7 +80,7 @@ def test_mask_sets_minus_inf_in_place(grammars: Grammars) -> None:
 
 def test_compiled_once_and_matchers_are_independent(tok: Any, grammars: Grammars) -> None:
     g = 'start: "x" "y"'
-    a, b = grammars.open(Constraint(g), [EOS]), grammars.open(Constraint(g), [EOS])
+    a, b = grammars.open(Constraint(g)), grammars.open(Constraint(g))
     assert a is not None and b is not None
     assert a.matcher is not b.matcher
     a.advance(ids(tok, "x")[0])
@@ -99,7 +99,7 @@ def test_a_grammar_that_does_not_compile_is_invalid_value(
     grammars: Grammars, grammar: str, why: str
 ) -> None:
     with pytest.raises(RequestError) as ei:
-        grammars.open(Constraint(grammar), [EOS])
+        grammars.open(Constraint(grammar))
     assert (ei.value.code, ei.value.param) == ("invalid_value", "constraint")
     assert why in ei.value.message
 
@@ -109,12 +109,12 @@ def test_a_tokenizer_that_cannot_be_used_is_invalid_value() -> None:
         raise ValueError("no tokenizer.json")
 
     with pytest.raises(RequestError) as ei:
-        Grammars(broken).open(Constraint('start: "x"'), [EOS])
+        Grammars(broken, [EOS]).open(Constraint('start: "x"'))
     assert "no tokenizer.json" in ei.value.message
 
 
 def test_after_the_marker_the_grammar_applies(tok: Any, grammars: Grammars) -> None:
-    c = grammars.open(Constraint('start: "{}"', after="</think>"), [EOS])
+    c = grammars.open(Constraint('start: "{}"', after="</think>"))
     assert c is not None
     free = allowed_ids(c)
     assert EOS not in free and len(free) == N_VOCAB - 1  # anything but EOS
@@ -132,7 +132,7 @@ def test_after_the_marker_the_grammar_applies(tok: Any, grammars: Grammars) -> N
 def test_a_marker_over_two_tokens_with_text_after_it_in_the_last(
     tok: Any, grammars: Grammars
 ) -> None:
-    c = grammars.open(Constraint('start: "lo" "de"', after="xHel"), [EOS])
+    c = grammars.open(Constraint('start: "lo" "de"', after="xHel"))
     assert c is not None
     for t in ids(tok, "x") + ids(tok, "Hello"):  # "Hello" is one token: "lo" is past the marker
         c.advance(t)
@@ -142,7 +142,7 @@ def test_a_marker_over_two_tokens_with_text_after_it_in_the_last(
 
 
 def test_text_after_the_marker_that_the_grammar_refuses(tok: Any, grammars: Grammars) -> None:
-    c = grammars.open(Constraint('start: "x"', after="Hel"), [EOS])
+    c = grammars.open(Constraint('start: "x"', after="Hel"))
     assert c is not None
     with pytest.raises(RequestError) as ei:
         c.advance(ids(tok, "Hello")[0])
@@ -219,7 +219,7 @@ def test_the_loop_ends_when_the_grammar_completes(tok: Any, grammars: Grammars) 
         "additionalProperties": False,
         "x-guidance": {"whitespace_flexible": False},
     }
-    c = grammars.open(Constraint("start: %json" + json.dumps(schema)), [EOS])
+    c = grammars.open(Constraint("start: %json" + json.dumps(schema)))
     # a model that would say "Hello" forever: the mask leaves it only the JSON
     events = list(run(Scripted([], ids(tok, "Hello")[0]), c, tok, 50))
     done = events[-1]
@@ -230,13 +230,13 @@ def test_the_loop_ends_when_the_grammar_completes(tok: Any, grammars: Grammars) 
 
 
 def test_the_loop_runs_out_of_tokens_as_length(tok: Any, grammars: Grammars) -> None:
-    c = grammars.open(Constraint('start: "Hello world and more"'), [EOS])
+    c = grammars.open(Constraint('start: "Hello world and more"'))
     events = list(run(Scripted([], 7), c, tok, 2))
     assert isinstance(events[-1], Done) and events[-1].finish_reason == "length"
 
 
 def test_free_text_then_the_grammar(tok: Any, grammars: Grammars) -> None:
-    c = grammars.open(Constraint('start: "{}"', after="</think>"), [EOS])
+    c = grammars.open(Constraint('start: "{}"', after="</think>"))
     # the model would end after "Let me": EOS is barred until the marker, so it goes on
     script = [*ids(tok, "Let me"), EOS, *ids(tok, " think"), tok.token_to_id("</think>")]
     events = list(run(Scripted(script, 5), c, tok, 40))

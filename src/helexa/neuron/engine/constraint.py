@@ -75,8 +75,11 @@ class Grammars:
     """Compiled grammars for one model; the vocabulary is built on the first constrained
     request (about a second for 150k tokens), so unconstrained serving never pays for it."""
 
-    def __init__(self, build_vocabulary: Callable[[], llg.LLTokenizer]) -> None:
+    def __init__(
+        self, build_vocabulary: Callable[[], llg.LLTokenizer], eos_ids: Iterable[int]
+    ) -> None:
         self._build = build_vocabulary
+        self._eos = sorted(eos_ids)
         self._vocab: llg.LLTokenizer | None = None
         self._compiled: OrderedDict[str, llg.LLMatcher] = OrderedDict()
 
@@ -113,10 +116,11 @@ class Grammars:
             self._compiled.move_to_end(grammar)
         return pristine.deep_copy()
 
-    def open(self, c: Constraint | None, eos_ids: Iterable[int]) -> Constrained | None:
+    def open(self, c: Constraint | None) -> Constrained | None:
+        """The request's grammar state (None without a constraint); RequestError as `compile`."""
         if c is None:
             return None
-        return Constrained(self.compile(c.grammar), self.vocab, c.after, eos_ids)
+        return Constrained(self.compile(c.grammar), self.vocab, c.after, self._eos)
 
 
 class Constrained:
