@@ -204,6 +204,9 @@ class FakeNeuron:
         # (None → `stream_script` or the default), so a test can answer by what was asked.
         self.stream_responder: Callable[[JsonDict], list[JsonDict | str] | None] | None = None
         self.stream_done = True
+        # Set → called with (path, body) for each streaming chat or responses request; raw SSE
+        # frames it returns are that reply as is (None → the usual scripting).
+        self.sse_responder: Callable[[str, JsonDict], list[bytes] | None] | None = None
         self.responses_usage: tuple[int, int] = (5, 5)
         self.embedding_dim = 8
         self.embedding_tokens = 7
@@ -680,6 +683,9 @@ class FakeNeuron:
                 prompt_tokens=p,
             )
 
+        if (raw := await self._raw_sse(request, body)) is not None:
+            return raw
+
         def chunk(part: JsonDict) -> JsonDict:
             return {
                 "id": cid,
@@ -786,6 +792,8 @@ class FakeNeuron:
             return await self._send_json(
                 request, response("completed", MOCK_TEXT), prompt_tokens=inp
             )
+        if (raw := await self._raw_sse(request, body)) is not None:
+            return raw
 
         deltas = [f"token{i}" for i in range(self.stream_chunks)]
         text = "".join(deltas)
@@ -857,6 +865,12 @@ class FakeNeuron:
             "usage": {"prompt_tokens": t, "total_tokens": t},
         }
         return await self._send_json(request, payload, prompt_tokens=t)
+
+    async def _raw_sse(self, request: web.Request, body: JsonDict) -> web.StreamResponse | None:
+        frames = self.sse_responder(request.path, body) if self.sse_responder else None
+        if frames is None:
+            return None
+        return await self._send_sse(request, frames, prompt_tokens=self.usage[0], paced=len(frames))
 
     # ---- senders ---------------------------------------------------------------------------
 

@@ -1,0 +1,5 @@
+"""`python -m helexa.acp`: the same as the `helexa-acp` script."""
+
+from helexa.acp.cli import main
+
+main()

@@ -1,0 +1,134 @@
+"""Turn events and stored history as ACP `session/update` payloads.
+
+The one place that knows both the loop's events and the protocol's update types, so a live turn
+and a replayed one (session/load) look the same to the editor.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from acp import (
+    plan_entry,
+    start_tool_call,
+    text_block,
+    tool_content,
+    tool_diff_content,
+    update_agent_message_text,
+    update_agent_thought_text,
+    update_plan,
+    update_tool_call,
+    update_user_message_text,
+)
+from acp.schema import (
+    AgentMessageChunk,
+    AgentPlanUpdate,
+    AgentThoughtChunk,
+    ToolCallLocation,
+    ToolCallProgress,
+    ToolCallStart,
+    UserMessageChunk,
+)
+
+from helexa.acp.events import (
+    Event,
+    PlanUpdate,
+    TextChunk,
+    ThoughtChunk,
+    ToolFinished,
+    ToolKind,
+    ToolStarted,
+)
+from helexa.acp.history import Message, ToolCall
+
+Update = (
+    UserMessageChunk
+    | AgentMessageChunk
+    | AgentThoughtChunk
+    | ToolCallStart
+    | ToolCallProgress
+    | AgentPlanUpdate
+)
+
+
+def event_update(ev: Event) -> Update:
+    match ev:
+        case TextChunk(text=text):
+            return update_agent_message_text(text)
+        case ThoughtChunk(text=text):
+            return update_agent_thought_text(text)
+        case ToolStarted():
+            return start_tool_call(
+                ev.call_id,
+                ev.title,
+                kind=ev.kind,
+                status="in_progress",
+                locations=[ToolCallLocation(path=p) for p in ev.locations],
+                raw_input=ev.raw_input,
+            )
+        case ToolFinished():
+            content: list[Any] = []
+            if ev.diff is not None:
+                content.append(tool_diff_content(ev.diff.path, ev.diff.new_text, ev.diff.old_text))
+            if ev.output:
+                content.append(tool_content(text_block(ev.output)))
+            return update_tool_call(
+                ev.call_id, status=ev.status, content=content, raw_output={"output": ev.output}
+            )
+        case PlanUpdate(entries=entries):
+            return update_plan(
+                plan_entry(e.content, priority=e.priority, status=e.status) for e in entries
+            )
+
+
+def replay(history: list[Message]) -> Iterator[Update]:
+    """The stored conversation as the updates a live turn sent (system prompt left out): tool
+    cards carry their final status and output."""
+    results = {m.tool_call_id: m for m in history if m.role == "tool"}
+    for m in history:
+        if m.role == "user" and m.content:
+            yield update_user_message_text(m.content)
+        elif m.role == "assistant":
+            if m.reasoning:
+                yield update_agent_thought_text(m.reasoning)
+            if m.content:
+                yield update_agent_message_text(m.content)
+            for call in m.tool_calls:
+                yield _replayed_card(call, results.get(call.id))
+
+
+def _replayed_card(call: ToolCall, result: Message | None) -> ToolCallStart:
+    try:
+        args = json.loads(call.arguments)
+    except ValueError:
+        args = None
+    raw_input = args if isinstance(args, dict) else {"arguments": call.arguments}
+    title, kind, locations = _describe(call.name, raw_input)
+    output = result.content if result is not None else ""
+    return start_tool_call(
+        call.id,
+        title,
+        kind=kind,
+        status="completed" if result is not None else "failed",
+        content=[tool_content(text_block(output))] if output else None,
+        locations=[ToolCallLocation(path=p) for p in locations],
+        raw_input=raw_input,
+    )
+
+
+_KINDS: dict[str, ToolKind] = {
+    "read_file": "read",
+    "list_dir": "search",
+    "write_file": "edit",
+    "edit_file": "edit",
+    "bash": "execute",
+}
+
+
+def _describe(name: str, args: dict[str, Any]) -> tuple[str, ToolKind, list[str]]:
+    target = args.get("command") if name == "bash" else args.get("path")
+    title = f"{name} {target}" if isinstance(target, str) else name
+    path = args.get("path")
+    return title, _KINDS.get(name, "other"), [path] if isinstance(path, str) else []

@@ -1,0 +1,199 @@
+"""helexa-acp for real: the SDK's client drives a `helexa-acp` process against a real cortex in
+front of a scripted fake neuron (tests/acp/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from acp.client.connection import ClientSideConnection
+from acp.schema import AgentMessageChunk, ToolCallProgress
+from scripted_llm import Turn
+
+from acp import RequestError, text_block
+from conftest import ENDPOINTS, MODEL, AcpStack
+from rig.acp_client import RecordingClient, helexa_acp, say
+
+pytestmark = pytest.mark.slow
+
+
+@contextlib.asynccontextmanager
+async def session(
+    stack: AcpStack, client: RecordingClient, **kw: Any
+) -> AsyncIterator[tuple[ClientSideConnection, str]]:
+    """A helexa-acp process and a new session in the stack's project directory."""
+    async with helexa_acp(client, stack.env, stack.stderr, **kw) as conn:
+        s = await conn.new_session(cwd=str(stack.project))
+        yield conn, s.session_id
+
+
+async def test_a_prompt_streams_thoughts_and_text(acp_stack: AcpStack) -> None:
+    acp_stack.script.append(Turn(text="Hello from the fleet", reasoning="I should greet"))
+    client = RecordingClient()
+    async with session(acp_stack, client) as (conn, sid):
+        assert await say(conn, sid, "hi there") == "end_turn"
+    assert client.thoughts() == "I should greet"
+    assert client.text() == "Hello from the fleet"
+    (body,) = acp_stack.seen("/v1/chat/completions")
+    assert body["model"] == MODEL and body["stream"] is True
+    roles = [m["role"] for m in body["messages"]]
+    assert roles == ["system", "user"] and body["messages"][1]["content"] == "hi there"
+
+
+async def test_read_then_edit_with_permission_then_bash_refused_in_plan_mode(
+    acp_stack: AcpStack,
+) -> None:
+    target = acp_stack.project / "greet.py"
+    target.write_text('print("hello world")\n')
+    edit = {"path": "greet.py", "old_text": "hello world", "new_text": "hello fleet"}
+    acp_stack.script += [
+        Turn(calls=[("c1", "read_file", {"path": "greet.py"})]),
+        Turn(calls=[("c2", "edit_file", edit)]),
+        Turn(text="Changed the greeting."),
+        Turn(calls=[("c3", "bash", {"command": "echo should-not-run"})]),
+        Turn(text="Shell is off in plan mode."),
+    ]
+    client = RecordingClient(answers=["allow_once"])
+    async with session(acp_stack, client) as (conn, sid):
+        assert await say(conn, sid, "say hello to the fleet") == "end_turn"
+        assert target.read_text() == 'print("hello fleet")\n'
+        # The read was free (inside cwd); the edit asked once.
+        (asked,) = client.permission_requests
+        assert asked.tool_call_id == "c2" and asked.kind == "edit"
+        done = {u.tool_call_id: u for u in client.finished()}
+        assert done["c1"].status == "completed" and done["c2"].status == "completed"
+        diff = next(c for c in done["c2"].content or [] if c.type == "diff")
+        assert diff.old_text == 'print("hello world")\n' and diff.new_text == target.read_text()
+        # The model saw the file it asked for.
+        second = acp_stack.seen("/v1/chat/completions")[1]
+        tool_msg = next(m for m in second["messages"] if m["role"] == "tool")
+        assert 'print("hello world")' in tool_msg["content"]
+
+        await conn.set_session_mode(session_id=sid, mode_id="plan")
+        assert await say(conn, sid, "run it") == "end_turn"
+        bash = {u.tool_call_id: u for u in client.finished()}["c3"]
+        assert bash.status == "failed"
+        assert "plan mode: shell execution is disabled" in str(bash.content)
+        assert len(client.permission_requests) == 1  # refused outright, never asked
+    assert "Shell is off in plan mode." in client.text()
+
+
+async def test_a_rejected_edit_leaves_the_file_and_tells_the_model(acp_stack: AcpStack) -> None:
+    target = acp_stack.project / "a.txt"
+    target.write_text("one\n")
+    acp_stack.script += [
+        Turn(calls=[("c1", "write_file", {"path": "a.txt", "content": "two\n"})]),
+        Turn(text="Understood."),
+    ]
+    client = RecordingClient(answers=["reject_once"])
+    async with session(acp_stack, client) as (conn, sid):
+        assert await say(conn, sid, "overwrite it") == "end_turn"
+    assert target.read_text() == "one\n"
+    (done,) = client.finished()
+    assert done.status == "failed" and "permission denied" in str(done.content)
+
+
+async def test_cancel_mid_stream_answers_cancelled(acp_stack: AcpStack) -> None:
+    acp_stack.script.append(Turn(text="word " * 400))
+    acp_stack.fake.stream_delay = 0.02  # the neuron paces its frames; the test waits on events
+    client = RecordingClient()
+    async with session(acp_stack, client) as (conn, sid):
+        turn = asyncio.ensure_future(conn.prompt(session_id=sid, prompt=[text_block("talk a lot")]))
+        await client.wait_until(lambda u: isinstance(u, AgentMessageChunk))
+        await conn.cancel(session_id=sid)
+        assert (await turn).stop_reason == "cancelled"
+        await asyncio.wait_for(acp_stack.fake.cancel_event.wait(), 10)  # the stream was closed
+        # The session still works afterwards.
+        acp_stack.fake.stream_delay = 0
+        acp_stack.script.append(Turn(text="still here"))
+        assert await say(conn, sid, "again") == "end_turn"
+    assert client.text().endswith("still here")
+    assert not any(isinstance(u, ToolCallProgress) for u in client.updates)
+
+
+async def test_sessions_are_listed_and_replayed_after_a_restart(acp_stack: AcpStack) -> None:
+    (acp_stack.project / "notes.md").write_text("remember the milk\n")
+    acp_stack.script += [
+        Turn(reasoning="look first", calls=[("c1", "read_file", {"path": "notes.md"})]),
+        Turn(text="It says: remember the milk."),
+    ]
+    async with session(acp_stack, RecordingClient()) as (conn, sid):
+        await say(conn, sid, "what do my notes say?")
+    client = RecordingClient()
+    async with helexa_acp(client, acp_stack.env, acp_stack.stderr) as conn:  # a new process
+        listed = await conn.list_sessions(cwd=str(acp_stack.project))
+        assert [s.session_id for s in listed.sessions] == [sid]
+        assert listed.sessions[0].title == "what do my notes say?"
+        assert (await conn.list_sessions(cwd=str(acp_stack.project / "elsewhere"))).sessions == []
+        loaded = await conn.load_session(cwd=str(acp_stack.project), session_id=sid)
+        assert loaded is not None and loaded.modes is not None
+        kinds = [u.session_update for u in client.updates]
+        assert kinds == [
+            "user_message_chunk",
+            "agent_thought_chunk",
+            "tool_call",
+            "agent_message_chunk",
+        ]
+        card = client.cards()[0]
+        assert (card.tool_call_id, card.kind, card.status) == ("c1", "read", "completed")
+        assert "remember the milk" in str(card.content)
+        assert client.text() == "It says: remember the milk."
+        # ... and the conversation goes on with the whole history sent to the model.
+        acp_stack.script.append(Turn(text="You're welcome."))
+        assert await say(conn, sid, "thanks") == "end_turn"
+    last = acp_stack.seen("/v1/chat/completions")[-1]
+    assert [m["role"] for m in last["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
+
+
+async def test_model_switch_by_config_option_and_by_legacy_set_model(acp_stack: AcpStack) -> None:
+    client = RecordingClient()
+    async with session(acp_stack, client) as (conn, sid):
+        acp_stack.script += [Turn(text="via responses"), Turn(text="via messages")]
+        r = await conn.set_config_option(config_id="model", session_id=sid, value=f"resp:{MODEL}")
+        assert r is not None
+        model = next(o for o in r.config_options if o.id == "model")
+        assert model.current_value == f"resp:{MODEL}"
+        assert {o.value for o in model.options} >= {f"{n}:{MODEL}" for n in ENDPOINTS}
+        await say(conn, sid, "one")
+        assert len(acp_stack.seen("/v1/responses")) == 1
+        assert acp_stack.seen("/v1/responses")[0]["model"] == MODEL
+
+        # Older Zed builds: session/set_model, which the SDK no longer routes.
+        assert (
+            await conn._conn.send_request(
+                "session/set_model", {"sessionId": sid, "modelId": f"anth:{MODEL}"}
+            )
+            == {}
+        )
+        await say(conn, sid, "two")
+        messages = [r for r in acp_stack.recorded if r.path == "/v1/messages"]
+        assert len(messages) == 1
+        with pytest.raises(RequestError, match="unknown model 'nope:x'"):
+            await conn.set_config_option(config_id="model", session_id=sid, value="nope:x")
+    assert client.text() == "via responsesvia messages"
+
+
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
+async def test_each_wire_api_runs_a_tool_call(acp_stack: AcpStack, endpoint: str) -> None:
+    (acp_stack.project / "x.txt").write_text("forty-two\n")
+    acp_stack.script += [
+        Turn(calls=[(f"{endpoint}1", "read_file", {"path": "x.txt"})]),
+        Turn(text="The answer is forty-two.", reasoning="easy"),
+    ]
+    client = RecordingClient()
+    async with session(acp_stack, client) as (conn, sid):
+        await conn.set_config_option(config_id="model", session_id=sid, value=f"{endpoint}:{MODEL}")
+        assert await say(conn, sid, "read x.txt") == "end_turn"
+    (done,) = client.finished()
+    assert done.status == "completed" and "forty-two" in str(done.content)
+    assert client.text() == "The answer is forty-two."
