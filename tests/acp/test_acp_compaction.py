@@ -17,6 +17,16 @@ def result(i: int, text: str = BIG) -> Message:
     return Message("tool", text, tool_call_id=f"c{i}", name="read_file")
 
 
+def tail() -> list[Message]:
+    """Four short messages: the last 4 are never elided, so tests put them after the payloads."""
+    return [
+        Message("user", "u"),
+        Message("assistant", "a"),
+        Message("user", "b"),
+        Message("assistant", "c"),
+    ]
+
+
 def test_budget_and_estimate() -> None:
     assert budget(8192, 1024) == 8192 - 1024 - 512
     assert budget(8192, None) == 8192 - 512
@@ -34,12 +44,7 @@ def test_tool_results_first_oldest_first_then_stop() -> None:
     for i in range(3):
         h += [call(i), result(i)]
     h += [Message("assistant", BIG)]
-    h += [
-        Message("user", "next"),
-        Message("assistant", "a"),
-        Message("user", "b"),
-        Message("assistant", "c"),
-    ]
+    h += tail()
     total = sum(estimate(m) for m in h)
     # room for everything but one big payload: only the oldest tool result goes
     out = compact(h, int(total - 500) + 512, None)
@@ -56,12 +61,7 @@ def test_prose_after_all_tool_results() -> None:
         call(0),
         result(0),
     ]
-    h += [
-        Message("user", "u"),
-        Message("assistant", "a"),
-        Message("user", "u2"),
-        Message("assistant", "a2"),
-    ]
+    h += tail()
     out = compact(h, 100, None)  # far too small: everything elidable goes
     assert out[4].content == f"(elided: {len(BIG)} bytes of tool result)"
     assert out[2].content == f"(elided: {len(BIG)} bytes of assistant prose)"
@@ -70,12 +70,7 @@ def test_prose_after_all_tool_results() -> None:
 
 def test_order_tool_results_before_older_prose() -> None:
     h = [Message("user", "q"), Message("assistant", BIG), call(0), result(0)]
-    h += [
-        Message("user", "u"),
-        Message("assistant", "a"),
-        Message("user", "u2"),
-        Message("assistant", "a2"),
-    ]
+    h += tail()
     total = sum(estimate(m) for m in h)
     out = compact(h, int(total - 500) + 512, None)
     assert out[3].content.startswith("(elided:") and out[1].content == BIG
@@ -92,8 +87,7 @@ def test_last_four_and_short_payloads_kept() -> None:
 
 def test_pairing_kept_and_bytes_counted() -> None:
     text = "é" * 300  # 600 bytes
-    h = [Message("user", "q"), call(0), result(0, text), Message("user", "1")]
-    h += [Message("assistant", "2"), Message("user", "3"), Message("assistant", "4")]
+    h = [Message("user", "q"), call(0), result(0, text), *tail()]
     out = compact(h, 10, None)
     assert [m.role for m in out] == [m.role for m in h]
     assert out[1].tool_calls == h[1].tool_calls

@@ -9,10 +9,9 @@ from helexa.acp.hermes import loads_tolerant
 from helexa.acp.history import Message
 from helexa.acp.providers.base import (
     Delta,
-    Done,
     HttpProvider,
+    Parser,
     ProviderError,
-    Reply,
     Stop,
     error_text,
     system_text,
@@ -78,11 +77,7 @@ def render(history: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
-class MessagesParser:
-    def __init__(self) -> None:
-        self.reply = Reply()
-        self.finished = False
-
+class MessagesParser(Parser):
     def feed(self, event: str | None, data: Any) -> list[Delta]:
         if not isinstance(data, dict):
             return []
@@ -108,9 +103,6 @@ class MessagesParser:
         elif kind == "error":
             raise ProviderError(f"the endpoint failed mid-stream: {error_text(data) or 'error'}")
         return []
-
-    def done(self) -> Done:
-        return self.reply.done(self.finished)
 
 
 class AnthropicMessages(HttpProvider):

@@ -117,16 +117,19 @@ def stream_error(data: Any) -> ProviderError | None:
     return None if found is None else ProviderError(f"the endpoint failed mid-stream: {found}")
 
 
-class Parser(Protocol):
+class Parser:
     """One wire API's stream: frames in, deltas out, and the final message."""
 
-    finished: bool
+    def __init__(self) -> None:
+        self.reply = Reply()
+        self.finished = False  # the stream's own end marker was seen
 
-    def feed(self, event: str | None, data: Any) -> list[Delta]: ...
+    def feed(self, event: str | None, data: Any) -> list[Delta]:
+        raise NotImplementedError
 
     def done(self) -> Done:
         """The whole reply; ProviderError if the stream ended before it was complete."""
-        ...
+        return self.reply.done(self.finished)
 
 
 class HttpProvider:

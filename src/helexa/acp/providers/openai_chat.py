@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from helexa.acp.history import Message
-from helexa.acp.providers.base import Delta, Done, HttpProvider, Reply, Stop, stream_error
+from helexa.acp.providers.base import Delta, Done, HttpProvider, Parser, Stop, stream_error
 from helexa.acp.tools import ToolSpec
 
 FINISH: dict[str, Stop] = {
@@ -39,11 +39,7 @@ def render(m: Message) -> dict[str, Any]:
     return {"role": m.role, "content": m.content}
 
 
-class ChatParser:
-    def __init__(self) -> None:
-        self.reply = Reply()
-        self.finished = False
-
+class ChatParser(Parser):
     def feed(self, event: str | None, data: Any) -> list[Delta]:
         if data == "[DONE]":
             self.finished = True

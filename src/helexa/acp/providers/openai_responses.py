@@ -8,10 +8,9 @@ from typing import Any
 from helexa.acp.history import Message
 from helexa.acp.providers.base import (
     Delta,
-    Done,
     HttpProvider,
+    Parser,
     ProviderError,
-    Reply,
     error_text,
     system_text,
 )
@@ -42,16 +41,12 @@ def render(m: Message) -> list[dict[str, Any]]:
     return items
 
 
-class ResponsesParser:
-    def __init__(self) -> None:
-        self.reply = Reply()
-        self.finished = False
-
+class ResponsesParser(Parser):
     def feed(self, event: str | None, data: Any) -> list[Delta]:
         if not isinstance(data, dict):
             return []
         kind = data.get("type") or event
-        if kind in ("response.output_text.delta",):
+        if kind == "response.output_text.delta":
             return self.reply.say(data.get("delta"))
         if kind in ("response.reasoning_text.delta", "response.reasoning_summary_text.delta"):
             return self.reply.say(data.get("delta"), True)
@@ -86,9 +81,6 @@ class ResponsesParser:
             self.reply.stop = "refusal"
         else:
             self.reply.stop = "max_tokens" if kind == "response.incomplete" else "end_turn"
-
-    def done(self) -> Done:
-        return self.reply.done(self.finished)
 
 
 class OpenAIResponses(HttpProvider):
