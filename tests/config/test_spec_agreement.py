@@ -18,6 +18,8 @@ KNOBS: list[tuple[str, Any]] = [
     for key in ("max_in_flight", "max_queue_depth", "max_wait_secs")
     for value in (-1, 0, 0.5, 1, 2, 120, None)
 ] + [("min_devices", 2), ("min_devices", 1)]
+KNOBS += [("prefix_cache_mb", v) for v in (-1, 0, 512, None)]
+KNOBS += [("compile", v) for v in ("on", "OFF", "auto", True, False, "fast", 1)]
 
 
 def catalogue_accepts(key: str, value: Any) -> bool:

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from helexa.config.loader import read_toml, validate
-from helexa.wire.harness import effective_harness, normalise_quant
+from helexa.wire.harness import CompileMode, effective_harness, normalise_quant
 from helexa.wire.neuron import ModelSpec
 
 log = logging.getLogger("helexa.config")
@@ -59,6 +59,8 @@ class ModelProfile(BaseModel):
     limit: dict[str, object] | None = None  # `context`: the llamacpp context; else ignored
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] | None = None  # llamacpp only
     cpu_offload: bool = False  # llamacpp only: layers that fit no GPU run on the CPU
+    prefix_cache_mb: int | None = None  # torch only: KV of recent sequences; 0 off
+    compile: CompileMode | None = None  # torch only: auto | on | off (true/false: on/off)
     # Checked by the ModelSpec they become, so cortex and neuron agree on what is valid.
     max_in_flight: int | None = None
     max_queue_depth: int | None = None
@@ -105,6 +107,8 @@ class ModelProfile(BaseModel):
             max_in_flight=self.max_in_flight,
             max_queue_depth=self.max_queue_depth,
             max_wait_secs=self.max_wait_secs,
+            prefix_cache_mb=self.prefix_cache_mb,
+            compile=self.compile,
             **self._llamacpp_fields(),
         )
 

@@ -60,7 +60,7 @@ class Auth(Section):
 
 
 class Admission(Section):
-    max_in_flight: int = Field(default=1, ge=1)
+    max_in_flight: int = Field(default=8, ge=1)  # a torch worker batches 8 (its max_batch)
     max_queue_depth: int = Field(default=16, ge=0)
     max_wait_secs: float = Field(default=120, gt=0)
     max_per_principal: int = Field(default=16, ge=0)  # 0: no cap; 16 as cortex's per-key cap
@@ -106,6 +106,7 @@ class NeuronConfig(Section):
     body_timeout_secs: float = Field(default=60, gt=0)
     max_connections: int = Field(default=1024, ge=1)
     max_large_parses: int = Field(default=2, ge=1)
+    worker_threads: int | None = Field(default=None, ge=1)  # None: cores / workers
     cache_dir: str | None = None
     cpu_memory_mb: int = Field(default_factory=default_cpu_memory_mb, ge=0)
     shutdown_grace_secs: float = Field(default=60, ge=0)

@@ -54,6 +54,7 @@ from helexa.neuron.worker_start import (
     DevicesFn,
     EstimateFn,
     choose_devices,
+    cpu_threads,
     free_mb,
     load_spec,
     oom_error,
@@ -102,6 +103,7 @@ class Registry:
         restart_backoff: Sequence[float] = RESTART_BACKOFF,
         unload_grace: float = UNLOAD_GRACE,
         load_deadline: tuple[float, float] = (600.0, 120.0),
+        worker_threads: int | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.resolve_source = resolve_source
@@ -118,6 +120,7 @@ class Registry:
         self.restart_backoff = tuple(restart_backoff)
         self.unload_grace = unload_grace
         self.load_timeout, self.load_stall = load_deadline  # see load_watch
+        self.worker_threads = worker_threads  # None: worker_start.cpu_threads decides
         self.records: dict[str, ModelRecord] = {}
         self.device_count = 1
         self.activation = Activation()
@@ -313,7 +316,9 @@ class Registry:
         rec.admission.resume()
 
     async def _start_worker(self, rec: ModelRecord) -> tuple[WorkerHandle, ReadyInfo]:
-        spec = load_spec(rec, self.max_prompt_tokens, self.max_output_tokens)
+        workers = 1 + sum(1 for r in self.records.values() if r is not rec and r.handle)
+        threads = cpu_threads(self.worker_threads, workers)
+        spec = load_spec(rec, self.max_prompt_tokens, self.max_output_tokens, threads)
         return await start_worker(
             self.supervisor,
             rec,

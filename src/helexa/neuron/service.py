@@ -81,6 +81,7 @@ class Neuron:
             max_output_tokens=cfg.max_output_tokens,
             admission_defaults=(adm.max_in_flight, adm.max_queue_depth, adm.max_wait_secs),
             load_deadline=(cfg.load_timeout_secs, cfg.load_stall_secs),
+            worker_threads=cfg.worker_threads,
             **extra,
         )
         self.started = time.monotonic()

@@ -480,6 +480,9 @@ class Supervisor:
 
     def worker_env(self, devices: Sequence[int], kind: str) -> dict[str, str]:
         env = dict(self.environ)
+        # OpenMP threads sleep when idle instead of spinning: on a shared CPU a spinning worker
+        # starved the daemon and any other process (decode fell ~5x with one competitor).
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if self.cuda_env is not None:
             env.update(self.cuda_env(list(devices), kind))
         elif kind == "cpu":

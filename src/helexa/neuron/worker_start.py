@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,21 @@ def free_mb(devices: list[DeviceView]) -> int | None:
     return sum(f for f in frees if f is not None)
 
 
-def load_spec(rec: ModelRecord, max_prompt_tokens: int, max_output_tokens: int) -> LoadSpec:
+def cpu_threads(configured: int | None, workers: int) -> int:
+    """A worker's compute threads: `worker_threads`, else this process's cores shared out among
+    the `workers` (the new one included): more threads than free cores only wait on each other."""
+    if configured:
+        return configured
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - no affinity API (macOS)
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
+
+
+def load_spec(
+    rec: ModelRecord, max_prompt_tokens: int, max_output_tokens: int, threads: int | None = None
+) -> LoadSpec:
     """The worker's load spec (helexa.neuron.engine.protocol)."""
     return LoadSpec(
         path=str(rec.path),
@@ -57,6 +72,9 @@ def load_spec(rec: ModelRecord, max_prompt_tokens: int, max_output_tokens: int) 
         devices=list(rec.devices),
         max_prompt_tokens=max_prompt_tokens,
         max_output_tokens=max_output_tokens,
+        prefix_cache_mb=rec.spec.prefix_cache_mb,
+        compile=rec.spec.compile or "auto",
+        n_threads=threads,
         **_gguf_fields(rec),
         # honoured only with HELEXA_TEST_FAULTS=1 in the worker's environment
         test_faults=FaultPlan.parse(rec.test_faults) if rec.test_faults else None,

@@ -4,6 +4,9 @@ daemon and its worker, so a name one side takes is never refused by the other.""
 from __future__ import annotations
 
 import re
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator
 
 # Every harness name a config or load request may use -> the harness that serves it.
 HARNESSES = {"torch": "torch", "candle": "torch", "llamacpp": "llamacpp"}
@@ -80,3 +83,21 @@ def default_quant(kind: str, compute_capability: str | None) -> str:
     except ValueError:
         major = 0
     return "bf16" if major >= 8 else "fp16"
+
+
+COMPILE_MODES = ("auto", "on", "off")
+
+
+def compile_mode(value: object) -> str:
+    """A model's `compile` setting as a mode: the old booleans are on/off, None is auto."""
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str) and value.lower() in COMPILE_MODES:
+        return value.lower()
+    raise ValueError(f"compile must be one of {list(COMPILE_MODES)} (or true/false)")
+
+
+# A `compile` field (catalogue, load request): the mode, from its name or the old boolean.
+CompileMode = Annotated[Literal["auto", "on", "off"], BeforeValidator(compile_mode)]

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from helexa.wire.harness import CompileMode
+
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -158,3 +160,7 @@ class ModelSpec(_Lenient):
     context: int | None = Field(default=None, ge=1)
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] | None = None
     cpu_offload: bool | None = None
+    # torch only: the prefix cache's budget (None: the worker's default for its device; 0 off)
+    prefix_cache_mb: int | None = Field(default=None, ge=0)
+    # torch only: the compiled decode step (auto: on CUDA; true/false mean on/off)
+    compile: CompileMode | None = None

@@ -81,8 +81,7 @@ class Fake:
         self.dir = Path(str(spec.get("path") or "."))
         if self.dir.suffix == ".gguf":  # llamacpp: the script sits next to the GGUF file
             self.dir = self.dir.parent
-        if spec.get("gguf_files"):
-            (self.dir / "spec.json").write_text(json.dumps(spec))
+        (self.dir / "spec.json").write_text(json.dumps(spec))  # the load spec, for tests
         starts_file = self.dir / ".starts"
         n = int(starts_file.read_text()) if starts_file.exists() else 0
         starts_file.write_text(str(n + 1))

@@ -29,6 +29,8 @@ def load(spec: LoadSpec, progress: OnProgress | None = None) -> TorchEngine:
     t0 = time.monotonic()
     emit = progress or (lambda _f: None)
     md = ModelDir(spec.path)
+    if spec.n_threads:  # the daemon's share of the cores for this worker
+        torch.set_num_threads(spec.n_threads)
     device = pick_device(spec)
     quant = spec.quant or default_quant(device)
     total = md.weight_bytes()
