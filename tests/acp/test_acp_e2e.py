@@ -15,7 +15,7 @@ from scripted_llm import Turn
 
 from acp import RequestError, text_block
 from conftest import ENDPOINTS, MODEL, AcpStack
-from rig.acp_client import RecordingClient, helexa_acp, say
+from rig.acp_client import RecordingClient, capabilities, helexa_acp, say
 
 pytestmark = pytest.mark.slow
 
@@ -197,3 +197,78 @@ async def test_each_wire_api_runs_a_tool_call(acp_stack: AcpStack, endpoint: str
     (done,) = client.finished()
     assert done.status == "completed" and "forty-two" in str(done.content)
     assert client.text() == "The answer is forty-two."
+
+
+async def test_files_and_commands_go_through_the_client_when_it_offers_them(
+    acp_stack: AcpStack,
+) -> None:
+    p = acp_stack.project
+    (p / "x.txt").write_text("from disk\n")
+    acp_stack.script += [
+        Turn(calls=[("c1", "read_file", {"path": "x.txt"})]),
+        Turn(calls=[("c2", "write_file", {"path": "y.txt", "content": "new\n"})]),
+        Turn(calls=[("c3", "bash", {"command": "echo hi; exit 3"})]),
+        Turn(text="done"),
+        Turn(calls=[("c4", "write_file", {"path": "z.txt", "content": "more\n"})]),
+        Turn(text="done again"),
+    ]
+    client = RecordingClient(answers=["allow_always", "allow_once"])
+    async with session(acp_stack, client, caps=capabilities(fs=True, terminal=True)) as (conn, sid):
+        assert await say(conn, sid, "go") == "end_turn"
+        assert [k for k, _ in client.calls] == [
+            "fs/read_text_file",
+            "fs/write_text_file",
+            "terminal/create",
+            "terminal/release",
+        ]
+        assert client.calls[0][1]["path"] == str(p / "x.txt")
+        assert client.calls[2][1] == {
+            "command": "sh",
+            "args": ["-c", "echo hi; exit 3"],
+            "cwd": str(p),
+        }
+        assert (p / "y.txt").read_text() == "new\n"
+        bash = {u.tool_call_id: u for u in client.finished()}["c3"]
+        assert (
+            bash.status == "failed"
+            and "hi" in str(bash.content)
+            and "exit status 3" in str(bash.content)
+        )
+        assert [r.kind for r in client.permission_requests] == ["edit", "execute"]
+        # "Always allow" for edits holds for the rest of the session.
+        assert await say(conn, sid, "once more") == "end_turn"
+        assert (p / "z.txt").read_text() == "more\n"
+        assert len(client.permission_requests) == 2
+
+
+async def test_cancel_kills_a_command_running_in_the_client_terminal(acp_stack: AcpStack) -> None:
+    acp_stack.script.append(Turn(calls=[("c1", "bash", {"command": "sleep 60"})]))
+    client = RecordingClient()
+    async with session(acp_stack, client, caps=capabilities(terminal=True)) as (conn, sid):
+        await conn.set_session_mode(session_id=sid, mode_id="bypassPermissions")
+        turn = asyncio.ensure_future(conn.prompt(session_id=sid, prompt=[text_block("wait")]))
+        await client.wait_for(lambda: bool(client.terminals))  # sleep 60 is running
+        await conn.cancel(session_id=sid)
+        assert (await turn).stop_reason == "cancelled"
+    kinds = [k for k, _ in client.calls]
+    assert (
+        kinds[:1] == ["terminal/create"]
+        and "terminal/kill" in kinds
+        and kinds[-1] == "terminal/release"
+    )
+
+
+async def test_invalid_tool_arguments_are_a_tool_error_the_model_sees(acp_stack: AcpStack) -> None:
+    acp_stack.script += [
+        Turn(calls=[("c1", "read_file", {"file": "x.txt"})]),
+        Turn(text="Let me fix that."),
+    ]
+    client = RecordingClient()
+    async with session(acp_stack, client) as (conn, sid):
+        assert await say(conn, sid, "read it") == "end_turn"
+    (done,) = client.finished()
+    assert done.status == "failed" and "invalid arguments" in str(done.content)
+    tool_msg = next(
+        m for m in acp_stack.seen("/v1/chat/completions")[1]["messages"] if m["role"] == "tool"
+    )
+    assert "invalid arguments" in tool_msg["content"]

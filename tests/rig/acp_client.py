@@ -78,11 +78,11 @@ class RecordingClient:
         limit: int | None = None,
         **kw: Any,
     ) -> ReadTextFileResponse:
-        self.calls.append(("fs/read_text_file", {"path": path, "line": line, "limit": limit}))
+        self._note("fs/read_text_file", {"path": path, "line": line, "limit": limit})
         return ReadTextFileResponse(content=await asyncio.to_thread(Path(path).read_text))
 
     async def write_text_file(self, session_id: str, path: str, content: str, **kw: Any) -> None:
-        self.calls.append(("fs/write_text_file", {"path": path}))
+        self._note("fs/write_text_file", {"path": path})
         await asyncio.to_thread(Path(path).write_text, content)
 
     async def create_terminal(
@@ -95,7 +95,6 @@ class RecordingClient:
         output_byte_limit: int | None = None,
         **kw: Any,
     ) -> CreateTerminalResponse:
-        self.calls.append(("terminal/create", {"command": command, "args": args, "cwd": cwd}))
         proc = await asyncio.create_subprocess_exec(
             command,
             *(args or []),
@@ -113,6 +112,7 @@ class RecordingClient:
         t.reader = asyncio.ensure_future(drain())
         tid = f"term-{len(self.terminals)}"
         self.terminals[tid] = t
+        self._note("terminal/create", {"command": command, "args": args, "cwd": cwd})
         return CreateTerminalResponse(terminal_id=tid)
 
     async def wait_for_terminal_exit(
@@ -131,12 +131,12 @@ class RecordingClient:
         return TerminalOutputResponse(output=t.output.decode(), truncated=False)
 
     async def kill_terminal(self, session_id: str, terminal_id: str, **kw: Any) -> None:
-        self.calls.append(("terminal/kill", {"terminal_id": terminal_id}))
+        self._note("terminal/kill", {"terminal_id": terminal_id})
         with contextlib.suppress(ProcessLookupError):
             self.terminals[terminal_id].proc.kill()
 
     async def release_terminal(self, session_id: str, terminal_id: str, **kw: Any) -> None:
-        self.calls.append(("terminal/release", {"terminal_id": terminal_id}))
+        self._note("terminal/release", {"terminal_id": terminal_id})
         t = self.terminals.pop(terminal_id)
         with contextlib.suppress(ProcessLookupError):
             t.proc.kill()
@@ -159,15 +159,21 @@ class RecordingClient:
 
     # ---- what tests read --------------------------------------------------------------------
 
-    async def wait_until(self, pred: Callable[[Any], bool], within: float = 30.0) -> Any:
-        """The first recorded update matching `pred`, waiting for it to arrive."""
+    async def wait_for(self, cond: Callable[[], bool], within: float = 30.0) -> None:
+        """Until `cond()` holds; rechecked on every update or fs/terminal call that arrives."""
         async with asyncio.timeout(within):
-            while True:
-                found = next((u for u in self.updates if pred(u)), None)
-                if found is not None:
-                    return found
+            while not cond():
                 self._arrived.clear()
                 await self._arrived.wait()
+
+    async def wait_until(self, pred: Callable[[Any], bool], within: float = 30.0) -> Any:
+        """The first recorded update matching `pred`, waiting for it to arrive."""
+        await self.wait_for(lambda: any(pred(u) for u in self.updates), within)
+        return next(u for u in self.updates if pred(u))
+
+    def _note(self, call: str, params: dict[str, Any]) -> None:
+        self.calls.append((call, params))
+        self._arrived.set()
 
     def text(self) -> str:
         return "".join(u.content.text for u in self.updates if isinstance(u, AgentMessageChunk))
