@@ -140,6 +140,13 @@ async def test_stream_closed_mid_reply(wire: str) -> None:
             await collect(make_provider(wire, llm.base_url).stream(HISTORY, SPECS, "m", None))
 
 
+async def test_silence_past_the_timeout() -> None:
+    async with ScriptedLLM([Turn(text="stalls here", hang=True)]) as llm:
+        provider = make_provider("openai-chat", llm.base_url, timeout_s=0.2)
+        with pytest.raises(ProviderError, match=r"nothing received for 0\.2 s"):
+            await collect(provider.stream(HISTORY, SPECS, "m", None))
+
+
 def test_unknown_wire_api() -> None:
     with pytest.raises(ValueError, match="unknown wire_api 'grpc'"):
         make_provider("grpc", "http://x/v1")

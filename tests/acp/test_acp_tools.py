@@ -121,6 +121,8 @@ async def test_bash_output_status_and_cwd(cwd: Path) -> None:
     assert asker.asked[0][1:] == ("Run pwd; echo err >&2; exit 3", "execute")
     r = await run(tb, "bash", {"command": "true"})
     assert r.status == "completed" and r.output.endswith("[exit status 0]")
+    card = tb.started(ToolCall("c2", "bash", json.dumps({"command": "echo a\necho b"})))
+    assert card.title == "Run echo a…" and card.locations == []
 
 
 async def test_bash_timeout_and_cap(cwd: Path) -> None:

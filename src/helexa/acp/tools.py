@@ -85,8 +85,13 @@ KINDS: dict[str, ToolKind] = {
     "bash": "execute",
 }
 
-VERBS = {"read_file": "Read", "write_file": "Write", "edit_file": "Edit", "list_dir": "List"}
-VERBS["bash"] = "Run"
+VERBS = {
+    "read_file": "Read",
+    "write_file": "Write",
+    "edit_file": "Edit",
+    "list_dir": "List",
+    "bash": "Run",
+}
 
 
 @dataclass(frozen=True)
@@ -148,11 +153,9 @@ class Toolbox:
         except ToolError:
             raw = {"arguments": call.arguments}
         target = raw.get("command") if call.name == "bash" else raw.get("path")
-        verb = {"read_file": "Read", "write_file": "Write", "edit_file": "Edit"}
-        verb |= {"list_dir": "List", "bash": "Run"}
-        title = (
-            f"{verb.get(call.name, call.name)} {target}" if isinstance(target, str) else call.name
-        )
+        title = call.name
+        if isinstance(target, str):
+            title = f"{VERBS.get(call.name, call.name)} {_one_line(target)}"
         locations = []
         if call.name != "bash" and isinstance(target, str):
             locations.append(str(expand(target, self.ws.cwd)))
@@ -242,6 +245,13 @@ class Toolbox:
             )
         status: ToolStatus = "completed" if code == 0 else "failed"
         return ToolFinished(card.call_id, status, f"{output}\n[exit status {code}]")
+
+
+def _one_line(text: str, width: int = 80) -> str:
+    """A card title's worth of `text`: its first line, at most `width` characters."""
+    line = text.strip().split("\n", 1)[0]
+    cut = len(line) > width or "\n" in text.strip()
+    return line[:width] + ("…" if cut else "")
 
 
 def _listing(path: Path) -> list[str]:

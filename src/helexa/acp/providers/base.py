@@ -78,7 +78,8 @@ async def sse_post(
     """POST `body` and yield `(event name, parsed data)` per SSE frame (`[DONE]` as the str).
 
     Closing the generator (a cancelled turn) closes the connection, which stops the model."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    # A bound on silence, not on the whole reply: a long answer that keeps streaming is fine.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
@@ -92,10 +93,10 @@ async def sse_post(
             async for chunk in resp.content.iter_any():
                 for name, data in decoder.feed(chunk):
                     yield name, _data(data)
+    except TimeoutError:  # before ClientError: aiohttp's socket timeouts are both
+        raise ProviderError(f"{url}: nothing received for {timeout_s:g} s") from None
     except aiohttp.ClientError as e:
         raise ProviderError(f"{url}: {e or type(e).__name__}") from None
-    except TimeoutError:
-        raise ProviderError(f"{url}: no complete reply within {timeout_s:g} s") from None
 
 
 def _json(headers: dict[str, str]) -> dict[str, str]:
