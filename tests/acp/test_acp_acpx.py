@@ -51,6 +51,7 @@ async def run_acpx(stack: AcpStack, prompt: str, *flags: str) -> list[dict[str, 
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
+    (stack.log.parent / "acpx-transcript.jsonl").write_bytes(out)  # kept for a failure's reader
     assert proc.returncode == 0, err.decode()[-2000:]
     lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
     assert all(m.get("jsonrpc") == "2.0" for m in lines), lines
