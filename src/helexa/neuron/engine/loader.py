@@ -18,7 +18,7 @@ from typing import Any
 from helexa.neuron.engine.errors import LoadError
 from helexa.neuron.gguf_files import local_gguf
 from helexa.wire.errors import ApiError
-from helexa.wire.harness import QuantRefused, normalise_quant
+from helexa.wire.harness import QuantRefused, compile_mode, normalise_quant
 
 log = logging.getLogger("helexa.neuron.engine")
 
@@ -40,6 +40,7 @@ class FaultPlan:
     step_delay_secs: float = 0.0  # sleep before every decode step (slow streams)
     script_text: str | None = None  # every request "samples" these tokens, then EOS
     script_ids: list[int] | None = None
+    compile_fails: bool = False  # torch.compile of the decode step raises
 
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> FaultPlan:
@@ -63,7 +64,10 @@ class LoadSpec:
     max_prompt_tokens: int | None = None
     max_output_tokens: int | None = None
     static_cache: bool | None = None
-    compile: bool = False
+    prefix_cache_mb: int | None = None  # torch: None → torch_prefix.DEFAULT_MB for the device
+    max_batch: int = 8  # torch: generations decoded together (more wait in the worker)
+    kv_budget_mb: int | None = None  # torch: their KV's bound; None → measured free memory
+    compile: str = "auto"  # auto | on | off (torch_compile.wanted)
     # llamacpp: the GGUF file(s) (split shards in order; the first is opened), the context
     # (KV cells shared by all sequences), layers on the GPUs (-1 all) and their split
     gguf_files: list[str] = field(default_factory=list)
@@ -100,7 +104,10 @@ class LoadSpec:
             max_prompt_tokens=_opt_int(spec, "max_prompt_tokens"),
             max_output_tokens=_opt_int(spec, "max_output_tokens"),
             static_cache=spec.get("static_cache"),
-            compile=bool(spec.get("compile", False)),
+            prefix_cache_mb=_opt_int(spec, "prefix_cache_mb"),
+            max_batch=_opt_int(spec, "max_batch") or 8,
+            kv_budget_mb=_opt_int(spec, "kv_budget_mb"),
+            compile=_compile(spec.get("compile")),
             gguf_files=[str(f) for f in spec.get("gguf_files") or []],
             n_ctx=_opt_int(spec, "n_ctx"),
             n_gpu_layers=_opt_int(spec, "n_gpu_layers"),
@@ -129,6 +136,8 @@ class LoadSpec:
             raise LoadError(400, "unsupported_quant", str(e)) from None
         if self.device not in ("cpu", "cuda"):
             raise LoadError(400, "invalid_devices", f"device kind '{self.device}' is not known")
+        if self.max_batch < 1 or (self.kv_budget_mb or 0) < 0:
+            raise LoadError(400, "invalid_value", "max_batch must be >= 1, kv_budget_mb >= 0")
         if self.harness == "llamacpp":
             self._check_gguf()
             return
@@ -163,6 +172,13 @@ class LoadSpec:
 
 
 GGUF_KV_TYPES = ("f16", "q8_0", "q4_0")
+
+
+def _compile(value: object) -> str:
+    try:
+        return compile_mode(value)
+    except ValueError as e:
+        raise LoadError(400, "invalid_value", str(e)) from None
 
 
 def _opt_int(spec: Mapping[str, Any], key: str) -> int | None:
