@@ -119,6 +119,33 @@ async def test_anthropic_request_shape() -> None:
     assert body["tools"][0]["input_schema"]["required"] == ["path"]
 
 
+IMAGE = "data:image/png;base64,iVBORw0KGgo="
+
+
+@pytest.mark.parametrize(
+    ("wire", "part"),
+    [
+        ("openai-chat", {"type": "image_url", "image_url": {"url": IMAGE}}),
+        ("openai-responses", {"type": "input_image", "image_url": IMAGE}),
+        (
+            "anthropic-messages",
+            {
+                "type": "image",
+                "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+            },
+        ),
+    ],
+)
+async def test_user_images(wire: str, part: dict[str, object]) -> None:
+    history = [Message("user", "what is this?", images=[IMAGE])]
+    async with ScriptedLLM([Turn(text="a dot")]) as llm:
+        await collect(make_provider(wire, llm.base_url).stream(history, [], "m", 10))
+    body = llm.seen[0].body
+    (msg,) = body.get("messages") or body["input"]
+    assert msg["role"] == "user" and msg["content"][-1] == part
+    assert "tools" not in body
+
+
 @pytest.mark.parametrize("wire", list(WIRE_APIS))
 async def test_endpoint_down(wire: str) -> None:
     provider = make_provider(wire, f"http://127.0.0.1:{free_port()}/v1")
