@@ -66,7 +66,7 @@ def test_default_mode(cwd: Path) -> None:
 def test_bypass_mode(cwd: Path) -> None:
     p = policy("bypassPermissions", cwd)
     for action in ("read", "write", "execute"):
-        assert p.decide(action, Path("/etc/hosts")) == "allow"  # type: ignore[arg-type]
+        assert p.decide(action, Path("/etc/hosts")) == "allow"
 
 
 def test_plan_mode(cwd: Path) -> None:
