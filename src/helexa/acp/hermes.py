@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from helexa.acp.history import ToolCall
+from helexa.acp.history import ToolCall, new_call_id
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
@@ -107,8 +106,8 @@ def parse_block(body: str) -> ToolCall | None:
         try:
             args = loads_tolerant(args)
         except ValueError:
-            return ToolCall(_new_id(), obj["name"], args)
-    return ToolCall(_new_id(), obj["name"], json.dumps(args, ensure_ascii=False))
+            return ToolCall(new_call_id(), obj["name"], args)
+    return ToolCall(new_call_id(), obj["name"], json.dumps(args, ensure_ascii=False))
 
 
 def parse(text: str) -> tuple[str, list[ToolCall]]:
@@ -129,10 +128,6 @@ def parse(text: str) -> tuple[str, list[ToolCall]]:
             calls.append(call)
     prose.append(rest)
     return "".join(prose).strip() if calls else text, calls
-
-
-def _new_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 @dataclass

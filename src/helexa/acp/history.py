@@ -6,6 +6,7 @@ its own and a history written with one wire API can be continued with another.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, cast
 
@@ -20,6 +21,12 @@ class ToolCall:
     id: str
     name: str
     arguments: str
+
+
+def new_call_id() -> str:
+    """An id for a call the endpoint gave none (text calls, id-less streams): unique per session,
+    as every wire API pairs results by it."""
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 import aiohttp
 import orjson
 
-from helexa.acp.history import Message, ToolCall
+from helexa.acp.history import Message, ToolCall, new_call_id
 from helexa.acp.tools import ToolSpec
 from helexa.wire.sse import SSEDecoder
 
@@ -209,8 +209,7 @@ class Reply:
         if not complete or self.stop is None:
             raise ProviderError("the stream ended before the reply was complete")
         calls = [
-            ToolCall(p.id or f"call_{i}", p.name, "".join(p.args))
-            for i, p in enumerate(self.calls.values())
+            ToolCall(p.id or new_call_id(), p.name, "".join(p.args)) for p in self.calls.values()
         ]
         msg = Message("assistant", "".join(self.text), "".join(self.reasoning), calls)
         stop: Stop = "tool_use" if calls and self.stop == "end_turn" else self.stop
