@@ -36,7 +36,7 @@ def tok(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def grammars(tok: Any) -> Grammars:
-    return Grammars(lambda: hf_vocabulary(tok.to_str(), [EOS], N_VOCAB), [EOS])
+    return Grammars(lambda: hf_vocabulary(tok, [EOS], N_VOCAB), [EOS])
 
 
 def ids(tok: Any, text: str) -> list[int]:
@@ -57,6 +57,29 @@ def test_markers_are_text_and_eos_is_special(tok: Any, grammars: Grammars) -> No
     assert c.complete
     assert grammars.vocab.is_special_token(EOS)
     assert not grammars.vocab.is_special_token(call)
+
+
+def test_token_bytes_are_what_llguidance_reads_from_tokenizer_json(tok: Any) -> None:
+    import llguidance as llg
+
+    from helexa.neuron.engine.constraint import _byte_level_texts
+
+    ours = _byte_level_texts(tok, N_VOCAB)
+    assert ours is not None
+    base = llg.LLTokenizer(tok.to_str(), n_vocab=N_VOCAB, eos_token=[EOS])
+    real = range(tok.get_vocab_size())
+    differ = [i for i in real if ours[i] != base.decode_bytes([i])]
+    # only the raw byte 0xff, which llguidance reserves as its special-token mark
+    assert [ours[i] for i in differ] == [b"\xff"]
+    assert ours[tok.token_to_id("</think>")] == b"</think>"
+
+
+def test_prepared_in_the_background(tok: Any) -> None:
+    g = Grammars(lambda: hf_vocabulary(tok, [EOS], N_VOCAB), [EOS])
+    g.prepare()
+    g.prepare()  # once
+    assert g.vocab.vocab_size == N_VOCAB
+    assert g.open(Constraint('start: "x"')) is not None
 
 
 def test_eos_only_where_the_grammar_accepts(tok: Any, grammars: Grammars) -> None:
@@ -108,9 +131,13 @@ def test_a_tokenizer_that_cannot_be_used_is_invalid_value() -> None:
     def broken() -> Any:
         raise ValueError("no tokenizer.json")
 
-    with pytest.raises(RequestError) as ei:
-        Grammars(broken, [EOS]).open(Constraint('start: "x"'))
-    assert "no tokenizer.json" in ei.value.message
+    for prepared in (False, True):
+        g = Grammars(broken, [EOS])
+        if prepared:
+            g.prepare()
+        with pytest.raises(RequestError) as ei:
+            g.open(Constraint('start: "x"'))
+        assert "no tokenizer.json" in ei.value.message
 
 
 def test_after_the_marker_the_grammar_applies(tok: Any, grammars: Grammars) -> None:

@@ -15,8 +15,10 @@ only, no torch: the llama.cpp worker uses it too.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import llguidance as llg
 import numpy as np
@@ -24,6 +26,9 @@ from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
 from helexa.neuron.engine.errors import RequestError
 from helexa.neuron.engine.frames import Constraint
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 _CACHED_GRAMMARS = 32
 
@@ -39,7 +44,12 @@ def vocabulary(
     the ids that never appear as text, `encode` plain-text tokenization (no special parsing)."""
     special = set(special)
     eos = sorted(eos_ids)
-    padded = [b"\xff" + t if i in special else t for i, t in enumerate(tokens[:n_vocab])]
+    # llguidance marks special tokens with a leading 0xff byte, so the raw byte 0xff (never in
+    # UTF-8 text anyway) can't be a token of its own
+    padded = [
+        b"\xff" + t if i in special else b"" if t.startswith(b"\xff") else t
+        for i, t in enumerate(tokens[:n_vocab])
+    ]
     padded += [b""] * (n_vocab - len(padded))
 
     class _Source:
@@ -54,16 +64,14 @@ def vocabulary(
     return llg.LLTokenizer(llg.TokenizerWrapper(_Source()), n_vocab=n_vocab, eos_token=eos)
 
 
-def hf_vocabulary(tokenizer_json: str, eos_ids: Iterable[int], n_vocab: int) -> llg.LLTokenizer:
-    """From a tokenizer.json: llguidance decodes each token's bytes (byte-level, SentencePiece
-    byte fallback...), and the added tokens not marked special count as text."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(tokenizer_json)
-    base = llg.LLTokenizer(tokenizer_json, n_vocab=n_vocab, eos_token=sorted(eos_ids))
-    size = min(base.vocab_size, n_vocab)
-    texts = [base.decode_bytes([i]) for i in range(size)]
-    special = [i for i, t in tok.get_added_tokens_decoder().items() if t.special]
+def hf_vocabulary(tok: Tokenizer, eos_ids: Iterable[int], n_vocab: int) -> llg.LLTokenizer:
+    """From a `tokenizers.Tokenizer`; the added tokens not marked special count as text."""
+    added = tok.get_added_tokens_decoder()
+    texts = _byte_level_texts(tok, n_vocab)
+    if texts is None:  # not byte-level (e.g. SentencePiece): llguidance decodes each token
+        base = llg.LLTokenizer(tok.to_str(), n_vocab=n_vocab, eos_token=sorted(eos_ids))
+        texts = [base.decode_bytes([i]) for i in range(min(base.vocab_size, n_vocab))]
+    special = [i for i, t in added.items() if t.special]
 
     def encode(s: str) -> list[int]:
         return list(tok.encode(s, add_special_tokens=False).ids)
@@ -71,9 +79,42 @@ def hf_vocabulary(tokenizer_json: str, eos_ids: Iterable[int], n_vocab: int) -> 
     return vocabulary(texts, special, eos_ids, n_vocab, encode)
 
 
+def _byte_level_texts(tok: Tokenizer, n_vocab: int) -> list[bytes] | None:
+    """Each token's bytes straight from a byte-level BPE vocabulary (GPT-2's byte alphabet),
+    a second faster than asking llguidance for 150k tokens; None for other decoders."""
+    from tokenizers import decoders
+
+    if not isinstance(tok.decoder, decoders.ByteLevel):
+        return None
+    to_bytes = {ord(ch): b for b, ch in enumerate(_gpt2_alphabet())}  # then latin-1 encodes
+    added = {i: t.content for i, t in tok.get_added_tokens_decoder().items()}
+    texts = [b""] * n_vocab
+    for piece, i in tok.get_vocab(with_added_tokens=False).items():
+        if i < n_vocab:
+            texts[i] = piece.translate(to_bytes).encode("latin-1")
+    for i, content in added.items():
+        if i < n_vocab:
+            texts[i] = content.encode()
+    return texts
+
+
+def _gpt2_alphabet() -> list[str]:
+    """The character byte-level BPE writes for each byte value (GPT-2's bytes_to_unicode)."""
+    shown = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    shown += range(ord("®"), ord("ÿ") + 1)
+    out, extra = [], 0
+    for b in range(256):
+        if b in shown:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
 class Grammars:
-    """Compiled grammars for one model; the vocabulary is built on the first constrained
-    request (about a second for 150k tokens), so unconstrained serving never pays for it."""
+    """Compiled grammars for one model. The vocabulary (a second or so for 150k tokens) is
+    built in the background once the model is warm (`prepare`), else on first use."""
 
     def __init__(
         self, build_vocabulary: Callable[[], llg.LLTokenizer], eos_ids: Iterable[int]
@@ -81,19 +122,35 @@ class Grammars:
         self._build = build_vocabulary
         self._eos = sorted(eos_ids)
         self._vocab: llg.LLTokenizer | None = None
+        self._failed: Exception | None = None
+        self._builder: threading.Thread | None = None
         self._compiled: OrderedDict[str, llg.LLMatcher] = OrderedDict()
+
+    def prepare(self) -> None:
+        """Start building the vocabulary on a thread, so no request waits for all of it."""
+        if self._builder is None and self._vocab is None:
+            self._builder = threading.Thread(target=self._build_now, name="vocab", daemon=True)
+            self._builder.start()
+
+    def _build_now(self) -> None:
+        try:
+            self._vocab = self._build()
+        except Exception as e:
+            self._failed = e
 
     @property
     def vocab(self) -> llg.LLTokenizer:
+        if self._builder is not None:
+            self._builder.join()
+            self._builder = None
+        if self._vocab is None and self._failed is None:
+            self._build_now()
         if self._vocab is None:
-            try:
-                self._vocab = self._build()
-            except Exception as e:
-                raise RequestError(
-                    "invalid_value",
-                    f"this model's tokenizer can't be used for constrained decoding: {e}",
-                    "constraint",
-                ) from e
+            raise RequestError(
+                "invalid_value",
+                f"this model's tokenizer can't be used for constrained decoding: {self._failed}",
+                "constraint",
+            )
         return self._vocab
 
     def compile(self, grammar: str) -> llg.LLMatcher:

@@ -31,14 +31,14 @@ class WorkerTokenizer:
             return list(self._fast.encode(text, add_special_tokens=False).ids)
         return list(self._hf.encode(text, add_special_tokens=False))
 
-    def json(self) -> str:
-        """The tokenizer as tokenizer.json text (llguidance builds its vocabulary from it)."""
+    def backend(self) -> Any:
+        """The `tokenizers.Tokenizer` (llguidance's vocabulary is built from it)."""
         if self._fast is not None:
-            return str(self._fast.to_str())
+            return self._fast
         backend = getattr(self._hf, "backend_tokenizer", None)
         if backend is None:
             raise ValueError("constrained decoding needs a fast (tokenizer.json) tokenizer")
-        return str(backend.to_str())
+        return backend
 
     def token_to_id(self, token: str) -> int | None:
         if self._fast is not None:
