@@ -155,6 +155,8 @@ async def test_plan_mode(cwd: Path) -> None:
         ("edit_file", {"path": "a", "old_text": "", "new_text": "b"}, "old_text"),
         ("bash", {"command": 5}, "command: Input should be a valid string"),
         ("fly", {}, "unknown tool 'fly'; available: read_file"),
+        ("read_file", {"path": "a\u0000b"}, "embedded null byte"),
+        ("bash", {"command": "echo \u0000"}, "null byte"),
     ],
 )
 async def test_invalid_arguments_are_tool_errors(

@@ -8,6 +8,7 @@ back as a failed tool result it can read and recover from; nothing here raises i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -158,7 +159,8 @@ class Toolbox:
             title = f"{VERBS.get(call.name, call.name)} {_one_line(target)}"
         locations = []
         if call.name != "bash" and isinstance(target, str):
-            locations.append(str(expand(target, self.ws.cwd)))
+            with contextlib.suppress(ValueError):  # a NUL in the path: run() reports it
+                locations.append(str(expand(target, self.ws.cwd)))
         kind = KINDS.get(call.name, "other")
         return ToolStarted(call.id, call.name, title, kind, raw, locations)
 
@@ -177,7 +179,7 @@ class Toolbox:
             return await handler(args, card)
         except ToolError as e:
             return ToolFinished(call.id, "failed", str(e))
-        except (OSError, UnicodeError, WorkspaceError) as e:
+        except (OSError, ValueError, WorkspaceError) as e:  # ValueError: a NUL in a path
             return ToolFinished(call.id, "failed", f"{call.name}: {e}")
 
     async def _gate(self, action: Action, path: Path | None, card: ToolStarted) -> None:
