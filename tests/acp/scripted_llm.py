@@ -28,6 +28,7 @@ class Turn:
     status: int = 200  # != 200: answer with an error body instead of a stream
     drop: bool = False  # close the connection after the first frames
     hang: bool = False  # after the first frames, wait until the client disconnects
+    raw: list[bytes] | None = None  # these frames as they are, instead of the scripted reply
 
 
 def _args(a: Any) -> str:
@@ -144,7 +145,7 @@ class ScriptedLLM:
         if turn.status != 200:
             err = {"error": {"message": f"scripted failure {turn.status}", "type": "server_error"}}
             return web.json_response(err, status=turn.status)
-        frames = FORMATS[request.path](turn)
+        frames = turn.raw if turn.raw is not None else FORMATS[request.path](turn)
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
         if turn.drop or turn.hang:

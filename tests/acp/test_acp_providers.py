@@ -167,6 +167,16 @@ async def test_stream_closed_mid_reply(wire: str) -> None:
             await collect(make_provider(wire, llm.base_url).stream(HISTORY, SPECS, "m", None))
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [b'data: {"choices": [{"delta": "text"}]}\n\n', b"data: [1, 2]\n\n", b"data: {bad\n\n"],
+)
+async def test_malformed_frames(frame: bytes) -> None:
+    async with ScriptedLLM([Turn(raw=[frame])]) as llm:
+        with pytest.raises(ProviderError, match="the stream sent a frame"):
+            await collect(make_provider("openai-chat", llm.base_url).stream([], SPECS, "m", None))
+
+
 async def test_silence_past_the_timeout() -> None:
     async with ScriptedLLM([Turn(text="stalls here", hang=True)]) as llm:
         provider = make_provider("openai-chat", llm.base_url, timeout_s=0.2)

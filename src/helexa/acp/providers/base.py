@@ -162,7 +162,13 @@ class HttpProvider:
         frames = sse_post(self.base_url + self.path, self.headers(), body, self.timeout_s)
         async with contextlib.aclosing(frames):
             async for name, data in frames:
-                for delta in parser.feed(name, data):
+                try:
+                    deltas = parser.feed(name, data)
+                except (AttributeError, TypeError, KeyError):
+                    raise ProviderError(
+                        f"the stream sent a frame of an unexpected shape: {data!r:.200}"
+                    ) from None
+                for delta in deltas:
                     yield delta
                 if parser.finished:
                     break
