@@ -178,6 +178,16 @@ def test_prefix_cache_reuses_kv_and_keeps_greedy(
     assert b.ids == c.ids and b.text == c.text
 
 
+def test_short_sequences_are_not_kept(w: WorkerClient) -> None:
+    """A finished sequence under KEEP_MIN tokens leaves the KV cache (every step would attend
+    over its cells); the same prompt again is prefilled in full, with the same answer."""
+    short = prompts()[2] * 5  # 100 tokens
+    a = w.generate(short, max_tokens=8)
+    b = w.generate(short, max_tokens=8)
+    assert b.end.get("cached_tokens", 0) == 0
+    assert a.ids == b.ids
+
+
 def test_embeddings_are_last_token_normalised(w: WorkerClient, tiny_qwen3: Path) -> None:
     from transformers import AutoModelForCausalLM
 

@@ -38,6 +38,12 @@ from helexa.neuron.memory import ProcessMemory
 
 log = logging.getLogger("helexa.neuron.engine")
 
+# An idle sequence shorter than this is not kept for reuse. Every decode attends over all the
+# occupied cells of the unified cache, idle sequences' too (measured on CPU: 10 idle sequences
+# of 160 tokens made a 34-token prefill +20% and each decode step +8%), while prefilling this
+# many tokens again is one batched decode.
+KEEP_MIN = 256
+
 
 def gguf_vocabulary(model: GgufModel, eos_ids: frozenset[int]) -> LLTokenizer:
     """The GGUF's tokens as the text they decode to; control tokens are the special ones."""
@@ -79,6 +85,7 @@ class LlamaCppEngine:
         self.ctx.forget(0)
         if not finite:
             raise RuntimeError("the model produced non-finite logits on a warm-up decode")
+        self.grammars.prepare()
 
     # ---- the decode loop's hooks ------------------------------------------------------------
 
@@ -163,8 +170,14 @@ class LlamaCppEngine:
         return sampler.sample(logits)
 
     def release(self, state: GenerationState) -> None:
-        if state.cache is not None:
-            self.prefix.give_back(state.cache)
+        """Give the sequence back; a short one's KV cells are dropped now (see KEEP_MIN)."""
+        slot: Slot | None = state.cache
+        if slot is None:
+            return
+        if len(slot.tokens) < KEEP_MIN:
+            self.ctx.forget(slot.seq)
+            slot.tokens.clear()
+        self.prefix.give_back(slot)
 
     # ---- requests ---------------------------------------------------------------------------
 
