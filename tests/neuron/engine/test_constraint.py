@@ -44,7 +44,7 @@ def ids(tok: Any, text: str) -> list[int]:
 
 
 def allowed_ids(c: Constrained) -> set[int]:
-    return set(np.flatnonzero(c.allowed()).tolist())
+    return set(np.flatnonzero(~c.banned()).tolist())
 
 
 def test_markers_are_text_and_eos_is_special(tok: Any, grammars: Grammars) -> None:

@@ -195,25 +195,27 @@ class Constrained:
         self._marker = after.encode() if after else b""
         self._seen = b""  # the free text's tail, while waiting for the marker
         self._bitmask = allocate_token_bitmask(1, vocab.vocab_size)
-        self._free = np.ones(vocab.vocab_size if after else 0, dtype=np.bool_)  # all but EOS
-        self._free[[t for t in eos_ids if t < len(self._free)]] = False
+        self._eos_only = np.zeros(vocab.vocab_size if after else 0, dtype=np.bool_)
+        self._eos_only[[t for t in eos_ids if t < len(self._eos_only)]] = True
 
     @property
     def complete(self) -> bool:
         """The grammar has matched and can't take another token: the generation ends."""
         return not self._marker and self.matcher.is_stopped()
 
-    def allowed(self) -> np.ndarray:
-        """Which tokens may come next: a bool per logit (the vocabulary spans the logits)."""
+    def banned(self) -> np.ndarray:
+        """Which tokens can't come next: a bool per logit (the vocabulary spans the logits).
+        Only EOS while free; valid until the next call."""
         if self._marker:
-            return self._free
+            return self._eos_only
         fill_next_token_bitmask(self.matcher, self._bitmask)
+        np.invert(self._bitmask, out=self._bitmask)  # a set bit now bans its token
         bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
         return bits[: self.vocab.vocab_size].view(np.bool_)
 
     def mask(self, logits: np.ndarray) -> None:
         """Set the logits of the tokens that can't come next to -inf, in place."""
-        np.putmask(logits, ~self.allowed(), -np.inf)
+        np.copyto(logits, -np.inf, where=self.banned())
 
     def advance(self, token: int) -> None:
         """Feed the sampled token to the matcher (or look for the marker in it while free)."""

@@ -130,8 +130,8 @@ def steer(logits: torch.Tensor, bias: LogitBias | None, constraint: Constrained 
         ids = torch.from_numpy(bias.ids).to(logits.device)
         logits.index_add_(0, ids, torch.from_numpy(bias.values).to(logits.device))
     if constraint is not None:
-        allowed = torch.from_numpy(constraint.allowed()).to(logits.device)
-        logits.masked_fill_(~allowed, -math.inf)
+        banned = torch.from_numpy(constraint.banned()).to(logits.device)
+        logits.masked_fill_(banned, -math.inf)
 
 
 def pick_checked(
