@@ -241,3 +241,45 @@ def test_what_the_grammar_allows_the_parser_reads_as_calls() -> None:
         ("ls", {}),
     ]
     assert parser.content == "" and len(events) == 2
+
+
+def _streamed(text: str, cuts: list[int], **kw: Any) -> tuple[OutputParser, list[Any]]:
+    parser = OutputParser(False, False, True, stream_calls=True, **kw)
+    events: list[Any] = []
+    for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True):
+        events += parser.feed(text[a:b])
+    return parser, events + parser.finish()
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 1000])
+def test_forced_calls_stream_their_arguments_as_generated(step: int) -> None:
+    args = {"path": "/a}b", "n": {"m": [1, {"k": "}"}]}}
+    text = call("Read", args) + "\n" + call("ls", {})
+    parser, events = _streamed(text, list(range(step, len(text), step)))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "CallStart" and kinds.count("CallStart") == 2
+    assert kinds.index("ToolCall") < kinds.index("CallStart", 1)  # one call after the other
+    for call_ in parser.tool_calls:
+        sent = "".join(e.text for e in events if type(e).__name__ == "CallArgs"
+                       and e.index == call_.index)  # fmt: skip
+        assert sent == call_.arguments and call_.streamed
+    assert json.loads(parser.tool_calls[0].arguments) == args
+    assert [(c.index, c.name) for c in parser.tool_calls] == [(0, "Read"), (1, "ls")]
+    starts = [e for e in events if type(e).__name__ == "CallStart"]
+    assert [s.id for s in starts] == [c.id for c in parser.tool_calls]
+    if step == 1:  # arguments go out before the call closes
+        first_args = kinds.index("CallArgs")
+        assert first_args < kinds.index("ToolCall") - 1
+    assert parser.content == "" and parser.finish_reason == "tool_calls"
+
+
+def test_a_streamed_call_cut_by_the_cap_keeps_what_was_generated() -> None:
+    text = call("Read", {"path": "/etc/hosts"})
+    parser = OutputParser(False, False, True, stream_calls=True)
+    args_at = text.index('"arguments": ') + len('"arguments": ')
+    cut = args_at + len('{"path": "/etc/hosts"}')  # the tail's `}` might have come next
+    events = parser.feed(text[:cut]) + parser.finish(hit_cap=True)
+    sent = "".join(e.text for e in events if type(e).__name__ == "CallArgs")
+    assert parser.tool_calls[0].arguments == sent == '{"path": "/etc/hosts"}'
+    assert [type(e).__name__ for e in events] == ["CallStart", "CallArgs", "CallArgs", "ToolCall"]
+    assert parser.finish_reason == "length" and parser.content == ""

@@ -7,13 +7,16 @@ the whole text, and no delta ever ends inside a `<think>`, `</think>`, `<tool_ca
 
 States: `content` (watching `<think>` when reasoning is on, `<tool_call>` when tools are on),
 `reasoning` (watching `</think>` only) and `call` (inside a tool-call span, buffering until
-`</tool_call>`; a span is only ever emitted whole).
+`</tool_call>`; a span is only ever emitted whole, unless `stream_calls`: a grammar guarantees
+the span's shape, so the call is announced (`CallStart`) once its name is read and its
+arguments stream (`CallArgs`) as they are generated).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,15 +51,38 @@ class ReasoningDelta:
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """One parsed call, emitted whole when its `</tool_call>` closes."""
+    """One parsed call, emitted when its `</tool_call>` closes; `streamed` when its start and
+    arguments already went out as `CallStart` and `CallArgs`."""
 
     index: int
     id: str
     name: str
-    arguments: str  # compact JSON of an object
+    arguments: str  # JSON of an object: compact, or as generated when streamed
+    streamed: bool = False
 
 
-Event = ContentDelta | ReasoningDelta | ToolCall
+@dataclass(frozen=True, slots=True)
+class CallStart:
+    """A streamed call's name is known (its arguments follow as `CallArgs`)."""
+
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallArgs:
+    """More of a streamed call's arguments."""
+
+    index: int
+    text: str
+
+
+Event = ContentDelta | ReasoningDelta | ToolCall | CallStart | CallArgs
+
+# a streamed span's head, as the call grammar writes it (constrain/grammar.py)
+_CALL_HEAD = re.compile(r'\s*\{"name": "((?:[^"\\]|\\.)*)", "arguments": ')
+_CALL_TAIL = "}\n" + CALL_CLOSE
 
 _CONTENT, _REASONING, _CALL = 0, 1, 2
 
@@ -72,6 +98,22 @@ def _held_len(buf: str) -> int:
                 return n - i
         i = buf.find("<", i + 1)
     return 0
+
+
+def _tail_hold(buf: str) -> int:
+    """Length of the suffix of a streamed span that may be the start of its tail
+    (`}\n</tool_call>`), so not yet arguments."""
+    i = buf.rfind("}")
+    return len(buf) - i if i >= 0 and _CALL_TAIL.startswith(buf[i:]) else 0
+
+
+@dataclass(slots=True)
+class _Streaming:
+    """The streamed call open in the span: its start, and how far its arguments went out."""
+
+    start: CallStart
+    args_from: int  # where the arguments begin in the span
+    sent: int  # how far they were emitted
 
 
 def _reject_constant(name: str) -> Any:
@@ -106,7 +148,7 @@ class OutputParser:
     `reasoning`: the model has `<think>` markers; `start_in_reasoning`: the rendered prompt ended
     inside an open `<think>`; `tools_enabled`: the request has tools and `tool_choice != "none"`;
     `max_calls`: valid calls past this many are dropped (`parallel_tool_calls: false` is 1,
-    Responses' `max_tool_calls`).
+    Responses' `max_tool_calls`); `stream_calls`: a grammar forces the calls, so they stream.
     """
 
     __slots__ = (
@@ -121,6 +163,8 @@ class OutputParser:
         "_new_call_id",
         "_reasoning",
         "_scan_from",
+        "_stream_calls",
+        "_streaming",
         "_strip_ws",
         "_ws_hold",
         "hit_cap",
@@ -138,8 +182,11 @@ class OutputParser:
         *,
         max_calls: int | None = None,
         new_call_id: Callable[[], str] | None = None,
+        stream_calls: bool = False,
     ) -> None:
         self.reasoning_enabled = reasoning or start_in_reasoning
+        self._stream_calls = stream_calls
+        self._streaming: _Streaming | None = None
         self.tools_enabled = tools_enabled
         self._max_calls = max_calls
         self._new_call_id = new_call_id or (lambda: new_id("call_"))
@@ -214,7 +261,9 @@ class OutputParser:
         self.hit_cap = hit_cap
         out: list[Event] = []
         buf, self._buf = self._buf, ""
-        if self._mode == _CALL:
+        if self._mode == _CALL and self._streaming is not None:
+            self._end_streamed(buf, out, closed=False)  # cut: the arguments so far, as OpenAI
+        elif self._mode == _CALL:
             self._emit_content(CALL_OPEN + buf, out)
         elif self._mode == _REASONING:
             self._emit_reasoning(buf, out)
@@ -232,7 +281,11 @@ class OutputParser:
                 j = buf.find(CALL_CLOSE, self._scan_from)
                 if j < 0:
                     self._scan_from = max(0, len(buf) - len(CALL_CLOSE) + 1)
+                    if self._stream_calls:
+                        self._stream_call(buf, out)
                     return
+                if self._stream_calls:  # a span that opened and closed in one feed
+                    self._stream_call(buf[:j], out)
                 self._buf = buf[j + len(CALL_CLOSE) :]
                 self._mode = _CONTENT
                 self._close_call(buf[:j], out)
@@ -271,7 +324,48 @@ class OutputParser:
                 best, found = i, CALL_OPEN
         return best, found
 
+    def _stream_call(self, buf: str, out: list[Event]) -> None:
+        """In an open span: announce the call once its name is read, then send its arguments
+        up to what may be the span's tail."""
+        st = self._streaming
+        if st is None:
+            m = _CALL_HEAD.match(buf)
+            full = self._max_calls is not None and len(self.tool_calls) >= self._max_calls
+            if m is None or full:
+                return
+            try:
+                name = json.loads('"' + m.group(1) + '"')
+            except ValueError:
+                return
+            start = CallStart(len(self.tool_calls), self._new_call_id(), name)
+            st = self._streaming = _Streaming(start, m.end(), m.end())
+            out.append(start)
+        end = len(buf) - _tail_hold(buf)
+        if end > st.sent:
+            out.append(CallArgs(st.start.index, buf[st.sent : end]))
+            st.sent = end
+
+    def _end_streamed(self, body: str, out: list[Event], closed: bool) -> None:
+        """The streamed call's span ended (closed, or cut by the cap): the rest of its arguments,
+        then the whole call."""
+        st = self._streaming
+        assert st is not None
+        self._streaming = None
+        args = body[st.args_from :].rstrip()
+        if closed and args.endswith("}"):  # the span's object closes after the arguments
+            args = args[:-1].rstrip()
+        if len(args) > st.sent - st.args_from:
+            out.append(CallArgs(st.start.index, args[st.sent - st.args_from :]))
+        call = ToolCall(st.start.index, st.start.id, st.start.name, args, streamed=True)
+        self.tool_calls.append(call)
+        out.append(call)
+
     def _close_call(self, body: str, out: list[Event]) -> None:
+        if self._streaming is not None:
+            self._ws_hold = ""
+            self._after_call = True
+            self._end_streamed(body, out, closed=True)
+            return
         parsed = parse_call_body(body)
         if parsed is None:
             self._emit_content(CALL_OPEN + body + CALL_CLOSE, out)

@@ -236,3 +236,28 @@ async def test_a_constrained_reply_cut_by_the_cap_says_it_is_unfinished(
     assert "before it completed the requested format" in cut["incomplete_details"]["message"]
     free = await finish()
     assert free["finish_reason"] == "length" and "incomplete_details" not in free
+
+
+async def test_forced_call_arguments_stream_as_generated(start_neuron: NeuronFactory) -> None:
+    rig = await start_neuron()
+    pieces = [CALL[i : i + 4] for i in range(0, len(CALL), 4)]
+    await loaded(rig, {"reply": {"pieces": pieces}})
+    body = chat_body("local/m", tools=TOOLS, tool_choice="required", stream=True)
+    async with rig.client.stream("POST", "/v1/chat/completions", json=body) as r:
+        frames = await sse_data(r)
+    chunks = [ChatCompletionChunk.model_validate(f) for f in frames[:-1]]
+    calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert calls[0].id and calls[0].function and calls[0].function.name == "Read"
+    args = [tc.function.arguments for tc in calls[1:] if tc.function]
+    assert len(args) > 3 and json.loads("".join(a or "" for a in args)) == json.loads(ANSWER)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    flat = [{"type": "function", "name": "Read", "parameters": SCHEMA}]
+    body = {"model": "local/m", "input": "hi", "tools": flat, "tool_choice": "required"}
+    async with rig.client.stream("POST", "/v1/responses", json={**body, "stream": True}) as r:
+        events = await sse_data(r)
+    deltas = [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"]
+    done = [e for e in events if e["type"] == "response.output_item.done"]
+    assert len(deltas) > 3 and "".join(deltas) == done[0]["item"]["arguments"]
+    assert json.loads(done[0]["item"]["arguments"]) == json.loads(ANSWER)
+    assert events[-1]["type"] == "response.completed"

@@ -29,7 +29,16 @@ from helexa.neuron.openai.common import (
 )
 from helexa.neuron.openai.params import CHAT_REFUSED, thinking_kwargs, unsupported_parameter
 from helexa.neuron.openai.replies import Chunks, Usage
-from helexa.neuron.parse import ContentDelta, Event, OutputParser, ReasoningDelta, ToolCall, new_id
+from helexa.neuron.parse import (
+    CallArgs,
+    CallStart,
+    ContentDelta,
+    Event,
+    OutputParser,
+    ReasoningDelta,
+    ToolCall,
+    new_id,
+)
 from helexa.wire import sse
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -356,7 +365,7 @@ class ChatStream(Chunks):
                 out.append(self._delta({"content": ev.text}))
             elif isinstance(ev, ReasoningDelta):
                 out.append(self._delta({"reasoning_content": ev.text}))
-            else:
+            elif isinstance(ev, CallStart) or (isinstance(ev, ToolCall) and not ev.streamed):
                 head = {
                     "index": ev.index,
                     "id": ev.id,
@@ -364,9 +373,14 @@ class ChatStream(Chunks):
                     "function": {"name": ev.name, "arguments": ""},
                 }
                 out.append(self._delta({"tool_calls": [head]}))
-                args = {"index": ev.index, "function": {"arguments": ev.arguments}}
-                out.append(self._delta({"tool_calls": [args]}))
+                if isinstance(ev, ToolCall):
+                    out.append(self._args(ev.index, ev.arguments))
+            elif isinstance(ev, CallArgs):
+                out.append(self._args(ev.index, ev.text))
         return b"".join(out)
+
+    def _args(self, index: int, text: str) -> bytes:
+        return self._delta({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
 
     def final(
         self, finish_reason: str, stop_reason: str | None = None, unfinished: bool = False

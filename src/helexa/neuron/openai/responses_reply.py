@@ -13,7 +13,16 @@ import orjson
 
 from helexa.neuron.openai.replies import Usage
 from helexa.neuron.openai.responses import ResponsesRequest
-from helexa.neuron.parse import ContentDelta, Event, OutputParser, ReasoningDelta, ToolCall, new_id
+from helexa.neuron.parse import (
+    CallArgs,
+    CallStart,
+    ContentDelta,
+    Event,
+    OutputParser,
+    ReasoningDelta,
+    ToolCall,
+    new_id,
+)
 from helexa.wire import sse
 from helexa.wire.errors import ApiError
 
@@ -109,10 +118,21 @@ class ResponsesStream:
     `start()` (created, in_progress), `events(...)` per parser batch, then `finish(...)` (closes
     the open item, then `response.completed`, or `response.incomplete` on a cap hit, always
     last) or `error(err)` on a fault. A change of kind (reasoning ↔ text) opens a new item;
-    each tool call is one whole item.
+    each tool call is one item, sent whole or, when the parser streams it, as it comes.
     """
 
-    __slots__ = ("_kind", "_open", "_text", "created_at", "done", "id", "output", "req", "seq")
+    __slots__ = (
+        "_call",
+        "_kind",
+        "_open",
+        "_text",
+        "created_at",
+        "done",
+        "id",
+        "output",
+        "req",
+        "seq",
+    )
 
     def __init__(
         self, req: ResponsesRequest, *, id: str | None = None, created_at: int | None = None
@@ -125,6 +145,7 @@ class ResponsesStream:
         self._kind: str | None = None  # "reasoning" | "message" while an item is open
         self._open: dict[str, Any] = {}
         self._text: list[str] = []
+        self._call = ""  # the id of the function_call item being streamed
         self.done = False
 
     def _ev(self, name: str, obj: dict[str, Any]) -> bytes:
@@ -155,9 +176,16 @@ class ResponsesStream:
                 self._delta("reasoning", ev.text, out)
             elif isinstance(ev, ContentDelta):
                 self._delta("message", ev.text, out)
+            elif isinstance(ev, CallStart):
+                self._call_start(ev, out)
+            elif isinstance(ev, CallArgs):
+                self._call_args(ev.text, out)
+            elif ev.streamed:
+                self._call_done(ev, out)
             else:
-                self._close(out)
-                self._call(ev, out)
+                self._call_start(CallStart(ev.index, ev.id, ev.name), out)
+                self._call_args(ev.arguments, out)
+                self._call_done(ev, out)
         return b"".join(out)
 
     def _delta(self, kind: str, text: str, out: list[bytes]) -> None:
@@ -209,21 +237,28 @@ class ResponsesStream:
         self.output.append(item)
         self._kind, self._open, self._text = None, {}, []
 
-    def _call(self, call: ToolCall, out: list[bytes]) -> None:
+    def _call_start(self, start: CallStart, out: list[bytes]) -> None:
+        self._close(out)
+        self._call = new_id("fc_")
+        call = ToolCall(start.index, start.id, start.name, "")
+        added = function_call_item(self._call, call, "in_progress")
+        ev = {"output_index": len(self.output), "item": added}
+        out.append(self._ev("response.output_item.added", ev))
+
+    def _call_args(self, text: str, out: list[bytes]) -> None:
+        ref = {"item_id": self._call, "output_index": len(self.output)}
+        out.append(self._ev("response.function_call_arguments.delta", {**ref, "delta": text}))
+
+    def _call_done(self, call: ToolCall, out: list[bytes]) -> None:
         idx = len(self.output)
-        item_id = new_id("fc_")
-        added = function_call_item(item_id, call, "in_progress")
-        out.append(self._ev("response.output_item.added", {"output_index": idx, "item": added}))
-        ref = {"item_id": item_id, "output_index": idx}
-        out.append(
-            self._ev("response.function_call_arguments.delta", {**ref, "delta": call.arguments})
-        )
+        ref = {"item_id": self._call, "output_index": idx}
         out.append(
             self._ev("response.function_call_arguments.done", {**ref, "arguments": call.arguments})
         )
-        item = function_call_item(item_id, call)
+        item = function_call_item(self._call, call)
         out.append(self._ev("response.output_item.done", {"output_index": idx, "item": item}))
         self.output.append(item)
+        self._call = ""
 
     def finish(self, hit_cap: bool, usage: Usage) -> bytes:
         """Close the open item, then `response.completed`, or `response.incomplete` (and the

@@ -103,6 +103,7 @@ async def _chat_like(
         start_in_reasoning=bool(tok.prompt_opens_think(text)),
         tools_enabled=tools,
         max_calls=chat.call_limit,
+        stream_calls=bool(chat.grammar_tools()),
     )
     req = Generate(
         "",
