@@ -7,10 +7,14 @@ to size a neuron that can hold only so many models. Other stacks are built in th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_rig import Cortex, Neuron, Stack, build_tiny
+
+from rig.require import require_module
 
 
 @pytest.fixture(scope="session")
@@ -30,14 +34,33 @@ def model_copies(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Pa
 @pytest.fixture(scope="session")
 def sdk_stack(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[Stack]:
     """One neuron pre-warming `local/qa`, and a cortex in front of it."""
-    root = tmp_path_factory.mktemp("sdk_stack")
+    with one_node_stack(tmp_path_factory.mktemp("sdk_stack"), {"model_id": str(tiny_dir)}) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def gguf_stack(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[Stack]:
+    """The same checkpoint as an F32 GGUF, served by the llamacpp harness as `local/qa-F32`."""
+    require_module("llama_cpp", install="pip install 'helexa[llamacpp]'")
+    require_module("gguf", install="pip install 'helexa[llamacpp]'")
+    from fixtures.gguf import write_gguf
+
+    root = tmp_path_factory.mktemp("gguf_stack")
+    path = write_gguf(tiny_dir, root / "models" / "qa-F32.gguf", "F32")
+    with one_node_stack(root, {"model_id": str(path), "harness": "llamacpp"}) as s:
+        yield s
+
+
+@contextmanager
+def one_node_stack(root: Path, model: dict[str, Any]) -> Iterator[Stack]:
+    """One neuron pre-warming `model` and a cortex in front of it, stopped on exit."""
     neuron = Neuron(
         "n1",
         root,
         {
             "cpu_memory_mb": 8000,
             "admission": {"max_in_flight": 4, "max_queue_depth": 64},
-            "default_models": [{"model_id": str(tiny_dir)}],
+            "default_models": [model],
         },
     )
     cortex = Cortex("cortex", root, [neuron])

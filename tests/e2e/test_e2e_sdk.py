@@ -1,5 +1,6 @@
 """The official openai and anthropic SDKs through a real cortex in front of a real neuron and
-engine worker (issue 5, end to end): every route, and greedy text equal to transformers' own."""
+engine worker (issue 5, end to end): every route, and greedy text equal to transformers' own,
+from the torch harness and from the llamacpp one on the same checkpoint's F32 GGUF."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ anthropic = pytest.importorskip("anthropic")
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 MODEL = "local/qa"
+GGUF_MODEL = "local/qa-F32"  # the same checkpoint as an F32 GGUF (llamacpp harness)
 PROMPT = "Read the file /etc/hosts please."
 MSGS: list[Any] = [{"role": "user", "content": PROMPT}]
 N = 12  # this seeded model emits no <think>/<tool_call> markers in its first 12 tokens here
@@ -38,44 +40,79 @@ def expected(tiny_dir: Path) -> tuple[str, int]:
     return str(tok.decode(new, skip_special_tokens=True)), int(new.shape[0])
 
 
-@pytest.fixture(scope="module")
-def oai(sdk_stack: Stack) -> Iterator[Any]:
-    with openai.OpenAI(
-        base_url=sdk_stack.cortex.base,
+def openai_client(stack: Stack) -> Any:
+    return openai.OpenAI(
+        base_url=stack.cortex.base,
         api_key=API_KEY,
         http_client=httpx.Client(trust_env=False, timeout=60),
         max_retries=0,
-    ) as client:
+    )
+
+
+def anthropic_client(stack: Stack) -> Any:
+    return anthropic.Anthropic(
+        base_url=stack.cortex.url, api_key=API_KEY, max_retries=0, timeout=60
+    )
+
+
+@pytest.fixture(scope="module")
+def oai(sdk_stack: Stack) -> Iterator[Any]:
+    with openai_client(sdk_stack) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def ant(sdk_stack: Stack) -> Iterator[Any]:
-    with anthropic.Anthropic(
-        base_url=sdk_stack.cortex.url, api_key=API_KEY, max_retries=0, timeout=60
-    ) as client:
+    with anthropic_client(sdk_stack) as client:
         yield client
 
 
-def test_chat_matches_transformers_greedy(oai: Any, expected: tuple[str, int]) -> None:
+@pytest.fixture(scope="module", params=["torch", "llamacpp"])
+def served(request: pytest.FixtureRequest) -> tuple[Stack, str]:
+    """The checkpoint under each harness: its stack and served model id."""
+    if request.param == "torch":
+        return request.getfixturevalue("sdk_stack"), MODEL
+    return request.getfixturevalue("gguf_stack"), GGUF_MODEL
+
+
+@pytest.fixture(scope="module")
+def any_oai(served: tuple[Stack, str]) -> Iterator[tuple[Any, str]]:
+    """An openai client of each harness's stack, and the model id to ask for."""
+    with openai_client(served[0]) as client:
+        yield client, served[1]
+
+
+@pytest.fixture(scope="module")
+def any_ant(served: tuple[Stack, str]) -> Iterator[tuple[Any, str]]:
+    with anthropic_client(served[0]) as client:
+        yield client, served[1]
+
+
+def test_chat_matches_transformers_greedy(
+    any_oai: tuple[Any, str], expected: tuple[str, int]
+) -> None:
+    oai, model = any_oai
     text, n = expected
     raw = oai.chat.completions.with_raw_response.create(
-        model=MODEL, messages=MSGS, max_tokens=N, temperature=0
+        model=model, messages=MSGS, max_tokens=N, temperature=0
     )
     assert raw.headers["x-helexa-node"] == "n1"
-    assert raw.headers["x-helexa-model"] == MODEL
+    assert raw.headers["x-helexa-model"] == model
     reply = raw.parse()
     m = reply.choices[0].message
     assert m.role == "assistant"
     assert m.content == text
     assert not (m.model_extra or {}).get("reasoning_content")
     assert reply.usage is not None and reply.usage.completion_tokens == n
-    assert reply.model == MODEL
+    assert reply.model == model
 
 
-def test_streaming_chat_matches_transformers_greedy(oai: Any, expected: tuple[str, int]) -> None:
+def test_streaming_chat_matches_transformers_greedy(
+    any_oai: tuple[Any, str], expected: tuple[str, int]
+) -> None:
+    oai, model = any_oai
     stream = oai.chat.completions.create(
-        model=MODEL,
+        model=model,
         messages=MSGS,
         max_tokens=N,
         temperature=0,
@@ -168,9 +205,10 @@ def test_models_list(oai: Any) -> None:
     assert extra["locations"][0]["status"] == "loaded"
 
 
-def test_anthropic_messages(ant: Any, expected: tuple[str, int]) -> None:
+def test_anthropic_messages(any_ant: tuple[Any, str], expected: tuple[str, int]) -> None:
+    ant, model = any_ant
     msg = ant.messages.create(
-        model=MODEL, max_tokens=N, messages=MSGS, extra_body={"temperature": 0}
+        model=model, max_tokens=N, messages=MSGS, extra_body={"temperature": 0}
     )
     assert msg.type == "message" and msg.role == "assistant"
     assert msg.stop_reason == "max_tokens"
@@ -178,9 +216,10 @@ def test_anthropic_messages(ant: Any, expected: tuple[str, int]) -> None:
     assert msg.usage.output_tokens == expected[1]
 
 
-def test_anthropic_streaming_messages(ant: Any, expected: tuple[str, int]) -> None:
+def test_anthropic_streaming_messages(any_ant: tuple[Any, str], expected: tuple[str, int]) -> None:
+    ant, model = any_ant
     with ant.messages.stream(
-        model=MODEL, max_tokens=N, messages=MSGS, extra_body={"temperature": 0}
+        model=model, max_tokens=N, messages=MSGS, extra_body={"temperature": 0}
     ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()

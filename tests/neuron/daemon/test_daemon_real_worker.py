@@ -1,5 +1,6 @@
 """Tier 1: the daemon with the real engine worker on a tiny Qwen3 (CPU, fp32) — load, chat,
-/tokenize agreement, kill -9 and injected non-finite logits mid-stream, unload."""
+/tokenize agreement, kill -9 and injected non-finite logits mid-stream, unload; under the torch
+harness and, on the same checkpoint's F32 GGUF, the llamacpp one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_rig import NeuronFactory, chat_body, until
@@ -14,6 +16,7 @@ from daemon_rig import start_neuron as start_neuron  # the fixture
 
 from helexa.neuron.memory import rss_mb
 from helexa.neuron.supervisor import Supervisor
+from rig.require import require_module
 from rig.sse import sse_data
 
 pytest.importorskip("torch")
@@ -24,18 +27,31 @@ pytestmark = pytest.mark.torch
 ENGINE_CMD = [sys.executable, "-m", "helexa.neuron.engine.worker"]
 
 
+@pytest.fixture(params=["torch", "llamacpp"])
+def served(request: pytest.FixtureRequest, tiny_qwen3: Path) -> tuple[dict[str, Any], str]:
+    """The tiny Qwen3 as each harness loads it (the /models/load fields), and its quant."""
+    if request.param == "torch":
+        return {"model_id": str(tiny_qwen3)}, "fp32"
+    require_module("llama_cpp", install="pip install 'helexa[llamacpp]'")
+    gguf = request.getfixturevalue("tiny_gguf")["qwen3-F32"]
+    return {"model_id": str(gguf), "harness": "llamacpp"}, "F32"
+
+
 async def test_real_worker_lifecycle(
-    start_neuron: NeuronFactory, tiny_qwen3: Path, tmp_path: Path
+    start_neuron: NeuronFactory, served: tuple[dict[str, Any], str], tmp_path: Path
 ) -> None:
+    source, quant = served
     rig = await start_neuron(tokenizer_for=None, estimate_mb=None)
     rig.neuron.supervisor.worker_cmd = ENGINE_CMD
+    if "llamacpp" not in rig.registry.harnesses:
+        rig.registry.harnesses = (*rig.registry.harnesses, "llamacpp")  # the fake probe's list
     rig.neuron.supervisor.environ["HELEXA_TEST_FAULTS"] = "1"
     assert isinstance(rig.neuron.supervisor, Supervisor)
     arm = tmp_path / "armed"
     r = await rig.client.post(
         "/models/load",
         json={
-            "model_id": str(tiny_qwen3),
+            **source,
             "served_model_id": "tiny/qwen3",
             # 10 ms a step: a 200-token stream outlives the kill below even on a loaded box
             "test_faults": {
@@ -47,7 +63,7 @@ async def test_real_worker_lifecycle(
     )
     assert r.status_code == 200, r.text
     info = await rig.info("tiny/qwen3")
-    assert info["status"] == "loaded" and info["vram_used_mb"] > 0 and info["quant"] == "fp32"
+    assert info["status"] == "loaded" and info["vram_used_mb"] > 0 and info["quant"] == quant
     pid = rig.registry.records["tiny/qwen3"].handle.pid
 
     # chat: prompt tokens agree with /tokenize; greedy is reproducible
