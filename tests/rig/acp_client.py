@@ -141,6 +141,8 @@ class RecordingClient:
         with contextlib.suppress(ProcessLookupError):
             t.proc.kill()
         await t.proc.wait()
+        assert t.reader is not None
+        await t.reader  # its pipe closed: nothing is left for the garbage collector
 
     async def create_elicitation(self, message: str, mode: Any, **kw: Any) -> Any:
         raise NotImplementedError("elicitation")
