@@ -7,6 +7,7 @@ downloaded), then, for the same chat prompt and greedy decoding:
 Prints TTFT, decode tok/s and the ratio (b)/(a). Target: (b)/(a) decode >= 0.9.
 
     python bench/neuron_decode.py [--tokens 128] [--runs 3] [--layers 12] [--hidden 768]
+    python bench/neuron_decode.py --serving [--streams 2,4,8]   (torch_serving.py)
 
 All traffic stays on 127.0.0.1; the neuron process is stopped at the end.
 """
@@ -182,9 +183,14 @@ async def wait_loaded(url: str, deadline: float, ids: tuple[str, ...] = (MODEL_I
 
 
 def serve_neuron(
-    tmp: Path, tokens: int, models: list[tuple[str, str, str]], extra: str = ""
+    tmp: Path,
+    tokens: int,
+    models: list[tuple[str, str, str]],
+    extra: str = "",
+    per_model: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`neuron serve` on a free loopback port pre-warming `models` (path, served id, harness)."""
+    """`neuron serve` on a free loopback port pre-warming `models` (path, served id, harness),
+    with `per_model[served id]` added to that model's entry."""
     port = free_port()
     toml = (
         f'listen = "127.0.0.1:{port}"\nbind_url = "http://127.0.0.1:{port}"\n'
@@ -193,7 +199,7 @@ def serve_neuron(
     for path, served, harness in models:
         toml += (
             f'[[default_models]]\nmodel_id = "{path}"\nserved_model_id = "{served}"\n'
-            f'harness = "{harness}"\n'
+            f'harness = "{harness}"\n{(per_model or {}).get(served, "")}\n'
         )
     (tmp / "neuron.toml").write_text(toml)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -225,7 +231,14 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--harness", choices=("torch", "llamacpp"), default="torch")
+    ap.add_argument("--serving", action="store_true", help="streams, prefix, compile, competitor")
+    ap.add_argument("--streams", type=lambda v: [int(x) for x in v.split(",")], default=[2, 4, 8])
     args = ap.parse_args()
+    if args.serving:
+        from torch_serving import run as serving
+
+        serving(args)
+        return
     if args.harness == "llamacpp":
         from llamacpp_decode import run
 
