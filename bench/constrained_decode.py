@@ -329,23 +329,15 @@ def libraries(path: Path, vocab: Any, eos: int, which: list[str]) -> None:
 
 
 def _decode(w: Any, prompt: list[int], tokens: int, extra: dict[str, Any]) -> float:
-    """Decode tok/s of one greedy request with EOS banned (its first token excluded: that is
-    the prefill)."""
+    """Tokens per second of one greedy request with EOS banned, from its send to its `done`
+    (the 4-token prompt's prefill is in it: one step's worth)."""
     sampling = {"temperature": 0, "logit_bias": {str(min(w.ready["eos_token_ids"])): -100}}
-    rid = w.submit(prompt, max_tokens=tokens, sampling=sampling, **extra)
-    stamps: list[tuple[float, int]] = []
-    while True:
-        f = w.next_for(rid)
-        if f["ev"] == "delta":
-            stamps.append((time.perf_counter(), f["tokens"]))
-        elif f["ev"] == "done":
-            break
-        else:
-            raise RuntimeError(f"request failed: {f}")
-    if f["completion_tokens"] != tokens:
-        raise RuntimeError(f"decoded {f['completion_tokens']} of {tokens} tokens")
-    n = sum(k for _, k in stamps[1:])
-    return n / (stamps[-1][0] - stamps[0][0])
+    t0 = time.perf_counter()
+    r = w.collect(w.submit(prompt, max_tokens=tokens, sampling=sampling, **extra))
+    elapsed = time.perf_counter() - t0
+    if r.end.get("completion_tokens") != tokens:
+        raise RuntimeError(f"asked for {tokens} tokens, got {r.end}")
+    return tokens / elapsed
 
 
 def decode(path: Path, harness: str, tokens: int, runs: int) -> None:
