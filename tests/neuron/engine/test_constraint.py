@@ -270,3 +270,36 @@ def test_free_text_then_the_grammar(tok: Any, grammars: Grammars) -> None:
     text = "".join(e.text for e in events if isinstance(e, Delta))
     assert text.startswith("Let me") and text.endswith(" think</think>{}")
     assert isinstance(events[-1], Done) and events[-1].finish_reason == "stop"
+
+
+# ---- the torch harness's pick ----------------------------------------------------------------
+
+
+def test_torch_pick_applies_bias_then_mask_and_checks_the_raw_logits(
+    tok: Any, grammars: Grammars
+) -> None:
+    torch = pytest.importorskip("torch")
+    from helexa.neuron.engine.errors import Fault
+    from helexa.neuron.engine.sampling import Sampler, pick_checked
+    from helexa.neuron.engine.sampling_params import SamplingParams
+
+    def sampler() -> Sampler:
+        return Sampler(
+            SamplingParams(temperature=0.0),
+            vocab_size=N_VOCAB,
+            device=torch.device("cpu"),
+            prompt_ids=[],
+        )
+
+    x, y = ids(tok, "x")[0], ids(tok, "y")[0]
+    logits = torch.zeros(N_VOCAB)
+    logits[EOS] = 9.0  # the model's favourite, but the grammar can't end yet
+    bias = logit_bias({"logit_bias": {str(y): 5, str(x): 3}}, N_VOCAB)
+    c = grammars.open(Constraint('start: "x" | "y"'))
+    assert pick_checked(sampler(), logits.clone(), "t", bias, c) == y
+    bias = logit_bias({"logit_bias": {str(y): -100, str(x): 3}}, N_VOCAB)
+    assert pick_checked(sampler(), logits.clone(), "t", bias, c) == x
+    poisoned = logits.clone()
+    poisoned[7] = float("nan")  # a token the mask removes: still a fault
+    with pytest.raises(Fault):
+        pick_checked(sampler(), poisoned, "t", None, c)
