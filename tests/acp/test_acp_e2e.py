@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -272,3 +274,53 @@ async def test_invalid_tool_arguments_are_a_tool_error_the_model_sees(acp_stack:
         m for m in acp_stack.seen("/v1/chat/completions")[1]["messages"] if m["role"] == "tool"
     )
     assert "invalid arguments" in tool_msg["content"]
+
+
+def sequence(wire: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The JSON-RPC messages as `→ method` (client to agent), `← method` (agent to client),
+    `← result`/`→ result` for answers, with session/update kinds spelled out."""
+    out = []
+    for direction, m in wire:
+        arrow = "→" if direction == "outgoing" else "←"
+        if m.get("method") == "session/update":
+            out.append(f"{arrow} session/update {m['params']['update']['sessionUpdate']}")
+        elif "method" in m:
+            out.append(f"{arrow} {m['method']}")
+        else:
+            out.append(f"{arrow} {'error' if 'error' in m else 'result'}")
+    return out
+
+
+async def test_the_json_rpc_sequence_of_an_edit(acp_stack: AcpStack, tmp_path: Path) -> None:
+    """prompt → tool call → permission → edit → answer, on the wire (kept as transcript.jsonl)."""
+    (acp_stack.project / "README.md").write_text("# demo\nTODO: describe\n")
+    edit = {"path": "README.md", "old_text": "TODO: describe", "new_text": "A demo project."}
+    acp_stack.script += [
+        Turn(reasoning="The README has a TODO.", calls=[("call_1", "edit_file", edit)]),
+        Turn(text="I replaced the TODO in README.md with a description."),
+    ]
+    client = RecordingClient(answers=["allow_once"])
+    async with session(acp_stack, client, caps=capabilities(fs=True)) as (conn, sid):
+        assert await say(conn, sid, "Fill in the README description.") == "end_turn"
+    with (tmp_path / "transcript.jsonl").open("w") as f:
+        for direction, m in client.wire:
+            f.write(json.dumps({"dir": direction, "msg": m}) + "\n")
+    seq = sequence(client.wire)
+    start = seq.index("→ session/prompt")
+    assert seq[start:] == [
+        "→ session/prompt",
+        "← session/update agent_thought_chunk",
+        "← session/update agent_thought_chunk",
+        "← session/update tool_call",
+        "← session/request_permission",
+        "→ result",
+        "← fs/read_text_file",
+        "→ result",
+        "← fs/write_text_file",
+        "→ result",
+        "← session/update tool_call_update",
+        "← session/update agent_message_chunk",
+        "← session/update agent_message_chunk",
+        "← result",
+    ]
+    assert (acp_stack.project / "README.md").read_text() == "# demo\nA demo project.\n"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from acp.client.connection import ClientSideConnection
+from acp.connection import StreamEvent
 from acp.schema import (
     AgentMessageChunk,
     AgentThoughtChunk,
@@ -50,6 +51,7 @@ class RecordingClient:
         self.answers = list(answers or [])  # option ids, in order; empty → allow_once
         self.calls: list[tuple[str, dict[str, Any]]] = []  # fs/terminal calls the agent made
         self.terminals: dict[str, Terminal] = {}
+        self.wire: list[tuple[str, dict[str, Any]]] = []  # ("incoming"/"outgoing", raw JSON-RPC)
         self._arrived = asyncio.Event()
 
     # ---- what the agent calls ---------------------------------------------------------------
@@ -159,6 +161,9 @@ class RecordingClient:
     def on_connect(self, conn: Any) -> None:
         return None
 
+    def observe(self, event: StreamEvent) -> None:
+        self.wire.append((event.direction.value, event.message))
+
     # ---- what tests read --------------------------------------------------------------------
 
     async def wait_for(self, cond: Callable[[], bool], within: float = 30.0) -> None:
@@ -212,6 +217,7 @@ async def helexa_acp(
         "helexa.acp",
         env=env,
         transport_kwargs={"stderr": stderr},
+        observers=[client.observe],
     ) as (conn, _proc):
         await conn.initialize(
             protocol_version=PROTOCOL_VERSION, client_capabilities=caps or capabilities()
