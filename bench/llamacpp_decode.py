@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from fixtures.gguf import write_gguf
+from fixtures.gguf import quantize, write_gguf
 from helexa.neuron.memory import rss_mb
 from neuron_decode import (
     MODEL_ID,
@@ -35,17 +34,6 @@ from neuron_decode import (
 )
 
 GGUF_ID = "bench/qwen3-100m-gguf"
-
-
-def quantize(src: Path, dst: Path, ftype_name: str) -> Path:
-    import llama_cpp as L
-
-    params = L.llama_model_quantize_default_params()
-    params.ftype = getattr(L, f"LLAMA_FTYPE_MOSTLY_{ftype_name}")
-    params.nthread = len(os.sched_getaffinity(0))
-    if L.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
-        raise SystemExit(f"quantizing to {ftype_name} failed")
-    return dst
 
 
 class Bare:

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from workerctl import WorkerClient
 
+from rig.require import require_module
+
 ARCHS = ("qwen3", "qwen3_moe", "qwen3_next", "qwen3_5")
 
 
@@ -170,6 +172,27 @@ def tiny_gguf(
         for arch, hf in sources.items()
         for q in QTYPES
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen3 with rows of 256 and 512 (hidden, heads x head_dim, intermediate): what
+    llama.cpp's K-quants need (super-blocks of 256), so a Q4_K_M of it holds real Q4_K."""
+    return _build(
+        tmp_path_factory, "qwen3_wide", hidden_size=256, intermediate_size=512, head_dim=64
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_q4_k_m(tmp_path_factory: pytest.TempPathFactory, tiny_qwen3_wide: Path) -> Path:
+    """`tiny_qwen3_wide` quantized to Q4_K_M by llama.cpp (from its F32 GGUF)."""
+    pytest.importorskip("gguf")
+    require_module("llama_cpp", install="pip install 'helexa[llamacpp]'")
+    from fixtures.gguf import quantize, write_gguf
+
+    root = tmp_path_factory.mktemp("gguf_q4km")
+    f32 = write_gguf(tiny_qwen3_wide, root / "wide-F32.gguf", "F32")
+    return quantize(f32, root / "wide-Q4_K_M.gguf", "Q4_K_M")
 
 
 @pytest.fixture(scope="session")
