@@ -246,6 +246,25 @@ def lib_llguidance(vocab: Any, eos: int, doc_ids: list[int]) -> dict[str, float]
     return {"compile_ms": compile_ms, "mask_us": mask_us, "consume_us": eat_us}
 
 
+def torch_steer(vocab: Any, eos: int, doc_ids: list[int]) -> float:
+    """Median µs of the torch harness's mask step (`sampling.steer`) on a CPU logits row."""
+    import torch
+
+    from helexa.neuron.constrain.grammar import json_rule
+    from helexa.neuron.engine.constraint import Grammars
+    from helexa.neuron.engine.frames import Constraint
+    from helexa.neuron.engine.sampling import steer
+
+    c = Grammars(lambda: vocab, [eos]).open(Constraint(f"start: {json_rule(TOOL_SCHEMA)}"))
+    assert c is not None
+    row = torch.zeros(N_LOGITS)
+
+    def mask(_: np.ndarray) -> None:
+        steer(row, None, c)
+
+    return _walk(doc_ids, mask, c.advance)[0]
+
+
 def lib_xgrammar(path: Path, doc_ids: list[int]) -> dict[str, float]:
     import torch
     import xgrammar as xgr
@@ -323,6 +342,9 @@ def libraries(path: Path, vocab: Any, eos: int, which: list[str]) -> None:
         print(
             f"  {name:<14} {r['compile_ms']:>11.1f} {r['mask_us']:>14.0f} {r['consume_us']:>11.1f}"
         )
+    if "llguidance" in which:
+        us = torch_steer(vocab, eos, doc_ids)
+        print(f"  llguidance's mask onto a torch CPU row (the torch harness): {us:.0f} us")
 
 
 # ---- 3. decode in a real worker -----------------------------------------------------------------

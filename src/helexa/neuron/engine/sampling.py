@@ -126,6 +126,13 @@ class Sampler:
 
 def steer(logits: torch.Tensor, bias: LogitBias | None, constraint: Constrained | None) -> None:
     """A request's logit_bias, then its grammar's mask, on fp32 logits (vocab,), in place."""
+    if logits.device.type == "cpu":  # numpy on the same memory: one thread, no dispatch
+        row = logits.numpy()
+        if bias is not None:
+            bias.apply(row)
+        if constraint is not None:
+            constraint.mask(row)
+        return
     if bias is not None:
         ids = torch.from_numpy(bias.ids).to(logits.device)
         logits.index_add_(0, ids, torch.from_numpy(bias.values).to(logits.device))
