@@ -83,6 +83,21 @@ def test_cpu_offload_puts_the_rest_on_the_cpu() -> None:
     assert p.describe() == "33 of 40 layers on the GPU(s) split 0.61/0.39, 7 on the CPU"
 
 
+def test_cpu_offload_needs_the_host_ram_for_the_offloaded_layers() -> None:
+    gpus = [(0, "cuda", 6 * GB), (1, "cuda", 4 * GB)]
+    need = -(-7 * 11802 // 40)  # the 7 offloaded layers' share of the estimate, rounded up
+    p = place("m", QWEN3_14B, gpus, n_ctx=8192, cpu_offload=True, host_free_mb=need)
+    assert p.cpu_layers == 7
+    with pytest.raises(ApiError) as e:
+        place("m", QWEN3_14B, gpus, n_ctx=8192, cpu_offload=True, host_free_mb=need - 1)
+    assert (e.value.status, e.value.code) == (507, "insufficient_memory")
+    assert e.value.extras == {"required_mb": 11802, "free_mb": 10 * GB + need - 1}
+    assert f"7 layers offloaded to the CPU need about {need} MB" in e.value.message
+    # nothing fits the GPU: the whole estimate must fit the host
+    with pytest.raises(ApiError):
+        place("m", QWEN3_14B, [(0, "cuda", 100)], n_ctx=8192, cpu_offload=True, host_free_mb=8 * GB)
+
+
 def test_cpu_offload_with_no_room_at_all_runs_on_the_cpu() -> None:
     p = place("m", QWEN3_14B, [(0, "cuda", 100)], n_ctx=8192, cpu_offload=True)
     assert (p.n_gpu_layers, p.tensor_split, p.cpu_layers) == (0, None, 40)

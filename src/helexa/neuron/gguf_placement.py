@@ -6,7 +6,8 @@ model's size and the devices' free memory, so the decision is testable on fake d
 - one device: every layer on it; several (the spec's `devices`, or `min_devices > 1`): split
   by layer in proportion to each device's free memory, so a 12 GB and an 8 GB card both fill;
 - too little room: the layers that don't fit go to the CPU when the spec allows it
-  (`cpu_offload`), else `507 insufficient_memory` with the estimate.
+  (`cpu_offload`) and the host's MemAvailable holds them, else `507 insufficient_memory` with
+  the estimate.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 from helexa.neuron.errors import insufficient_memory
 from helexa.neuron.gguf_files import shard_paths
 from helexa.neuron.gguf_meta import arch_key, read_metadata
+from helexa.neuron.memory import mem_available_mb
+from helexa.wire.errors import ApiError
 from helexa.wire.neuron import ModelSpec
 
 MB = 2**20
@@ -126,8 +129,10 @@ def place(
     n_ctx: int,
     kv_type: str = "f16",
     cpu_offload: bool = False,
+    host_free_mb: int | None = None,
 ) -> Placement:
-    """Decide the split for `devices` = [(index, kind, free_mb)]; raises the 507.
+    """Decide the split for `devices` = [(index, kind, free_mb)]; raises the 507. Layers
+    offloaded to the CPU must fit in `host_free_mb` (MemAvailable).
 
     Unknown free memory (None) is trusted to fit, as the torch pre-check does."""
     required = size.required_mb(n_ctx, kv_type)
@@ -146,8 +151,25 @@ def place(
     per_layer = required / max(1, size.n_layers)
     held = [int((f or 0) / per_layer) for f in frees]
     on_gpu = min(size.n_layers, sum(held))
+    cpu_layers = size.n_layers - on_gpu
+    host_need = math.ceil(cpu_layers * per_layer)
+    if host_free_mb is not None and host_need > host_free_mb:
+        raise _no_host_room(model, required, total_free, cpu_layers, host_need, host_free_mb)
     split = _proportional(held) if len(devices) > 1 and on_gpu else None
-    return Placement(n_ctx, on_gpu, split, size.n_layers - on_gpu, required, size.n_layers)
+    return Placement(n_ctx, on_gpu, split, cpu_layers, required, size.n_layers)
+
+
+def _no_host_room(
+    model: str, required: int, gpu_free: int, cpu_layers: int, need: int, host_free: int
+) -> ApiError:
+    return ApiError(
+        507,
+        "insufficient_memory",
+        f"model '{model}' needs about {required} MB: {gpu_free} MB are free on the GPU(s) and "
+        f"the {cpu_layers} layers offloaded to the CPU need about {need} MB of host memory, "
+        f"but only {host_free} MB is available",
+        extras={"required_mb": required, "free_mb": gpu_free + host_free},
+    )
 
 
 def _proportional(weights: Sequence[float]) -> list[float]:
@@ -163,6 +185,13 @@ def plan_gguf(model: str, first: Path, spec: ModelSpec, devices: Sequence[Any]) 
     known = [f for _, _, f in free]
     total_free = None if not known or None in known else sum(f or 0 for f in known)
     n_ctx = context_for(size, spec.context, total_free, kv_type)
+    offload = bool(spec.cpu_offload)
     return place(
-        model, size, free, n_ctx=n_ctx, kv_type=kv_type, cpu_offload=bool(spec.cpu_offload)
+        model,
+        size,
+        free,
+        n_ctx=n_ctx,
+        kv_type=kv_type,
+        cpu_offload=offload,
+        host_free_mb=mem_available_mb() if offload else None,
     )
