@@ -55,7 +55,7 @@ class FaultyEngine:
             os.kill(os.getpid(), signal.SIGKILL)
         logits = self.inner.logits(state)
         if self.plan.non_finite_at_step == k and self.armed():
-            logits = logits.clone()
+            logits = logits.clone() if hasattr(logits, "clone") else logits.copy()  # torch, numpy
             logits[0] = math.nan
         return logits
 
@@ -79,6 +79,9 @@ class FaultyEngine:
 
     def start(self, req: Generate) -> GenerationState:
         return self.inner.start(req)
+
+    def admits(self, state: GenerationState, running: list[GenerationState]) -> bool:
+        return self.inner.admits(state, running)
 
     def tokenize(self, text: str) -> list[int]:
         return self.inner.tokenize(text)
