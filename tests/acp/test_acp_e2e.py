@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from acp import RequestError, text_block
 from acp.client.connection import ClientSideConnection
 from acp.schema import AgentMessageChunk, ToolCallProgress
 from scripted_llm import Turn
 
-from acp import RequestError, text_block
 from conftest import ENDPOINTS, MODEL, AcpStack
 from rig.acp_client import RecordingClient, capabilities, helexa_acp, say
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from acp import text_block
 from acp.schema import (
     EmbeddedResourceContentBlock,
     ImageContentBlock,
@@ -9,7 +10,6 @@ from acp.schema import (
     TextResourceContents,
 )
 
-from acp import text_block
 from helexa.acp.events import (
     Diff,
     PlanEntry,

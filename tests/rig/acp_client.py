@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from acp import PROTOCOL_VERSION, text_block
 from acp.client.connection import ClientSideConnection
 from acp.connection import StreamEvent
 from acp.schema import (
@@ -33,8 +34,6 @@ from acp.schema import (
     WaitForTerminalExitResponse,
 )
 from acp.stdio import spawn_agent_process
-
-from acp import PROTOCOL_VERSION, text_block
 
 
 @dataclass

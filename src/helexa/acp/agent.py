@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,16 @@ def invalid(message: str, **data: Any) -> RequestError:
 
 class HelexaAgent:
     def __init__(
-        self, cfg: Config, store: SessionStore, choices: list[ModelChoice], system_prompt: str
+        self,
+        cfg: Config,
+        store: SessionStore,
+        choices: Awaitable[list[ModelChoice]],
+        system_prompt: str,
     ) -> None:
         self.cfg = cfg
         self.store = store
-        self.choices = choices
+        # Listing models runs while the editor initializes; the first use waits for it.
+        self._discovery = asyncio.ensure_future(choices)
         self.system_prompt = system_prompt
         self.caps = ClientCapabilities()
         self.sessions: dict[str, Live] = {}
@@ -124,10 +130,12 @@ class HelexaAgent:
             raise invalid(f"cwd must be an absolute path, got '{cwd}'", cwd=cwd)
         text = self.system_prompt.replace("{cwd}", cwd)
         history = [Message("system", text)] if text else []
-        stored = StoredSession(uuid.uuid4().hex, cwd, self._default_model(), "default", history)
+        choices = await self.choices()
+        model = self._default_model(choices)
+        stored = StoredSession(uuid.uuid4().hex, cwd, model, "default", history)
         self._save(stored)
         self.sessions[stored.session_id] = Live(stored)
-        return NewSession(session_id=stored.session_id, **self._offer(stored))
+        return NewSession(session_id=stored.session_id, **self._offer(stored, choices))
 
     async def load_session(
         self, cwd: str, session_id: str, mcp_servers: list[Any] | None = None, **kwargs: Any
@@ -135,7 +143,7 @@ class HelexaAgent:
         live = self._live(session_id)
         for update in replay(live.stored.history):
             await self.client.session_update(session_id, update)
-        return LoadedSession(**self._offer(live.stored))
+        return LoadedSession(**self._offer(live.stored, await self.choices()))
 
     async def list_sessions(
         self, cwd: str | None = None, cursor: str | None = None, **kwargs: Any
@@ -168,15 +176,16 @@ class HelexaAgent:
         self, config_id: str, session_id: str, value: str | bool, **kwargs: Any
     ) -> SetSessionConfigOptionResponse:
         live = self._live(session_id)
+        choices = await self.choices()
         if config_id == "model" and isinstance(value, str):
-            self._set_model(live, value)
+            self._set_model(live, value, choices)
         elif config_id == "mode" and isinstance(value, str):
             self._set_mode(live, value)
         else:
             raise invalid(f"unknown config option '{config_id}' (model, mode)", configId=config_id)
         s = live.stored
         return SetSessionConfigOptionResponse(
-            config_options=config_options(self.choices, s.model_id, s.mode_id)
+            config_options=config_options(choices, s.model_id, s.mode_id)
         )
 
     async def set_model_legacy(self, params: Any) -> dict[str, Any]:
@@ -185,7 +194,7 @@ class HelexaAgent:
             p = SetModel.model_validate(params)
         except ValidationError as e:
             raise RequestError.invalid_params({"errors": e.errors(include_url=False)}) from None
-        self._set_model(self._live(p.session_id), p.model_id)
+        self._set_model(self._live(p.session_id), p.model_id, await self.choices())
         return {}
 
     def _set_mode(self, live: Live, mode_id: str) -> None:
@@ -194,8 +203,8 @@ class HelexaAgent:
         live.stored.mode_id = mode_id
         self._save(live.stored)
 
-    def _set_model(self, live: Live, model_id: str) -> None:
-        known = {c.value for c in self.choices}
+    def _set_model(self, live: Live, model_id: str, choices: list[ModelChoice]) -> None:
+        known = {c.value for c in choices}
         if model_id not in known:
             raise invalid(f"unknown model '{model_id}'; available: {', '.join(sorted(known))}")
         live.stored.model_id = model_id
@@ -252,20 +261,23 @@ class HelexaAgent:
         live = self.sessions[session_id] = Live(stored)
         return live
 
-    def _offer(self, s: StoredSession) -> dict[str, Any]:
+    async def choices(self) -> list[ModelChoice]:
+        return await asyncio.shield(self._discovery)
+
+    def _offer(self, s: StoredSession, choices: list[ModelChoice]) -> dict[str, Any]:
         return {
             "modes": mode_state(s.mode_id),
-            "config_options": config_options(self.choices, s.model_id, s.mode_id),
-            "models": legacy_models(self.choices, s.model_id),
+            "config_options": config_options(choices, s.model_id, s.mode_id),
+            "models": legacy_models(choices, s.model_id),
         }
 
-    def _default_model(self) -> str:
+    def _default_model(self, choices: list[ModelChoice]) -> str:
         ep = self.cfg.endpoint(self.cfg.default_endpoint)
         assert ep is not None
         if ep.default_model:
             return f"{ep.name}:{ep.default_model}"
-        first = next((c for c in self.choices if c.endpoint == ep.name), None) or next(
-            iter(self.choices), None
+        first = next((c for c in choices if c.endpoint == ep.name), None) or next(
+            iter(choices), None
         )
         if first is None:
             raise RequestError(

@@ -71,10 +71,8 @@ async def run(cfg: Config, prompt: str, out_fd: int) -> None:
     from helexa.acp.stdio import open_stdio, serve
 
     reader, writer = await open_stdio(out_fd)
-    choices = await discover(cfg)
-    log.info("models: %s", ", ".join(c.value for c in choices) or "(none listed)")
     store = SessionStore(data_home() / "sessions")
-    await serve(HelexaAgent(cfg, store, choices, prompt), reader, writer)
+    await serve(HelexaAgent(cfg, store, discover(cfg), prompt), reader, writer)
 
 
 @click.command(

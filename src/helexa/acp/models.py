@@ -62,4 +62,5 @@ async def discover(cfg: Config) -> list[ModelChoice]:
         ordered = ([ep.default_model] if ep.default_model else []) + ids
         for model in dict.fromkeys(ordered):
             choices.append(ModelChoice(f"{ep.name}:{model}", ep.name, model))
+    log.info("models: %s", ", ".join(c.value for c in choices) or "(none)")
     return choices
