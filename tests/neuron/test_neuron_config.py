@@ -33,7 +33,7 @@ def test_defaults() -> None:
     assert c.auth.token is None
     assert c.sources == {"helexa": "https://registry.helexa.ai"}
     adm = c.admission
-    assert (adm.max_in_flight, adm.max_queue_depth, adm.max_wait_secs) == (1, 16, 120)
+    assert (adm.max_in_flight, adm.max_queue_depth, adm.max_wait_secs) == (8, 16, 120)
     assert c.default_models == []
     assert c.enabled_harnesses() is None
     assert c.cpu_memory_mb == physical_memory_mb() * 3 // 4 > 0

@@ -59,7 +59,7 @@ class Admission:
     def __init__(
         self,
         model: str,
-        max_in_flight: int = 1,
+        max_in_flight: int = 8,
         max_queue_depth: int = 16,
         max_wait_secs: float = 120,
         on_reject: Callable[[str], None] | None = None,

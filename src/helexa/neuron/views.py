@@ -58,6 +58,8 @@ def model_info(rec: ModelRecord, limit: dict[str, int]) -> dict[str, Any]:
     }
     if rec.placement is not None:
         out["placement"] = rec.placement.describe()
+    if rec.info.max_batch is not None:  # torch: how many decode in one forward, or why one
+        out["batching"] = {"max_batch": rec.info.max_batch, "refused": rec.info.batching_refused}
     if rec.status == LOADING:
         out["progress"] = rec.progress or {
             "phase": "load",

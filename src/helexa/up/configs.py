@@ -207,7 +207,7 @@ shutdown_grace_secs = 30
 token = {q(token)}   # cortex sends it; must equal the token in cortex.toml
 
 # [admission]                          # per-model defaults
-# max_in_flight = 1
+# max_in_flight = 8                    # generations decoded together (torch batches up to 8)
 # max_queue_depth = 16
 # max_wait_secs = 120
 

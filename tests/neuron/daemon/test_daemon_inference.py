@@ -343,7 +343,12 @@ async def test_admission_over_http(start_neuron: NeuronFactory) -> None:
 
 async def test_queue_wait_timeout(start_neuron: NeuronFactory) -> None:
     rig = await start_neuron()
-    await loaded(rig, fake={"reply": {"pieces": ["a"] * 20, "delay": 0.05}}, max_wait_secs=0.2)
+    await loaded(
+        rig,
+        fake={"reply": {"pieces": ["a"] * 20, "delay": 0.05}},
+        max_wait_secs=0.2,
+        max_in_flight=1,  # the second request queues
+    )
     body = chat_body("local/m")
     first = asyncio.create_task(rig.client.post("/v1/chat/completions", json=body))
     adm = rig.registry.records["local/m"].admission
@@ -431,7 +436,7 @@ async def test_client_disconnect_cancels_generation(start_neuron: NeuronFactory)
 
 async def test_force_unload_mid_stream(start_neuron: NeuronFactory) -> None:
     rig = await start_neuron()
-    await loaded(rig, fake={"reply": {"pieces": ["x"] * 300, "delay": 0.01}})
+    await loaded(rig, fake={"reply": {"pieces": ["x"] * 300, "delay": 0.01}}, max_in_flight=1)
     frames: list[Any] = []
 
     async def stream() -> None:

@@ -40,7 +40,7 @@ async def test_load_then_models_shows_it(start_neuron: NeuronFactory) -> None:
     assert info["limit"] == {"context": 4096, "input": 2048, "output": 2048}
     assert info["tool_call"] is True and info["reasoning"] is True
     assert info["restarts"] == 0 and info["loaded_at"] > 0
-    assert (info["max_in_flight"], info["max_queue_depth"], info["max_wait_secs"]) == (1, 16, 120)
+    assert (info["max_in_flight"], info["max_queue_depth"], info["max_wait_secs"]) == (8, 16, 120)
     assert "progress" not in info and "error" not in info
     v1 = (await rig.client.get("/v1/models")).json()
     assert v1["object"] == "list"
@@ -461,7 +461,7 @@ async def test_load_joins_a_recovery(start_neuron: NeuronFactory) -> None:
 async def test_queued_requests_wait_through_a_recovery(start_neuron: NeuronFactory) -> None:
     rig = await start_neuron(restart_backoff=(1.0, 0.01, 0.01))
     d = rig.model("m", {"reply": {"pieces": ["a"] * 5, "delay": 0.02, "crash_after": 3}})
-    await rig.load(d)
+    await rig.load(d, max_in_flight=1)  # the second request queues
     first = asyncio.create_task(rig.client.post("/v1/chat/completions", json=chat_body("local/m")))
     await until(lambda: rig.registry.records["local/m"].admission.in_flight > 0)
     queued = asyncio.create_task(rig.client.post("/v1/chat/completions", json=chat_body("local/m")))

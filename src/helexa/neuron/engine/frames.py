@@ -90,6 +90,8 @@ class ReadyInfo:
     model_type: str | None = None
     static_cache: bool = False
     compiled: bool = False
+    max_batch: int | None = None  # generations one forward decodes (torch), None: not reported
+    batching_refused: str | None = None  # why a torch model decodes one at a time
 
 
 @dataclass(slots=True)

@@ -54,15 +54,24 @@ LoadSpec (helexa.neuron.engine.loader.LoadSpec; checked by the worker before tor
   max_prompt_tokens  longer prompt / embed input → error context_length_exceeded    optional
   max_output_tokens  max_tokens when a generate frame has none                     optional
   static_cache       pooled StaticCache instead of DynamicCache (any device)       default false
-  compile            CUDA only: static cache of the whole context + torch.compile
-                     (reduce-overhead) decode step, compiled at load, eager if that fails
+  prefix_cache_mb    torch: KV of recent sequences a new prompt starts from (torch_prefix);
+                     0 off; none for a hybrid on static caches    default 1024 CUDA, 512 CPU
+  compile            "auto"|"on"|"off" (true/false: on/off): static cache of the whole context
+                     + torch.compile'd batch-1 decode step (CUDA: reduce-overhead), compiled at
+                     load, eager if that fails; auto = on for CUDA, off on CPU  default auto
+  max_batch          torch: generations decoded together in one forward            default 8
+  kv_budget_mb       torch: bound on their KV (each row counted at the longest row's
+                     prompt + max_tokens); a generation over it waits in the worker until
+                     another ends. Default: 90 % of the memory free after load
   llamacpp only:     gguf_files (every shard, default from path), n_ctx (KV cells of all
                      sequences; default the trained context up to 8192), n_gpu_layers (-1 all;
-                     default -1 on cuda), tensor_split, kv_cache_type f16|q8_0|q4_0, n_threads
+                     default -1 on cuda), tensor_split, kv_cache_type f16|q8_0|q4_0
+  n_threads          compute threads (torch.set_num_threads; llama.cpp's n_threads); the
+                     daemon sends its share of the cores. Default: every core it may use
   test_faults        honoured only with HELEXA_TEST_FAULTS=1 in the worker's env (FaultPlan):
                      non_finite_at_step, exit_at_step (SIGKILL), arm_file (one-shot),
                      load_delay_secs, step_delay_secs, script_text / script_ids (every
-                     request emits these tokens, then EOS)
+                     request emits these tokens, then EOS), compile_fails (the compile raises)
 
 Engine details the daemon relies on:
 - Every generate ends with exactly one `done` or `error`. After `cancel` no more deltas come and
@@ -76,10 +85,13 @@ Engine details the daemon relies on:
   (generate on an embedding-only model), insufficient_memory (OOM in a request), unknown_op,
   internal_error. load_failed may carry "extras" ({"required_mb","free_mb"} with 507).
 - ready.info also has embedding_dim, vocab_size, eos_token_ids, model_type, static_cache,
-  compiled; capabilities is ["embedding"] for sentence-transformers dirs and encoders.
-- Requests run round-robin, one token each per turn, each with its own cache; `ping` is answered
-  by the reader thread even mid-generation. Exit codes: 0 on shutdown or socket close, 1 after
-  load_failed or fault.
+  compiled, max_batch and batching_refused (torch); capabilities is ["embedding"] for
+  sentence-transformers dirs and encoders.
+- Open requests advance one token each per step: torch decodes them in one batched forward (a
+  new one is prefilled alone and joins at the next step), llamacpp in one llama_decode. A
+  generate over max_batch or the KV budget waits in the worker (FIFO) until another ends.
+  `ping` is answered by the reader thread even mid-generation. Exit codes: 0 on shutdown or
+  socket close, 1 after load_failed or fault.
 """
 
 from __future__ import annotations
@@ -393,6 +405,8 @@ def _decode_ready(d: Mapping[str, Any]) -> Ready:
             model_type=_opt_str(i, "model_type"),
             static_cache=i.get("static_cache") is True,
             compiled=i.get("compiled") is True,
+            max_batch=_opt_int(i, "max_batch"),
+            batching_refused=_opt_str(i, "batching_refused"),
         )
     )
 
