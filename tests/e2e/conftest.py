@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from e2e_rig import Cortex, Neuron, Stack, build_tiny
 
+from rig.no_torch import without_torch
 from rig.require import require_module
 
 
@@ -40,20 +41,25 @@ def sdk_stack(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Itera
 
 @pytest.fixture(scope="session")
 def gguf_stack(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[Stack]:
-    """The same checkpoint as an F32 GGUF, served by the llamacpp harness as `local/qa-F32`."""
+    """The same checkpoint as an F32 GGUF, served by the llamacpp harness as `local/qa-F32`,
+    on a host without torch: the neuron and its worker can't import torch or transformers."""
     require_module("llama_cpp", install="pip install 'helexa[llamacpp]'")
     require_module("gguf", install="pip install 'helexa[llamacpp]'")
     from fixtures.gguf import write_gguf
 
     root = tmp_path_factory.mktemp("gguf_stack")
     path = write_gguf(tiny_dir, root / "models" / "qa-F32.gguf", "F32")
-    with one_node_stack(root, {"model_id": str(path), "harness": "llamacpp"}) as s:
+    site = without_torch(root / "site")
+    with one_node_stack(root, {"model_id": str(path), "harness": "llamacpp"}, site) as s:
         yield s
 
 
 @contextmanager
-def one_node_stack(root: Path, model: dict[str, Any]) -> Iterator[Stack]:
-    """One neuron pre-warming `model` and a cortex in front of it, stopped on exit."""
+def one_node_stack(
+    root: Path, model: dict[str, Any], neuron_path: str | None = None
+) -> Iterator[Stack]:
+    """One neuron pre-warming `model` (started with PYTHONPATH `neuron_path` if given) and a
+    cortex in front of it, stopped on exit."""
     neuron = Neuron(
         "n1",
         root,
@@ -63,6 +69,8 @@ def one_node_stack(root: Path, model: dict[str, Any]) -> Iterator[Stack]:
             "default_models": [model],
         },
     )
+    if neuron_path is not None:
+        neuron.env["PYTHONPATH"] = neuron_path
     cortex = Cortex("cortex", root, [neuron])
     stack = Stack([neuron], cortex)
     try:

@@ -7,7 +7,6 @@ Skipped without llama_cpp locally; in CI a missing llama_cpp fails (tests/rig/re
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from workerctl import WorkerClient, markers_whole  # noqa: E402
 
+from rig.no_torch import without_torch  # noqa: E402
 from rig.require import require_module  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -98,21 +98,12 @@ def test_q8_0_first_tokens(tiny_gguf: dict[str, Path], tiny_qwen3: Path) -> None
             assert q8.generate(ids, max_tokens=STEPS).ids[:Q8_SAME] == ref[:Q8_SAME]
 
 
-# Makes torch (and transformers) unimportable in a process: a GGUF-only host.
-NO_TORCH = """
-import sys
-sys.modules["torch"] = None
-sys.modules["transformers"] = None
-"""
-
-
 def test_worker_serves_without_torch(
     w: WorkerClient, tiny_gguf: dict[str, Path], tmp_path: Path
 ) -> None:
     """A host with llama_cpp and no torch: the worker loads, answers greedy and seeded requests
     as the worker with torch installed does, and faults on non-finite logits."""
-    (tmp_path / "sitecustomize.py").write_text(NO_TORCH)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.getenv("PYTHONPATH")]))}
+    env = {"PYTHONPATH": without_torch(tmp_path / "site")}
     ids = prompts()[2]
     seeded = {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.2, "seed": 3}
     arm = tmp_path / "arm"  # the fault fires once this file exists
