@@ -75,6 +75,10 @@ async def test_read_then_edit_with_permission_then_bash_refused_in_plan_mode(
         assert 'print("hello world")' in tool_msg["content"]
 
         await conn.set_session_mode(session_id=sid, mode_id="plan")
+        shown = await client.wait_until(  # the `mode` config option follows
+            lambda u: getattr(u, "session_update", "") == "config_option_update"
+        )
+        assert shown.config_options[1].current_value == "plan"
         assert await say(conn, sid, "run it") == "end_turn"
         bash = {u.tool_call_id: u for u in client.finished()}["c3"]
         assert bash.status == "failed"
@@ -177,6 +181,10 @@ async def test_model_switch_by_config_option_and_by_legacy_set_model(acp_stack: 
             )
             == {}
         )
+        shown = await client.wait_until(  # the editor's model menu follows
+            lambda u: getattr(u, "session_update", "") == "config_option_update"
+        )
+        assert shown.config_options[0].current_value == f"anth:{MODEL}"
         await say(conn, sid, "two")
         messages = [r for r in acp_stack.recorded if r.path == "/v1/messages"]
         assert len(messages) == 1

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from acp import PROTOCOL_VERSION, Client, RequestError
+from acp.helpers import update_current_mode
 from acp.schema import (
     AgentCapabilities,
     ClientCapabilities,
+    ConfigOptionUpdate,
     Implementation,
     InitializeResponse,
     ListSessionsResponse,
@@ -169,7 +171,9 @@ class HelexaAgent:
     async def set_session_mode(
         self, session_id: str, mode_id: str, **kwargs: Any
     ) -> SetSessionModeResponse:
-        self._set_mode(self._live(session_id), mode_id)
+        live = self._live(session_id)
+        self._set_mode(live, mode_id)
+        await self._announce_options(live)  # the `mode` config option follows
         return SetSessionModeResponse()
 
     async def set_config_option(
@@ -181,6 +185,7 @@ class HelexaAgent:
             self._set_model(live, value, choices)
         elif config_id == "mode" and isinstance(value, str):
             self._set_mode(live, value)
+            await self.client.session_update(session_id, update_current_mode(value))
         else:
             raise invalid(f"unknown config option '{config_id}' (model, mode)", configId=config_id)
         s = live.stored
@@ -194,8 +199,16 @@ class HelexaAgent:
             p = SetModel.model_validate(params)
         except ValidationError as e:
             raise RequestError.invalid_params({"errors": e.errors(include_url=False)}) from None
-        self._set_model(self._live(p.session_id), p.model_id, await self.choices())
+        live = self._live(p.session_id)
+        self._set_model(live, p.model_id, await self.choices())
+        await self._announce_options(live)  # the `model` config option follows
         return {}
+
+    async def _announce_options(self, live: Live) -> None:
+        s = live.stored
+        options = config_options(await self.choices(), s.model_id, s.mode_id)
+        update = ConfigOptionUpdate(session_update="config_option_update", config_options=options)
+        await self.client.session_update(s.session_id, update)
 
     def _set_mode(self, live: Live, mode_id: str) -> None:
         if mode_id not in MODE_IDS:
