@@ -115,9 +115,16 @@ async def test_bad_input_gets_json_rpc_errors_and_stdout_stays_clean(tmp_path: P
         e = (await raw.answer(9))["error"]
         assert e["message"] == "unknown mode 'yolo' (bypassPermissions, default, plan)"
 
+        # A stored session whose file is corrupt: a clear error, and the list skips it.
+        (tmp_path / "data/helexa-acp/sessions/broken.json").write_text('{"session_id": "bro')
+        load = {"sessionId": "broken", "cwd": str(tmp_path), "mcpServers": []}
+        await raw.send(request(10, "session/load", load))
+        e = (await raw.answer(10))["error"]
+        assert e["code"] == -32603 and "broken.json is corrupt" in e["message"]
+
         # Still alive and answering.
-        await raw.send(request(10, "session/list", {"cwd": str(tmp_path)}))
-        assert [s["sessionId"] for s in (await raw.answer(10))["result"]["sessions"]] == [sid]
+        await raw.send(request(11, "session/list", {"cwd": str(tmp_path)}))
+        assert [s["sessionId"] for s in (await raw.answer(11))["result"]["sessions"]] == [sid]
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
