@@ -9,6 +9,8 @@ import struct
 import subprocess
 import sys
 from collections import defaultdict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,6 +194,20 @@ class WorkerClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def workers(specs: dict[str, dict[str, Any]]) -> Iterator[dict[str, WorkerClient]]:
+    """Workers for these specs, started at once (most of a start is importing torch), loaded
+    (a failed load shows in `load_failed`), and closed at the end."""
+    ws = {k: WorkerClient.spawn(s) for k, s in specs.items()}
+    try:
+        for w in ws.values():
+            w.wait_load()
+        yield ws
+    finally:
+        for w in ws.values():
+            w.close()
 
 
 def markers_whole(pieces: list[str], markers: list[str]) -> bool:

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from workerctl import WorkerClient  # noqa: E402
+from workerctl import workers as started  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -19,15 +20,8 @@ ARCHS = ("qwen3_moe", "qwen3_next", "qwen3_5")
 
 @pytest.fixture(scope="module")
 def workers(tiny_models: dict[str, Path]) -> Iterator[dict[str, WorkerClient]]:
-    # Start them all at once: most of a worker's start is importing torch.
-    ws = {a: WorkerClient.spawn({"path": str(tiny_models[a]), "served_id": a}) for a in ARCHS}
-    try:
-        for w in ws.values():
-            w.wait_load()
+    with started({a: {"path": str(tiny_models[a]), "served_id": a} for a in ARCHS}) as ws:
         yield ws
-    finally:
-        for w in ws.values():
-            w.close()
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from transformers import AutoModel  # noqa: E402
 from workerctl import WorkerClient  # noqa: E402
+from workerctl import workers as started  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -22,17 +23,12 @@ INPUTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14]]
 def workers(
     tiny_bert_embedder: Path, tiny_qwen3_embedder: Path
 ) -> Iterator[dict[str, WorkerClient]]:
-    ws = {
-        "bert": WorkerClient.spawn({"path": str(tiny_bert_embedder), "served_id": "bert"}),
-        "qwen": WorkerClient.spawn({"path": str(tiny_qwen3_embedder), "served_id": "qwen-emb"}),
+    specs = {
+        "bert": {"path": str(tiny_bert_embedder), "served_id": "bert"},
+        "qwen": {"path": str(tiny_qwen3_embedder), "served_id": "qwen-emb"},
     }
-    try:
-        for w in ws.values():
-            w.wait_load()
+    with started(specs) as ws:
         yield ws
-    finally:
-        for w in ws.values():
-            w.close()
 
 
 def expected(path: Path, mode: str) -> list[torch.Tensor]:

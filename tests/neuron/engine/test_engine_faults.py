@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("torch")
 from workerctl import WorkerClient, markers_whole
+from workerctl import workers as started
 
 from helexa.neuron.engine.loader import LoadError, LoadSpec
 
@@ -63,14 +64,8 @@ def workers(
             "test_faults": {"script_text": SCRIPT},
         },
     }
-    ws = {k: WorkerClient.spawn(s) for k, s in specs.items()}
-    try:
-        for w in ws.values():
-            w.wait_load()
+    with started(specs) as ws:
         yield ws
-    finally:
-        for w in ws.values():
-            w.close()
 
 
 def test_injected_non_finite_logits_fault_and_exit(
