@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from acp import text_block
 from acp.schema import (
     EmbeddedResourceContentBlock,
@@ -20,8 +22,11 @@ from helexa.acp.events import (
     ToolStarted,
 )
 from helexa.acp.history import Message, ToolCall
+from helexa.acp.policy import Policy
 from helexa.acp.prompt import user_message
+from helexa.acp.tools import Toolbox
 from helexa.acp.updates import event_update, replay
+from helexa.acp.workspace import LocalWorkspace
 
 
 def dump(u: object) -> dict[str, object]:
@@ -76,7 +81,9 @@ def test_replay_rebuilds_what_the_turn_showed() -> None:
         ),
         Message("tool", "ok\n[exit status 0]", tool_call_id="c1", name="bash"),
     ]
-    out = [dump(u) for u in replay(history)]
+    cwd = Path("/proj")
+    cards = Toolbox(LocalWorkspace(cwd), Policy("default", cwd, cwd)).started
+    out = [dump(u) for u in replay(history, cards)]
     assert [u["sessionUpdate"] for u in out] == [
         "user_message_chunk",
         "agent_thought_chunk",

@@ -48,10 +48,14 @@ from helexa.acp.options import (
     legacy_models,
     mode_state,
 )
+from helexa.acp.paths import plan_dir
+from helexa.acp.policy import Policy
 from helexa.acp.prompt import user_message
 from helexa.acp.providers import ProviderError, make_provider
 from helexa.acp.sessions import SessionError, SessionStore, StoredSession
+from helexa.acp.tools import Toolbox
 from helexa.acp.updates import event_update, replay
+from helexa.acp.workspace import LocalWorkspace
 
 log = logging.getLogger("helexa.acp.agent")
 PAGE = 50  # sessions per session/list page
@@ -143,7 +147,10 @@ class HelexaAgent:
         self, cwd: str, session_id: str, mcp_servers: list[Any] | None = None, **kwargs: Any
     ) -> LoadedSession:
         live = self._live(session_id)
-        for update in replay(live.stored.history):
+        s = live.stored
+        home = Path(s.cwd)  # titles and locations as the live cards had them
+        cards = Toolbox(LocalWorkspace(home), Policy(s.mode_id, home, plan_dir(home))).started
+        for update in replay(s.history, cards):
             await self.client.session_update(session_id, update)
         return LoadedSession(**self._offer(live.stored, await self.choices()))
 

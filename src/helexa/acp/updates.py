@@ -6,8 +6,7 @@ and a replayed one (session/load) look the same to the editor.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from acp import (
@@ -29,6 +28,7 @@ from acp.schema import (
     ToolCallLocation,
     ToolCallProgress,
     ToolCallStart,
+    ToolCallStatus,
     UserMessageChunk,
 )
 
@@ -38,7 +38,6 @@ from helexa.acp.events import (
     TextChunk,
     ThoughtChunk,
     ToolFinished,
-    ToolKind,
     ToolStarted,
 )
 from helexa.acp.history import Message, ToolCall
@@ -60,14 +59,7 @@ def event_update(ev: Event) -> Update:
         case ThoughtChunk(text=text):
             return update_agent_thought_text(text)
         case ToolStarted():
-            return start_tool_call(
-                ev.call_id,
-                ev.title,
-                kind=ev.kind,
-                status="in_progress",
-                locations=[ToolCallLocation(path=p) for p in ev.locations],
-                raw_input=ev.raw_input,
-            )
+            return _card(ev, "in_progress", None)
         case ToolFinished():
             content: list[Any] = []
             if ev.diff is not None:
@@ -83,9 +75,9 @@ def event_update(ev: Event) -> Update:
             )
 
 
-def replay(history: list[Message]) -> Iterator[Update]:
-    """The stored conversation as the updates a live turn sent (system prompt left out): tool
-    cards carry their final status and output."""
+def replay(history: list[Message], describe: Callable[[ToolCall], ToolStarted]) -> Iterator[Update]:
+    """The stored conversation as the updates a live turn sent (system prompt left out); tool
+    cards, titled by `describe` as when they ran, carry their final status and output."""
     results = {m.tool_call_id: m for m in history if m.role == "tool"}
     for m in history:
         if m.role == "user" and m.content:
@@ -96,39 +88,20 @@ def replay(history: list[Message]) -> Iterator[Update]:
             if m.content:
                 yield update_agent_message_text(m.content)
             for call in m.tool_calls:
-                yield _replayed_card(call, results.get(call.id))
+                result = results.get(call.id)
+                output = result.content if result is not None else ""
+                status: ToolCallStatus = "completed" if result is not None else "failed"
+                content = [tool_content(text_block(output))] if output else None
+                yield _card(describe(call), status, content)
 
 
-def _replayed_card(call: ToolCall, result: Message | None) -> ToolCallStart:
-    try:
-        args = json.loads(call.arguments)
-    except ValueError:
-        args = None
-    raw_input = args if isinstance(args, dict) else {"arguments": call.arguments}
-    title, kind, locations = _describe(call.name, raw_input)
-    output = result.content if result is not None else ""
+def _card(ev: ToolStarted, status: ToolCallStatus, content: list[Any] | None) -> ToolCallStart:
     return start_tool_call(
-        call.id,
-        title,
-        kind=kind,
-        status="completed" if result is not None else "failed",
-        content=[tool_content(text_block(output))] if output else None,
-        locations=[ToolCallLocation(path=p) for p in locations],
-        raw_input=raw_input,
+        ev.call_id,
+        ev.title,
+        kind=ev.kind,
+        status=status,
+        content=content,
+        locations=[ToolCallLocation(path=p) for p in ev.locations],
+        raw_input=ev.raw_input,
     )
-
-
-_KINDS: dict[str, ToolKind] = {
-    "read_file": "read",
-    "list_dir": "search",
-    "write_file": "edit",
-    "edit_file": "edit",
-    "bash": "execute",
-}
-
-
-def _describe(name: str, args: dict[str, Any]) -> tuple[str, ToolKind, list[str]]:
-    target = args.get("command") if name == "bash" else args.get("path")
-    title = f"{name} {target}" if isinstance(target, str) else name
-    path = args.get("path")
-    return title, _KINDS.get(name, "other"), [path] if isinstance(path, str) else []
