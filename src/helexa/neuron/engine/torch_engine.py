@@ -1,27 +1,30 @@
 """The torch engine: one transformers model in this worker process, stepped by our own loop.
 
 Prefill once, then one token per step with a KV cache (`DynamicCache` by default; a pooled
-`StaticCache`, and on CUDA a `torch.compile`d decode step, when the load spec asks for it). Each
+`StaticCache`, and a `torch.compile`d decode step (torch_compile), when the load spec asks). Each
 request keeps its own cache, sampler and detokenizer in its `GenerationState`; the loop itself is
 `generation.step`. Logits are checked for non-finite values at every step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from helexa.neuron.engine import generation
+from helexa.neuron.engine.constraint import Grammars, hf_vocabulary
 from helexa.neuron.engine.errors import Fault, RequestError
 from helexa.neuron.engine.frames import Event, Generate, ReadyInfo
 from helexa.neuron.engine.generation import GenerationState, StepResult
+from helexa.neuron.engine.kv_budget import KvBudget
 from helexa.neuron.engine.loader import LoadSpec, ModelDir, Pooling
+from helexa.neuron.engine.logit_bias import logit_bias
 from helexa.neuron.engine.request_checks import (
     check_ids,
     check_length,
@@ -32,7 +35,16 @@ from helexa.neuron.engine.request_checks import (
 from helexa.neuron.engine.sampling import Sampler, defaults_from_generation_config, pick_checked
 from helexa.neuron.engine.static_pool import StaticPool
 from helexa.neuron.engine.tokens import WorkerTokenizer
-from helexa.neuron.engine.torch_device import DTYPES, MemoryProbe, is_cuda_error, is_oom
+from helexa.neuron.engine.torch_batch import DecodeBatch, kv_cost, refusal
+from helexa.neuron.engine.torch_compile import compile_step, wanted
+from helexa.neuron.engine.torch_device import (
+    DTYPES,
+    MemoryProbe,
+    free_mb,
+    is_cuda_error,
+    is_oom,
+)
+from helexa.neuron.engine.torch_prefix import DEFAULT_MB, PrefixCache, cuttable
 
 log = logging.getLogger("helexa.neuron.engine")
 
@@ -101,12 +113,10 @@ class TorchEngine:
         elif "num_logits_to_keep" in params:
             self._keep_kw = {"num_logits_to_keep": 1}
         self._base_use_cache = "use_cache" in inspect.signature(self.base.forward).parameters
-        want_compile = spec.compile and device.type == "cuda"
-        if spec.compile and not want_compile:
-            log.info("compile is only used on CUDA; decoding eagerly on %s", device)
-        self.static = bool(spec.static_cache) or want_compile
+        self._want_compile = wanted(spec.compile, device) and not embedding_only
+        self.static = bool(spec.static_cache) or self._want_compile
         self._pool = (
-            StaticPool(model.config, self._context_cap(), fixed=want_compile)
+            StaticPool(model.config, self._context_cap(), fixed=self._want_compile)
             if self.static
             else None
         )
@@ -114,6 +124,48 @@ class TorchEngine:
         self.compiled = False
         self.load_secs = 0.0
         self._memory = MemoryProbe(device)
+        self.grammars = Grammars(
+            lambda: hf_vocabulary(tokenizer.backend(), self.eos_ids, self.logits_size), self.eos_ids
+        )
+        self.prefix = self._prefix_cache()
+        self.batch, self.batch_refused = self._batching()
+        self._decoded: dict[GenerationState, torch.Tensor | Exception] = {}
+        self.kv = KvBudget(0, 0, None, spec.max_batch, padded=self.batch is not None)
+
+    def _batching(self) -> tuple[DecodeBatch | None, str | None]:
+        """The decode batch, or why rows are stepped one at a time."""
+        if self.embedding_only:
+            return None, None
+        if self._pool is not None:
+            return None, "static caches are per request"
+        fresh, _ = self._new_cache(1)
+        why = refusal(fresh)
+        return (None, why) if why else (DecodeBatch(self.device, self._cache_kw), None)
+
+    def _kv_budget(self, cache: Any) -> KvBudget:
+        """KV bytes measured on the warm-up cache; the budget is `kv_budget_mb`, else 90 % of
+        the memory free after load less the prefix cache's share."""
+        per_token, per_row = kv_cost(cache)
+        mb = self.spec.kv_budget_mb
+        if mb is None:
+            free = free_mb(self.device)
+            prefix = self.prefix.budget // 2**20 if self.prefix is not None else 0
+            mb = None if free is None else max(0, int(free * 0.9) - prefix)
+        budget = None if mb is None else mb * 2**20
+        return KvBudget(per_token, per_row, budget, self.spec.max_batch, self.batch is not None)
+
+    def _prefix_cache(self) -> PrefixCache | None:
+        """None for a zero budget, or for a hybrid on pooled static caches (its recurrent
+        state is reused in place, so no snapshot of it could be written back)."""
+        mb = self.spec.prefix_cache_mb
+        if mb is None:
+            mb = DEFAULT_MB.get(self.device.type, 0)
+        if mb <= 0 or self.embedding_only:
+            return None
+        fresh, slot = self._new_cache(1)
+        self._release_cache(fresh, slot)
+        exact = not cuttable(fresh)
+        return None if exact and self._pool is not None else PrefixCache(mb << 20, exact=exact)
 
     def _context_cap(self) -> int | None:
         caps = [self.max_position_embeddings]
@@ -124,43 +176,59 @@ class TorchEngine:
 
     @torch.inference_mode()
     def warmup(self) -> None:
-        """One real forward (catches broken weights at load), and the compile on CUDA."""
+        """One real forward (catches broken weights at load), and the compile."""
         tok = min(self.eos_ids) if self.eos_ids else 0
         if self.embedding_only:
             self.embed([[tok, tok]])
             return
-        if self.spec.compile and self.device.type == "cuda":
-            self._try_compile()
+        if self._want_compile and not self._compiled_warm(tok):
+            self._eager_again()
         cache, slot = self._new_cache(4)
         try:
             logits = self._forward(torch.tensor([[tok, tok]], device=self.device), cache, False)
             self.logits_size = int(logits.shape[-1])
             if not bool(torch.isfinite(logits).all()):
                 raise RuntimeError("the model produced non-finite logits on a warm-up forward")
-            for _ in range(3 if self._decode_fn is not None else 1):
-                logits = self._forward(torch.tensor([[tok]], device=self.device), cache, True)
+            logits = self._forward(torch.tensor([[tok]], device=self.device), cache, True)
             if not bool(torch.isfinite(logits).all()):
                 raise RuntimeError("the model produced non-finite logits on a warm-up step")
+            self.kv = self._kv_budget(cache)
         finally:
             self._release_cache(cache, slot)
+        self.grammars.prepare()  # the logits' size is known now
 
-    def _try_compile(self) -> None:
-        """torch.compile the decode step (reduce-overhead: CUDA graphs); eager on any failure."""
+    def _compiled_warm(self, tok: int) -> bool:
+        """Compile the decode step and build its graph with a few steps (so the compile is part
+        of load_secs); False, warned, on any failure: the model then decodes eagerly."""
+        t0 = time.monotonic()
+        cache, slot = None, None
         try:
-            import triton  # noqa: F401  (inductor needs it on CUDA)
-
-            with contextlib.suppress(Exception):
-                dyn = torch._dynamo.config
-                name = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
-                setattr(dyn, name, max(getattr(dyn, name), 64))
-            self._decode_fn = torch.compile(
-                self.model.__call__, mode="reduce-overhead", fullgraph=False, dynamic=False
+            faults = self.spec.test_faults
+            if faults is not None and faults.compile_fails:
+                raise RuntimeError("test fault: compile_fails")
+            self._decode_fn = compile_step(self.model, self.device)
+            cache, slot = self._new_cache(4)
+            self._forward(torch.tensor([[tok, tok]], device=self.device), cache, False)
+            for _ in range(3):
+                self._forward(torch.tensor([[tok]], device=self.device), cache, True)
+        except Exception as e:
+            log.warning(
+                "compiling the decode step failed, decoding eagerly: %s: %s", type(e).__name__, e
             )
-            self.compiled = True
-        except Exception as e:  # pragma: no cover - CUDA only
-            log.warning("torch.compile unavailable, decoding eagerly: %s", e)
             self._decode_fn = None
-            self.compiled = False
+            return False
+        finally:
+            self._release_cache(cache, slot)
+        self.compiled = True
+        log.info("compiled the decode step in %.1f s", time.monotonic() - t0)
+        return True
+
+    def _eager_again(self) -> None:
+        """After a failed compile: the caches and decode paths of an eager model."""
+        self.static = bool(self.spec.static_cache)
+        self._pool = StaticPool(self.model.config, self._context_cap()) if self.static else None
+        self.prefix = self._prefix_cache()
+        self.batch, self.batch_refused = self._batching()
 
     # ---- the model --------------------------------------------------------------------------
 
@@ -193,19 +261,47 @@ class TorchEngine:
     @torch.inference_mode()
     def logits(self, state: GenerationState) -> torch.Tensor:
         if state.cache is None:
-            state.cache, state.slot = self._new_cache(len(state.prompt) + state.max_tokens)
-            ids = torch.tensor([state.prompt], device=self.device)
-            return self._forward(ids, state.cache, decode=False)
+            return self._prefill(state)
+        got = self._decoded.pop(state, None)  # this step's batched forward
+        if isinstance(got, Exception):
+            raise got
+        if got is not None:
+            return got
         ids = torch.tensor([[state.token_ids[-1]]], device=self.device)
         return self._forward(ids, state.cache, decode=True)
+
+    def _prefill(self, state: GenerationState) -> torch.Tensor:
+        """The prompt's forward, from the longest prefix the prefix cache holds."""
+        prompt, done = state.prompt, 0
+        if self._pool is not None:  # preallocated: a cached prefix is copied in
+            state.cache, state.slot = self._new_cache(len(prompt) + state.max_tokens)
+        if self.prefix is not None:
+            state.cache, done = self.prefix.take(prompt, into=state.cache)
+            state.cached_tokens = done
+        if state.cache is None:
+            state.cache, state.slot = self._new_cache(len(prompt) + state.max_tokens)
+        cache = state.cache
+
+        def feed(ids: list[int]) -> torch.Tensor:
+            return self._forward(torch.tensor([ids], device=self.device), cache, decode=False)
+
+        if self.prefix is not None:  # hybrids: exact snapshots on the way
+            done = self.prefix.feed_snapshots(prompt, done, cache, feed)
+        return feed(prompt[done:])
 
     @torch.inference_mode()
     def pick(self, state: GenerationState, logits: torch.Tensor) -> int:
         sampler = state.sampler
         assert isinstance(sampler, Sampler)
-        return pick_checked(sampler, logits, f"step {state.step_no} of request {state.id}")
+        where = f"step {state.step_no} of request {state.id}"
+        return pick_checked(sampler, logits, where, state.bias, state.constraint)
 
     def release(self, state: GenerationState) -> None:
+        if isinstance(state.cache, DecodeBatch):  # a batch row leaves with its own cache
+            state.cache = state.cache.release(state, keep=self.prefix is not None)
+        if self.prefix is not None and state.cache is not None:  # all but the last token fed
+            held = len(state.prompt) + len(state.token_ids) - 1
+            self.prefix.put((state.prompt + state.token_ids)[:held], state.cache)
         self._release_cache(state.cache, state.slot)
 
     # ---- requests ---------------------------------------------------------------------------
@@ -221,10 +317,22 @@ class TorchEngine:
         sampler = Sampler(
             params, vocab_size=self.logits_size, device=self.device, prompt_ids=prompt
         )
-        return open_generation(req, prompt, max_tokens, sampler, self.tokenizer)
+        state = open_generation(req, prompt, max_tokens, sampler, self.tokenizer)
+        state.bias = logit_bias(req.sampling, self.vocab_size)
+        state.constraint = self.grammars.open(req.constraint)
+        return state
+
+    def admits(self, state: GenerationState, running: list[GenerationState]) -> bool:
+        return self.kv.admits(state, running)
 
     def step(self, active: list[GenerationState]) -> list[StepResult]:
-        return generation.step(self, active)
+        if self.batch is not None:
+            keep = self.prefix is not None
+            self._decoded = self.batch.step(self.model, active, keep=keep, **self._keep_kw)
+        try:
+            return generation.step(self, active)
+        finally:
+            self._decoded = {}
 
     def cancel(self, state: GenerationState) -> list[Event]:
         return generation.cancel(self, state)
@@ -284,6 +392,7 @@ class TorchEngine:
     # ---- measurements and failures ----------------------------------------------------------
 
     def memory_mb(self) -> int | None:
+        """Measured, so it includes the prefix cache's entries (up to its budget)."""
         return self._memory.used_mb()
 
     def info(self) -> ReadyInfo:
@@ -302,6 +411,8 @@ class TorchEngine:
             model_type=getattr(self.model.config, "model_type", None),
             static_cache=self.static,
             compiled=self.compiled,
+            max_batch=self.kv.max_batch if self.batch is not None else 1,
+            batching_refused=self.batch_refused,
         )
 
     def classify(self, exc: Exception) -> RequestError | Fault:
@@ -311,6 +422,8 @@ class TorchEngine:
             return Fault("cuda_error", f"{type(exc).__name__}: {exc}")
         if is_oom(exc):
             log.warning("out of memory on a request: %s", exc)
+            if self.prefix is not None:
+                self.prefix.clear()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             msg = f"out of memory while serving the request: {exc}".strip()
