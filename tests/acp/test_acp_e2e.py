@@ -207,6 +207,10 @@ async def test_each_wire_api_runs_a_tool_call(acp_stack: AcpStack, endpoint: str
     (done,) = client.finished()
     assert done.status == "completed" and "forty-two" in str(done.content)
     assert client.text() == "The answer is forty-two."
+    assert client.thoughts() == "easy"
+    route = {"chat": "/v1/chat/completions", "resp": "/v1/responses", "anth": "/v1/messages"}
+    posts = [r.path for r in acp_stack.recorded if r.method == "POST"]
+    assert posts == [route[endpoint]] * 2
 
 
 async def test_files_and_commands_go_through_the_client_when_it_offers_them(
