@@ -12,6 +12,7 @@ from helexa.neuron.constrain.grammar import Tool, build, check_schema
 from helexa.neuron.constrain.plan import constraint_for
 from helexa.neuron.openai.chat import parse_chat
 from helexa.neuron.parse import OutputParser
+from helexa.neuron.xml_calls import parse_xml_call
 from helexa.wire.errors import ApiError
 
 llguidance = pytest.importorskip("llguidance")
@@ -283,3 +284,49 @@ def test_a_streamed_call_cut_by_the_cap_keeps_what_was_generated() -> None:
     assert parser.tool_calls[0].arguments == sent == '{"path": "/etc/hosts"}'
     assert [type(e).__name__ for e in events] == ["CallStart", "CallArgs", "CallArgs", "ToolCall"]
     assert parser.finish_reason == "length" and parser.content == ""
+
+
+WRITE = Tool(
+    "Write",
+    {
+        "type": "object",
+        "properties": {
+            "path": {"type": "string"},
+            "lines": {"type": "integer"},
+            "mode": {"type": "string", "enum": ["a", "w"]},
+            "meta": {"type": "object"},
+        },
+        "required": ["path", "mode"],
+    },
+)
+
+
+def xml_call(name: str, params: dict[str, str]) -> str:
+    """A call as Qwen3-Coder's template writes one."""
+    body = "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in params.items())
+    return f"<tool_call>\n<function={name}>\n{body}</function>\n</tool_call>"
+
+
+def test_xml_call_grammar_follows_the_schema() -> None:
+    g = build(tools=[WRITE], xml=True)
+    text = xml_call("Write", {"path": "/a b\n</para", "lines": "3", "mode": "w"})
+    assert matches(g, text)
+    assert matches(g, xml_call("Write", {"path": "x", "mode": "a", "meta": '{"k": [1]}'}))
+    assert not matches(g, xml_call("Write", {"path": "x"}))  # a required one missing
+    assert not matches(g, xml_call("Write", {"path": "x", "lines": "three", "mode": "a"}))
+    assert not matches(g, xml_call("Write", {"path": "x", "mode": "append"}))
+    assert not matches(g, xml_call("Read", {"path": "x"}))
+    assert not matches(build(tools=[WRITE]), text)  # Hermes is another grammar
+
+
+def test_xml_calls_parse_into_typed_arguments() -> None:
+    text = xml_call("Write", {"path": "42", "lines": "3", "mode": "w", "meta": '{"k": [1]}'})
+    schemas = {"Write": dict(WRITE.parameters or {})}
+    parser = OutputParser(False, False, True, stream_calls=True, schemas=schemas)
+    events = [e for ch in text for e in parser.feed(ch)] + parser.finish()
+    assert [type(e).__name__ for e in events] == ["ToolCall"]  # whole: XML calls don't stream
+    call = parser.tool_calls[0]
+    assert call.name == "Write"
+    assert json.loads(call.arguments) == {"path": "42", "lines": 3, "mode": "w", "meta": {"k": [1]}}
+    assert parse_xml_call("<function=f>\nprose<parameter=a>\n1\n</parameter>\n</function>") is None
+    assert parse_xml_call("<function=f>\n</function>") == ("f", "{}")

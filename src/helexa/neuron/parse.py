@@ -18,9 +18,11 @@ import json
 import random
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from helexa.neuron.xml_calls import is_xml_call, parse_xml_call
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -120,8 +122,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_call_body(body: str) -> tuple[str, str] | None:
-    """The `{json}` of a span → (name, compact arguments), or None when it isn't a valid call."""
+def parse_call_body(
+    body: str, schemas: Mapping[str, Mapping[str, Any]] | None = None
+) -> tuple[str, str] | None:
+    """The `{json}` (or Qwen3-Coder XML, typed by `schemas`) of a span → (name, compact
+    arguments), or None when it isn't a valid call."""
+    if is_xml_call(body):
+        return parse_xml_call(body, schemas)
     try:
         obj = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
@@ -148,7 +155,8 @@ class OutputParser:
     `reasoning`: the model has `<think>` markers; `start_in_reasoning`: the rendered prompt ended
     inside an open `<think>`; `tools_enabled`: the request has tools and `tool_choice != "none"`;
     `max_calls`: valid calls past this many are dropped (`parallel_tool_calls: false` is 1,
-    Responses' `max_tool_calls`); `stream_calls`: a grammar forces the calls, so they stream.
+    Responses' `max_tool_calls`); `stream_calls`: a grammar forces the calls, so they stream;
+    `schemas`: the tools' parameter schemas by name (they type XML calls' values).
     """
 
     __slots__ = (
@@ -163,6 +171,7 @@ class OutputParser:
         "_new_call_id",
         "_reasoning",
         "_scan_from",
+        "_schemas",
         "_stream_calls",
         "_streaming",
         "_strip_ws",
@@ -183,9 +192,11 @@ class OutputParser:
         max_calls: int | None = None,
         new_call_id: Callable[[], str] | None = None,
         stream_calls: bool = False,
+        schemas: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.reasoning_enabled = reasoning or start_in_reasoning
         self._stream_calls = stream_calls
+        self._schemas = schemas
         self._streaming: _Streaming | None = None
         self.tools_enabled = tools_enabled
         self._max_calls = max_calls
@@ -366,7 +377,7 @@ class OutputParser:
             self._after_call = True
             self._end_streamed(body, out, closed=True)
             return
-        parsed = parse_call_body(body)
+        parsed = parse_call_body(body, self._schemas)
         if parsed is None:
             self._emit_content(CALL_OPEN + body + CALL_CLOSE, out)
             return

@@ -103,6 +103,7 @@ class CharTokenizer:
         self.reasoning = bool(cfg.get("reasoning", True))
         self.tool_call = bool(cfg.get("tool_call", True))
         self.opens_think = bool(cfg.get("opens_think", False))
+        self.xml_calls = bool(cfg.get("xml_calls", False))
         self.has_chat_template = bool(cfg.get("template", True))
         self.eos_token_ids = [0]
 
@@ -146,6 +147,10 @@ class CharTokenizer:
         return "".join(chr(i) for i in ids)
 
     vocab_size = 0x110000  # every code point
+
+    def template_source(self, tools: Any = None) -> str | None:
+        """Only what callers look for in it: "<function=" for Qwen3-Coder XML calls."""
+        return "<function=" if self.xml_calls else None
 
 
 def chat_prompt_len(content: str) -> int:

@@ -261,3 +261,31 @@ async def test_forced_call_arguments_stream_as_generated(start_neuron: NeuronFac
     assert len(deltas) > 3 and "".join(deltas) == done[0]["item"]["arguments"]
     assert json.loads(done[0]["item"]["arguments"]) == json.loads(ANSWER)
     assert events[-1]["type"] == "response.completed"
+
+
+async def test_a_template_with_xml_calls_gets_xml_grammars_and_typed_calls(
+    start_neuron: NeuronFactory,
+) -> None:
+    rig = await start_neuron()
+    xml = (
+        "<tool_call>\n<function=Read>\n<parameter=city>\n7\n</parameter>\n"
+        "<parameter=unit>\nc\n</parameter>\n</function>\n</tool_call>"
+    )
+    fake = {"reply": {"pieces": [xml[:20], xml[20:]]}, "tokenizer": {"xml_calls": True}}
+    d = await loaded(rig, fake)
+    named = {"type": "function", "function": {"name": "Read"}}
+    for stream in (False, True):
+        body = chat_body("local/m", tools=TOOLS, tool_choice=named, stream=stream)
+        async with rig.client.stream("POST", "/v1/chat/completions", json=body) as r:
+            if stream:
+                frames = await sse_data(r)
+                calls = [
+                    c for f in frames[:-1] for c in f["choices"][0]["delta"].get("tool_calls", [])
+                ]
+                args = "".join(c["function"]["arguments"] for c in calls)
+            else:
+                await r.aread()
+                args = r.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+        assert json.loads(args) == {"city": "7", "unit": "c"}  # city: a string, as its schema says
+        g = sent(d)["constraint"]["grammar"]
+        assert matches(g, xml) and not matches(g, CALL)

@@ -1,5 +1,5 @@
 """llguidance grammars (Lark, JSON schemas inline via `%json`) for structured output and forced
-tool calls, in the chat template's Hermes tool-call format.
+tool calls, in the chat template's tool-call format: Hermes JSON, or Qwen3-Coder's XML.
 
 Pure and torch-free: the daemon builds and checks grammars here; the worker compiles them
 against the model's tokenizer. JSON is written in one fixed style, `{"a": 1, "b": [2, 3]}`
@@ -18,6 +18,7 @@ from typing import Any
 from llguidance import LLMatcher
 
 from helexa.neuron.openai.params import invalid_value
+from helexa.neuron.xml_calls import is_text
 
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
@@ -26,6 +27,7 @@ THINK_CLOSE = "</think>"
 # after `</think>` templates and models put a blank line before the answer
 _THINK_GAP = r"/[ \n]{0,4}/"
 CALL_TAIL = "}\n</tool_call>"
+XML_TAIL = "</function>\n</tool_call>"
 _THINK_RULE = f'think[lazy]: "{THINK_OPEN}" /(.|\\n)*/ "{THINK_CLOSE}"'
 
 
@@ -56,15 +58,47 @@ def call_rule(tool: Tool) -> str:
     return f"{_lit(head)} {args} {_lit(CALL_TAIL)}"
 
 
+def _xml_value(schema: Any) -> str:
+    """A parameter's value in the XML form: a string is written raw (free text, or one of its
+    `enum`), anything else as JSON."""
+    if is_text(schema):
+        choices = schema.get("enum")
+        if isinstance(choices, list) and all(isinstance(c, str) for c in choices):
+            return "(" + " | ".join(_lit(c) for c in choices) + ")"
+        return "/(.|\\n)*/"
+    return json_rule(schema if isinstance(schema, Mapping) else {})
+
+
+def xml_call_rules(i: int, tool: Tool) -> list[str]:
+    """One Qwen3-Coder call, as its template renders one: `<tool_call>\n<function=f>\n`, then
+    `<parameter=k>\nvalue\n</parameter>\n` per argument (the required ones always, in the
+    schema's order), then `</function>\n</tool_call>`."""
+    params = tool.parameters or {}
+    props = params.get("properties")
+    props = props if isinstance(props, Mapping) else {}
+    required = set(params.get("required") or ())
+    rules, parts = [], []
+    for k, (key, schema) in enumerate(props.items()):
+        head, tail = _lit(f"<parameter={key}>\n"), _lit("\n</parameter>\n")
+        lazy = "[lazy]" if _xml_value(schema).startswith("/") else ""
+        rules.append(f"call_{i}_{k}{lazy}: {head} {_xml_value(schema)} {tail}")
+        parts.append(f"call_{i}_{k}" + ("" if key in required else "?"))
+    head = _lit(f"<tool_call>\n<function={tool.name}>\n")
+    call = f"call_{i}: {head} {' '.join(parts)} {_lit(XML_TAIL)}"
+    return [call, *rules]
+
+
 def build(
     *,
     schema: Mapping[str, Any] | None = None,
     tools: Sequence[Tool] = (),
     max_calls: int | None = None,
     think: str | None = None,
+    xml: bool = False,
 ) -> str:
     """The grammar of a whole reply: tool calls (one or more, at most `max_calls`, a line
-    apart) or a JSON value matching `schema`; at least one of the two is given.
+    apart; Qwen3-Coder's XML form when `xml`) or a JSON value matching `schema`; at least one
+    of the two is given.
 
     `think`: None when the reply starts with the answer; "optional" when the model may first
     write a `<think>…</think>` block (freely); "closed" when the worker starts the grammar right
@@ -74,7 +108,7 @@ def build(
     answers: list[str] = []
     if tools:
         for i, tool in enumerate(tools):
-            rules.append(f"call_{i}: {call_rule(tool)}")
+            rules.extend(xml_call_rules(i, tool) if xml else [f"call_{i}: {call_rule(tool)}"])
         rules.append("call: " + " | ".join(f"call_{i}" for i in range(len(tools))))
         if max_calls == 1:
             answers.append("call")

@@ -23,9 +23,16 @@ def _think(prompt: str, reasoning: bool) -> str | None:
     return "optional"
 
 
-def constraint_for(chat: ChatRequest, prompt: str, reasoning: bool) -> Constraint | None:
+def xml_calls(template: str | None) -> bool:
+    """The chat template writes calls in Qwen3-Coder's XML form (`<function=…>`)."""
+    return template is not None and "<function=" in template
+
+
+def constraint_for(
+    chat: ChatRequest, prompt: str, reasoning: bool, xml: bool = False
+) -> Constraint | None:
     """The request's `Constraint` (None when unconstrained); `reasoning`: the model has think
-    markers."""
+    markers; `xml`: its calls are Qwen3-Coder XML (`xml_calls`)."""
     if not chat.constrained:
         return None
     tools = []
@@ -33,5 +40,7 @@ def constraint_for(chat: ChatRequest, prompt: str, reasoning: bool) -> Constrain
         src = t["function"] if isinstance(t.get("function"), dict) else t
         tools.append(Tool(tool_name(t), src.get("parameters")))
     think = _think(prompt, reasoning)
-    grammar = build(schema=chat.schema, tools=tools, max_calls=chat.call_limit, think=think)
+    grammar = build(
+        schema=chat.schema, tools=tools, max_calls=chat.call_limit, think=think, xml=xml
+    )
     return Constraint(grammar, THINK_CLOSE if think == "closed" else None)

@@ -91,6 +91,14 @@ class ChatRequest:
             return list(enumerate(self.tools))
         return []
 
+    def tool_schemas(self) -> dict[str, Any]:
+        """Each tool's parameters schema, by name (they type the values of XML calls)."""
+        out: dict[str, Any] = {}
+        for t in self.tools or ():
+            src = t["function"] if isinstance(t.get("function"), dict) else t
+            out[tool_name(t)] = src.get("parameters") or {}
+        return out
+
     @property
     def constrained(self) -> bool:
         """The output must match a grammar (constrain/plan.py builds it)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from helexa.neuron.constrain.plan import constraint_for
+from helexa.neuron.constrain.plan import constraint_for, xml_calls
 from helexa.neuron.engine.frames import Generate
 from helexa.neuron.errors import not_ready
 from helexa.neuron.openai import chat as oc
@@ -98,12 +98,14 @@ async def _chat_like(
     oa.check_logit_bias(chat.sampling, tok)
     tools = chat.tools is not None
     reasoning = bool(getattr(tok, "reasoning", False))
+    xml = tools and xml_calls(tok.template_source(chat.tools))
     parser = OutputParser(
         reasoning=reasoning,
         start_in_reasoning=bool(tok.prompt_opens_think(text)),
         tools_enabled=tools,
         max_calls=chat.call_limit,
         stream_calls=bool(chat.grammar_tools()),
+        schemas=chat.tool_schemas() if xml else None,
     )
     req = Generate(
         "",
@@ -112,7 +114,7 @@ async def _chat_like(
         chat.sampling.to_wire(),
         chat.stop,
         _hold(tok, tools),
-        constraint=constraint_for(chat, text, reasoning),
+        constraint=constraint_for(chat, text, reasoning, xml),
     )
     return await generate(request, neuron, rec, req, len(ids), make_sink(parser), chat.stream)
 
