@@ -336,3 +336,28 @@ async def test_the_json_rpc_sequence_of_an_edit(acp_stack: AcpStack, tmp_path: P
         "← result",
     ]
     assert (acp_stack.project / "README.md").read_text() == "# demo\nA demo project.\n"
+
+
+async def test_an_editor_error_is_a_tool_error_not_a_failed_prompt(acp_stack: AcpStack) -> None:
+    acp_stack.script += [
+        Turn(calls=[("c1", "write_file", {"path": "a.txt", "content": "x"})]),
+        Turn(calls=[("c2", "write_file", {"path": "b.txt", "content": "y"})]),
+        Turn(text="Both writes failed."),
+    ]
+    client = RecordingClient()
+    async with session(acp_stack, client, caps=capabilities(fs=True)) as (conn, sid):
+        client.failing = {"fs/write_text_file"}
+        turn = asyncio.ensure_future(say(conn, sid, "write two files"))
+        await client.wait_until(
+            lambda u: isinstance(u, ToolCallProgress) and u.tool_call_id == "c1"
+        )
+        client.failing = {"session/request_permission"}
+        assert await turn == "end_turn"
+    done = {u.tool_call_id: u for u in client.finished()}
+    assert done["c1"].status == "failed"
+    assert "the editor's fs/write_text_file failed: fs/write_text_file refused" in str(
+        done["c1"].content
+    )
+    assert done["c2"].status == "failed"
+    assert "the editor's session/request_permission failed" in str(done["c2"].content)
+    assert not (acp_stack.project / "a.txt").exists() and not (acp_stack.project / "b.txt").exists()

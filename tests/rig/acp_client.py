@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from acp import PROTOCOL_VERSION, text_block
+from acp import PROTOCOL_VERSION, RequestError, text_block
 from acp.client.connection import ClientSideConnection
 from acp.connection import StreamEvent
 from acp.schema import (
@@ -51,6 +51,7 @@ class RecordingClient:
         self.calls: list[tuple[str, dict[str, Any]]] = []  # fs/terminal calls the agent made
         self.terminals: dict[str, Terminal] = {}
         self.wire: list[tuple[str, dict[str, Any]]] = []  # ("incoming"/"outgoing", raw JSON-RPC)
+        self.failing: set[str] = set()  # methods answered with a JSON-RPC error
         self._arrived = asyncio.Event()
 
     # ---- what the agent calls ---------------------------------------------------------------
@@ -63,6 +64,7 @@ class RecordingClient:
         self, session_id: str, tool_call: ToolCallUpdate, options: list[PermissionOption], **kw: Any
     ) -> RequestPermissionResponse:
         self.permission_requests.append(tool_call)
+        self._maybe_fail("session/request_permission")
         choice = self.answers.pop(0) if self.answers else "allow_once"
         if choice == "cancelled":
             return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
@@ -84,6 +86,7 @@ class RecordingClient:
 
     async def write_text_file(self, session_id: str, path: str, content: str, **kw: Any) -> None:
         self._note("fs/write_text_file", {"path": path})
+        self._maybe_fail("fs/write_text_file")
         await asyncio.to_thread(Path(path).write_text, content)
 
     async def create_terminal(
@@ -176,6 +179,10 @@ class RecordingClient:
         """The first recorded update matching `pred`, waiting for it to arrive."""
         await self.wait_for(lambda: any(pred(u) for u in self.updates), within)
         return next(u for u in self.updates if pred(u))
+
+    def _maybe_fail(self, method: str) -> None:
+        if method in self.failing:
+            raise RequestError(-32603, f"{method} refused by the test")
 
     def _note(self, call: str, params: dict[str, Any]) -> None:
         self.calls.append((call, params))

@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from acp import Client, RequestError
 from acp.schema import AllowedOutcome, ClientCapabilities, PermissionOption, ToolCallUpdate
+from pydantic import ValidationError
 
 from helexa.acp.events import ToolKind
-from helexa.acp.workspace import LocalWorkspace
+from helexa.acp.workspace import LocalWorkspace, WorkspaceError
 
 log = logging.getLogger("helexa.acp.client_workspace")
 TERMINAL_OUTPUT_LIMIT = 1 << 20
@@ -23,6 +25,17 @@ PERMISSION_OPTIONS = [
     PermissionOption(option_id="reject_once", name="Reject", kind="reject_once"),
 ]
 KINDS: tuple[ToolKind, ...] = ("read", "edit", "execute", "search", "other")
+
+
+@contextlib.contextmanager
+def editor(method: str) -> Iterator[None]:
+    """The client's error (or a malformed answer) as a tool failure the model reads."""
+    try:
+        yield
+    except RequestError as e:
+        raise WorkspaceError(f"the editor's {method} failed: {e}") from None
+    except ValidationError as e:
+        raise WorkspaceError(f"the editor's {method} answer is malformed: {e}") from None
 
 
 class ClientWorkspace:
@@ -56,15 +69,20 @@ class ClientWorkspace:
 
     async def write_text(self, path: Path, content: str) -> None:
         if self._caps.fs is not None and self._caps.fs.write_text_file:
-            await self._client.write_text_file(
-                session_id=self._sid, path=str(path), content=content
-            )
+            with editor("fs/write_text_file"):
+                await self._client.write_text_file(
+                    session_id=self._sid, path=str(path), content=content
+                )
             return
         await self._local.write_text(path, content)
 
     async def run(self, command: str, cwd: Path, timeout_s: float) -> tuple[str, int | None]:
         if not self._caps.terminal:
             return await self._local.run(command, cwd, timeout_s)
+        with editor("terminal"):
+            return await self._terminal(command, cwd, timeout_s)
+
+    async def _terminal(self, command: str, cwd: Path, timeout_s: float) -> tuple[str, int | None]:
         t = await self._client.create_terminal(
             session_id=self._sid,
             command="sh",
@@ -94,17 +112,18 @@ class ClientWorkspace:
     async def allow(self, call_id: str, title: str, kind: str, raw_input: dict[str, Any]) -> bool:
         if kind in self._always:
             return True
-        r = await self._client.request_permission(
-            session_id=self._sid,
-            tool_call=ToolCallUpdate(
-                tool_call_id=call_id,
-                title=title,
-                kind=kind if kind in KINDS else "other",
-                status="pending",
-                raw_input=raw_input,
-            ),
-            options=PERMISSION_OPTIONS,
-        )
+        with editor("session/request_permission"):
+            r = await self._client.request_permission(
+                session_id=self._sid,
+                tool_call=ToolCallUpdate(
+                    tool_call_id=call_id,
+                    title=title,
+                    kind=kind if kind in KINDS else "other",
+                    status="pending",
+                    raw_input=raw_input,
+                ),
+                options=PERMISSION_OPTIONS,
+            )
         outcome = r.outcome
         if not isinstance(outcome, AllowedOutcome):
             return False
