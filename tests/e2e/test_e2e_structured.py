@@ -7,13 +7,14 @@ first, and random weights rarely close a think block within the budget."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 import httpx
 import pytest
 from e2e_rig import API_KEY, Stack
 from pydantic import BaseModel, ConfigDict, Field
+from test_e2e_sdk import ant as ant  # the fixtures: SDK clients of the session's stack
+from test_e2e_sdk import oai as oai
 
 from rig.require import require_missing
 
@@ -44,25 +45,6 @@ class Order(BaseModel):
     status: Literal["open", "shipped", "lost"]
     vip: bool
     items: Annotated[list[Item], Field(max_length=3)]
-
-
-@pytest.fixture(scope="module")
-def oai(sdk_stack: Stack) -> Iterator[Any]:
-    with openai.OpenAI(
-        base_url=sdk_stack.cortex.base,
-        api_key=API_KEY,
-        http_client=httpx.Client(trust_env=False, timeout=120),
-        max_retries=0,
-    ) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def ant(sdk_stack: Stack) -> Iterator[Any]:
-    with anthropic.Anthropic(
-        base_url=sdk_stack.cortex.url, api_key=API_KEY, max_retries=0, timeout=120
-    ) as client:
-        yield client
 
 
 @pytest.mark.parametrize("seed", [1, 2])
