@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 from acp import RequestError, text_block
 from acp.client.connection import ClientSideConnection
-from acp.schema import AgentMessageChunk, ToolCallProgress
+from acp.schema import (
+    AgentMessageChunk,
+    EmbeddedResourceContentBlock,
+    ImageContentBlock,
+    TextResourceContents,
+    ToolCallProgress,
+)
 from scripted_llm import Turn
 
 from conftest import ENDPOINTS, MODEL, AcpStack
@@ -361,3 +367,26 @@ async def test_an_editor_error_is_a_tool_error_not_a_failed_prompt(acp_stack: Ac
     assert done["c2"].status == "failed"
     assert "the editor's session/request_permission failed" in str(done["c2"].content)
     assert not (acp_stack.project / "a.txt").exists() and not (acp_stack.project / "b.txt").exists()
+
+
+async def test_images_and_embedded_files_reach_the_model(acp_stack: AcpStack) -> None:
+    acp_stack.script.append(Turn(text="A red dot."))
+    blocks: list[Any] = [
+        text_block("what is this?"),
+        ImageContentBlock(type="image", data="iVBORw0KGgo=", mime_type="image/png"),
+        EmbeddedResourceContentBlock(
+            type="resource",
+            resource=TextResourceContents(uri="file:///p/notes.txt", text="context here"),
+        ),
+    ]
+    async with session(acp_stack, RecordingClient()) as (conn, sid):
+        r = await conn.prompt(session_id=sid, prompt=blocks)
+        assert r.stop_reason == "end_turn"
+    (body,) = acp_stack.seen("/v1/chat/completions")
+    parts = body["messages"][-1]["content"]
+    assert {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
+    } in parts
+    text = " ".join(p.get("text", "") for p in parts)
+    assert "what is this?" in text and '<context uri="file:///p/notes.txt">' in text
