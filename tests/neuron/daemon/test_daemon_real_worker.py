@@ -64,6 +64,8 @@ async def test_real_worker_lifecycle(
     assert r.status_code == 200, r.text
     info = await rig.info("tiny/qwen3")
     assert info["status"] == "loaded" and info["vram_used_mb"] > 0 and info["quant"] == quant
+    torch_batching = {"max_batch": 8, "refused": None}
+    assert info.get("batching") == (torch_batching if quant == "fp32" else None)
     pid = rig.registry.records["tiny/qwen3"].handle.pid
 
     # chat: prompt tokens agree with /tokenize; greedy is reproducible

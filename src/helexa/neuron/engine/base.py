@@ -22,6 +22,11 @@ class Engine(TokenModel, Protocol):
         raises RequestError."""
         ...
 
+    def admits(self, state: GenerationState, running: list[GenerationState]) -> bool:
+        """Whether an opened generation may start beside the running ones now (else it waits
+        in the worker until one ends); one alone is always admitted."""
+        ...
+
     def step(self, active: list[GenerationState]) -> list[StepResult]:
         """Advance each open generation by one token."""
         ...

@@ -3,9 +3,11 @@
 Reads the `load` frame, loads the model, answers `ready` (or `load_failed` and exits 1), then
 serves frames until `shutdown` or until the daemon closes the socket (exit 0). A reader thread
 takes frames off the socket (answering `ping` itself, so a long generation never delays a health
-probe) and queues the rest; the main thread steps every open generation round-robin, one token
-each, and looks at the queue between steps, which is where `cancel` takes effect. A fault
-(non-finite logits, CUDA error) sends a `fault` frame and exits 1 at once. Logs go to stderr.
+probe) and queues the rest; the main thread steps every open generation, one token each (one
+batched forward where the engine can), and looks at the queue between steps, which is where
+`cancel` takes effect. A generation the engine can't admit yet (its batch or KV budget is full)
+waits, in order, until another ends. A fault (non-finite logits, CUDA error) sends a `fault`
+frame and exits 1 at once. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Server:
         self.engine = engine
         self.inbox: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self.active: dict[str, GenerationState] = {}
+        self.waiting: dict[str, GenerationState] = {}  # opened, not admitted yet (FIFO)
 
     def send(self, frame: Event) -> None:
         try:
@@ -107,6 +110,7 @@ class Server:
         threading.Thread(target=self._reader, name="frames", daemon=True).start()
         try:
             while True:
+                self.admit()
                 batch: list[Op | None] = []
                 if not self.active:
                     batch.append(self.inbox.get())
@@ -123,6 +127,7 @@ class Server:
                         log.info("shutdown")
                         return 0
                     self.handle(op)
+                self.admit()
                 if self.active:
                     self.step()
         except _Gone:
@@ -131,23 +136,31 @@ class Server:
 
     def handle(self, op: Op) -> None:
         if isinstance(op, Cancel):
-            gen = self.active.pop(op.id, None)
+            gen = self.active.pop(op.id, None) or self.waiting.pop(op.id, None)
             if gen is not None:
                 for f in self.engine.cancel(gen):
                     self.send(f)
         elif isinstance(op, Generate):
-            if op.id in self.active:
+            if op.id in self.active or op.id in self.waiting:
                 err = RequestError("invalid_value", f"request id {op.id!r} is in use")
                 self.send(_error(op.id, err))
                 return
             try:
-                self.active[op.id] = self.engine.start(op)
+                self.waiting[op.id] = self.engine.start(op)
             except RequestError as e:
                 self.send(_error(op.id, e))
         elif isinstance(op, Embed):
             self.embed(op)
         else:
             log.warning("ignoring a %s frame after load", type(op).__name__)
+
+    def admit(self) -> None:
+        """Start waiting generations in order while the engine has room for them."""
+        while self.waiting:
+            rid, state = next(iter(self.waiting.items()))
+            if not self.engine.admits(state, list(self.active.values())):
+                return
+            self.active[rid] = self.waiting.pop(rid)
 
     def embed(self, op: Embed) -> None:
         try:
