@@ -111,6 +111,8 @@ async def test_bad_input_gets_json_rpc_errors_and_stdout_stays_clean(tmp_path: P
         e = (await raw.answer(8))["error"]
         assert e["code"] == -32603
         assert e["message"].startswith(f"endpoint 'default' ({down}): ")
+        stored = json.loads((tmp_path / f"data/helexa-acp/sessions/{sid}.json").read_text())
+        assert [m["role"] for m in stored["history"]] == ["system"]  # a retry starts clean
         await raw.send(request(9, "session/set_mode", {"sessionId": sid, "modeId": "yolo"}))
         e = (await raw.answer(9))["error"]
         assert e["message"] == "unknown mode 'yolo' (bypassPermissions, default, plan)"

@@ -241,6 +241,7 @@ class HelexaAgent:
             ep, model = self.cfg.select(stored.model_id)
         except ConfigError as e:
             raise invalid(str(e)) from None
+        before = len(stored.history)
         stored.history.append(user_message(prompt))
         live.cancelled = cancelled = asyncio.Event()
         ws = ClientWorkspace(self.client, session_id, self.caps, Path(stored.cwd), live.always)
@@ -255,6 +256,8 @@ class HelexaAgent:
             provider = make_provider(ep.wire_api, ep.base_url, ep.api_key)
             stop = await run_turn(stored.history, provider, ws, settings, emit, cancelled)
         except ProviderError as e:
+            if len(stored.history) == before + 1:  # nothing came back: a retry starts clean
+                stored.history.pop()
             raise RequestError(-32603, f"endpoint '{ep.name}' ({ep.base_url}): {e}") from None
         finally:
             live.cancelled = None
