@@ -175,6 +175,20 @@ def tiny_gguf(
 
 
 @pytest.fixture(scope="session")
+def tiny_gguf_hybrid(
+    tmp_path_factory: pytest.TempPathFactory, tiny_qwen3_next: Path, tiny_qwen3_5: Path
+) -> dict[str, tuple[Path, Path]]:
+    """F32 GGUFs of the hybrid checkpoints (linear + full attention), by arch: (GGUF, source)
+    for `qwen3_next` (MoE) and `qwen3_5` (dense)."""
+    pytest.importorskip("gguf")
+    from fixtures.gguf import write_gguf
+
+    root = tmp_path_factory.mktemp("gguf_hybrid")
+    sources = {"qwen3_next": tiny_qwen3_next, "qwen3_5": tiny_qwen3_5}
+    return {a: (write_gguf(hf, root / f"tiny-{a}-F32.gguf"), hf) for a, hf in sources.items()}
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen3_wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Qwen3 with rows of 256 and 512 (hidden, heads x head_dim, intermediate): what
     llama.cpp's K-quants need (super-blocks of 256), so a Q4_K_M of it holds real Q4_K."""

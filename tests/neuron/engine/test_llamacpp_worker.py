@@ -119,6 +119,26 @@ def test_worker_serves_without_torch(
         assert bare.other[-1]["kind"] == "non_finite"
 
 
+@pytest.mark.parametrize("arch", ["qwen3_next", "qwen3_5"])
+def test_hybrid_f32_greedy_is_transformers(
+    arch: str, tiny_gguf_hybrid: dict[str, tuple[Path, Path]]
+) -> None:
+    """Qwen3-Next and Qwen3.5 (Gated DeltaNet beside full attention) token for token; a prompt
+    sharing a long prefix with an earlier one can't reuse a cut recurrent state, so it is
+    prefilled in full and answers as a cold worker does."""
+    gguf, hf = tiny_gguf_hybrid[arch]
+    with WorkerClient.start(spec(gguf)) as hyb:
+        assert hyb.ready is not None
+        assert hyb.ready["model_type"] == {"qwen3_next": "qwen3next", "qwen3_5": "qwen35"}[arch]
+        for ids in prompts():
+            assert hyb.generate(ids, max_tokens=STEPS).ids == reference(hf, ids)
+        long = prompts()[0] * 15  # 300 tokens: kept after it ends
+        hyb.generate([*long, 7], max_tokens=4)
+        again = hyb.generate([*long, 9], max_tokens=8)
+        assert again.end.get("cached_tokens", 0) == 0
+        assert again.ids == reference(hf, [*long, 9], 8)
+
+
 def test_q4_k_m_from_llama_cpp_quantizer(tiny_gguf_q4_k_m: Path, tiny_qwen3_wide: Path) -> None:
     """A real K-quant file (llama.cpp's quantizer, rows of 256): loads, reports Q4_K_M, greedy
     repeats. On random tiny weights the logits are nearly flat, so 4-bit noise flips the argmax
