@@ -145,16 +145,24 @@ def test_anthropic_messages_parse(ant: Any) -> None:
     assert isinstance(msg.parsed_output, Triage)
 
 
-def test_anthropic_forced_tool(ant: Any) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_forced_tool(ant: Any, stream: bool) -> None:
     schema = Order.model_json_schema()
-    msg = ant.messages.create(
-        model=MODEL,
-        max_tokens=300,
-        messages=MSGS,
-        tools=[{"name": "record_order", "description": "Record it", "input_schema": schema}],
-        tool_choice={"type": "tool", "name": "record_order"},
-        thinking={"type": "disabled"},
-    )
+    kw: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 300,
+        "messages": MSGS,
+        "tools": [{"name": "record_order", "description": "Record it", "input_schema": schema}],
+        "tool_choice": {"type": "tool", "name": "record_order"},
+        "thinking": {"type": "disabled"},
+    }
+    if stream:  # the arguments arrive as input_json_delta events as they are generated
+        with ant.messages.stream(**kw) as s:
+            deltas = sum(1 for ev in s if ev.type == "input_json")
+            msg = s.get_final_message()
+        assert deltas > 1
+    else:
+        msg = ant.messages.create(**kw)
     assert msg.stop_reason == "tool_use"
     uses = [b for b in msg.content if b.type == "tool_use"]
     assert len(uses) == 1 and uses[0].name == "record_order"
