@@ -115,6 +115,8 @@ async def test_cancel_mid_stream_answers_cancelled(acp_stack: AcpStack) -> None:
     async with session(acp_stack, client) as (conn, sid):
         turn = asyncio.ensure_future(conn.prompt(session_id=sid, prompt=[text_block("talk a lot")]))
         await client.wait_until(lambda u: isinstance(u, AgentMessageChunk))
+        with pytest.raises(RequestError, match="a prompt is already running in this session"):
+            await say(conn, sid, "and another thing")
         await conn.cancel(session_id=sid)
         assert (await turn).stop_reason == "cancelled"
         await asyncio.wait_for(acp_stack.fake.cancel_event.wait(), 10)  # the stream was closed

@@ -235,7 +235,7 @@ class HelexaAgent:
     async def prompt(self, session_id: str, prompt: list[Any], **kwargs: Any) -> PromptResponse:
         live = self._live(session_id)
         if live.cancelled is not None:
-            raise RequestError.invalid_request({"message": "a prompt is already running"})
+            raise RequestError(-32600, "a prompt is already running in this session")
         stored = live.stored
         try:
             ep, model = self.cfg.select(stored.model_id)
