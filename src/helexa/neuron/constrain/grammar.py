@@ -9,10 +9,11 @@ whitespace: a model can't spend its `max_tokens` on blanks.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from llguidance import LLMatcher
@@ -131,12 +132,23 @@ def build(
     return "\n".join([start, *rules]) + "\n"
 
 
-@lru_cache(maxsize=512)
+_CHECKED: OrderedDict[bytes, str] = OrderedDict()  # grammar digest -> _problem, LRU
+_CHECKED_MAX = 512
+
+
 def _problem(grammar: str) -> str:
-    """llguidance's complaint about a grammar, "" when it compiles (cached: clients resend the
-    same schema with every request)."""
+    """llguidance's complaint about a grammar, "" when it compiles. Cached, as clients resend
+    the same schema with every request; keyed by a digest, so large schemas aren't kept."""
+    key = hashlib.blake2b(grammar.encode(), digest_size=16).digest()
+    found = _CHECKED.get(key)
+    if found is not None:
+        _CHECKED.move_to_end(key)
+        return found
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
-    return messages[0] if is_error and messages else ""
+    problem = _CHECKED[key] = messages[0] if is_error and messages else ""
+    if len(_CHECKED) > _CHECKED_MAX:
+        _CHECKED.popitem(last=False)
+    return problem
 
 
 def _first_line(message: str) -> str:
