@@ -223,6 +223,16 @@ def test_which_requests_are_constrained() -> None:
     assert not matches(single.grammar, call("Read", {"path": "x"}) + "\n" + call("ls", {}))
 
 
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "Read"}}])
+def test_a_forced_call_wins_over_the_response_format(choice: Any) -> None:
+    c = constraint_for(_chat(tools=TOOLS, tool_choice=choice, response_format=FORMAT), "", False)
+    assert c is not None
+    assert matches(c.grammar, call("Read", {"path": "x"}))
+    assert not matches(c.grammar, json.dumps(GOOD_ORDER))
+    auto = constraint_for(_chat(tools=TOOLS, response_format=FORMAT), "", False)
+    assert auto is not None and matches(auto.grammar, json.dumps(GOOD_ORDER))
+
+
 def test_a_forced_tools_bad_parameters_schema_is_named() -> None:
     tools = [*TOOLS, {"type": "function", "function": {"name": "x", "parameters": {"type": 5}}}]
     with pytest.raises(ApiError) as e:

@@ -40,7 +40,7 @@ def constraint_for(
         src = t["function"] if isinstance(t.get("function"), dict) else t
         tools.append(Tool(tool_name(t), src.get("parameters")))
     think = _think(prompt, reasoning)
-    grammar = build(
-        schema=chat.schema, tools=tools, max_calls=chat.call_limit, think=think, xml=xml
-    )
+    forced = bool(tools) and chat.tool_choice == "required"  # a call, not the schema's answer
+    schema = None if forced else chat.schema
+    grammar = build(schema=schema, tools=tools, max_calls=chat.call_limit, think=think, xml=xml)
     return Constraint(grammar, THINK_CLOSE if think == "closed" else None)
