@@ -19,6 +19,8 @@ KNOBS: list[tuple[str, Any]] = [
     for value in (-1, 0, 0.5, 1, 2, 120, None)
 ] + [("min_devices", 2), ("min_devices", 1)]
 KNOBS += [("prefix_cache_mb", v) for v in (-1, 0, 512, None)]
+KNOBS += [("max_batch", v) for v in (-1, 0, 1, 16, None)]
+KNOBS += [("kv_budget_mb", v) for v in (-1, 0, 4096, None)]
 KNOBS += [("compile", v) for v in ("on", "OFF", "auto", True, False, "fast", 1)]
 
 

@@ -60,6 +60,8 @@ class ModelProfile(BaseModel):
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] | None = None  # llamacpp only
     cpu_offload: bool = False  # llamacpp only: layers that fit no GPU run on the CPU
     prefix_cache_mb: int | None = None  # torch only: KV of recent sequences; 0 off
+    max_batch: int | None = None  # torch only: generations decoded in one forward
+    kv_budget_mb: int | None = None  # torch only: bound on those generations' KV
     compile: CompileMode | None = None  # torch only: auto | on | off (true/false: on/off)
     # Checked by the ModelSpec they become, so cortex and neuron agree on what is valid.
     max_in_flight: int | None = None
@@ -108,6 +110,8 @@ class ModelProfile(BaseModel):
             max_queue_depth=self.max_queue_depth,
             max_wait_secs=self.max_wait_secs,
             prefix_cache_mb=self.prefix_cache_mb,
+            max_batch=self.max_batch,
+            kv_budget_mb=self.kv_budget_mb,
             compile=self.compile,
             **self._llamacpp_fields(),
         )

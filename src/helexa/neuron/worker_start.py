@@ -73,6 +73,8 @@ def load_spec(
         max_prompt_tokens=max_prompt_tokens,
         max_output_tokens=max_output_tokens,
         prefix_cache_mb=rec.spec.prefix_cache_mb,
+        max_batch=rec.spec.max_batch or 8,
+        kv_budget_mb=rec.spec.kv_budget_mb,
         compile=rec.spec.compile or "auto",
         n_threads=threads,
         **_gguf_fields(rec),

@@ -162,5 +162,9 @@ class ModelSpec(_Lenient):
     cpu_offload: bool | None = None
     # torch only: the prefix cache's budget (None: the worker's default for its device; 0 off)
     prefix_cache_mb: int | None = Field(default=None, ge=0)
+    # torch only: generations decoded in one forward (None: 8), and the bound on their KV
+    # (None: 90 % of the memory free after load); more wait in the worker
+    max_batch: int | None = Field(default=None, ge=1)
+    kv_budget_mb: int | None = Field(default=None, ge=0)
     # torch only: the compiled decode step (auto: on CUDA; true/false mean on/off)
     compile: CompileMode | None = None

@@ -34,6 +34,17 @@ async def test_compile_mode_reaches_the_worker(start_neuron: NeuronFactory) -> N
     assert r.json()["error"]["code"] == "invalid_value"
 
 
+async def test_batching_knobs_reach_the_worker(start_neuron: NeuronFactory) -> None:
+    rig = await start_neuron()
+    plain, tuned = rig.model("a"), rig.model("b")
+    assert (await rig.load(plain)).status_code == 200
+    assert (await rig.load(tuned, max_batch=2, kv_budget_mb=64)).status_code == 200
+    assert (sent(plain)["max_batch"], sent(plain)["kv_budget_mb"]) == (8, None)
+    assert (sent(tuned)["max_batch"], sent(tuned)["kv_budget_mb"]) == (2, 64)
+    r = await rig.load(rig.model("c"), max_batch=0)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_batch"
+
+
 async def test_threads_are_the_cores_shared_by_the_workers(start_neuron: NeuronFactory) -> None:
     cores = len(os.sched_getaffinity(0))
     rig = await start_neuron()
