@@ -265,8 +265,14 @@ def torch_steer(vocab: Any, eos: int, doc_ids: list[int]) -> float:
     return _walk(doc_ids, mask, c.advance)[0]
 
 
+def _apply(words: np.ndarray, row: np.ndarray) -> None:
+    """A 32-bit-word allowed-token bitmask onto a logits row, as `Constrained.mask` does, so
+    the three libraries differ only in computing the mask."""
+    banned = np.unpackbits(np.invert(words).view(np.uint8), bitorder="little")[: row.shape[0]]
+    np.copyto(row, -np.inf, where=banned.view(np.bool_))
+
+
 def lib_xgrammar(path: Path, doc_ids: list[int]) -> dict[str, float]:
-    import torch
     import xgrammar as xgr
     from transformers import AutoTokenizer
 
@@ -281,9 +287,11 @@ def lib_xgrammar(path: Path, doc_ids: list[int]) -> dict[str, float]:
     matcher = xgr.GrammarMatcher(compiled)
     bitmask = xgr.allocate_token_bitmask(1, N_LOGITS)
 
+    words = bitmask.numpy()[0]
+
     def mask(row: np.ndarray) -> None:
         matcher.fill_next_token_bitmask(bitmask)
-        xgr.apply_token_bitmask_inplace(torch.from_numpy(row), bitmask)
+        _apply(words, row)
 
     def eat(t: int) -> None:
         if not matcher.accept_token(t):
@@ -310,8 +318,7 @@ def lib_outlines(vocab: Any, eos: int, doc_ids: list[int]) -> dict[str, float]:
 
     def mask(row: np.ndarray) -> None:
         guide.write_mask_into(words.ctypes.data, words.size, 4)
-        bits = np.unpackbits(words.view(np.uint8), bitorder="little")[:N_LOGITS]
-        np.putmask(row, ~bits.view(np.bool_), -np.inf)
+        _apply(words, row)
 
     mask_us, eat_us = _walk(doc_ids, mask, lambda t: guide.advance(t, return_tokens=False))
     return {"compile_ms": compile_ms, "mask_us": mask_us, "consume_us": eat_us}
