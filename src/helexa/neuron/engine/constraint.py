@@ -195,8 +195,10 @@ class Constrained:
         self._marker = after.encode() if after else b""
         self._seen = b""  # the free text's tail, while waiting for the marker
         self._bitmask = allocate_token_bitmask(1, vocab.vocab_size)
+        self._eos = np.array([t for t in eos_ids if t < vocab.vocab_size], dtype=np.intp)
         self._eos_only = np.zeros(vocab.vocab_size if after else 0, dtype=np.bool_)
-        self._eos_only[[t for t in eos_ids if t < len(self._eos_only)]] = True
+        if after:  # what `banned` says while free
+            self._eos_only[self._eos] = True
 
     @property
     def complete(self) -> bool:
@@ -215,6 +217,9 @@ class Constrained:
 
     def mask(self, logits: np.ndarray) -> None:
         """Set the logits of the tokens that can't come next to -inf, in place."""
+        if self._marker:  # thinking can be long: touch only the EOS logits
+            logits[self._eos] = -np.inf
+            return
         np.copyto(logits, -np.inf, where=self.banned())
 
     def advance(self, token: int) -> None:
