@@ -15,11 +15,14 @@ Daemon -> worker (`op`):
              "stop":[str], "hold":[str]}   hold: marker strings (e.g. "<think>") the worker may
                                            emit only whole, never split across deltas
             sampling.logit_bias: {"<token id>": bias in [-100, 100]} added to the logits
+                                           (-100 bans the token)
             "constraint":{"grammar":str,"after":str|None}   optional: the output must match
-                                           the llguidance grammar (Lark; %json{...} inline);
-                                           with `after` only the text after that marker is
-                                           constrained. The grammar complete → "stop"; a
-                                           grammar that won't compile → error invalid_value
+                                           the llguidance grammar (Lark; %json{...} inline) as
+                                           the detokenizer shows it: quoted text such as
+                                           "<tool_call>" matches the added token too; before
+                                           `after` (e.g. "</think>") all but EOS is free. The
+                                           grammar complete → "stop"; one that won't compile
+                                           → error invalid_value (param "constraint")
   cancel    {"op":"cancel","id"}
   embed     {"op":"embed","id","inputs":[[int]]}
   ping      {"op":"ping","id"}
