@@ -74,6 +74,25 @@ def test_token_bytes_are_what_llguidance_reads_from_tokenizer_json(tok: Any) -> 
     assert ours[tok.token_to_id("</think>")] == b"</think>"
 
 
+def test_a_sentencepiece_style_vocabulary_goes_through_llguidance() -> None:
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+
+    sp = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    sp.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    sp.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"])
+    sp.train_from_iterator(["hello world, the quick brown fox"] * 20, trainer=trainer)
+    sp.add_tokens(["<tool_call>"])
+    n = sp.get_vocab_size()
+    g = Grammars(lambda: hf_vocabulary(sp, [2], n), [2])
+    assert g.vocab.decode_bytes(sp.encode("hello").ids) == b" hello"  # "▁" is a space
+    c = g.open(Constraint('start: "<tool_call>" " hello"'))
+    assert c is not None
+    assert sp.token_to_id("<tool_call>") in allowed_ids(c)
+
+
 def test_prepared_in_the_background(tok: Any) -> None:
     g = Grammars(lambda: hf_vocabulary(tok, [EOS], N_VOCAB), [EOS])
     g.prepare()
