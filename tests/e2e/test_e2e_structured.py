@@ -7,6 +7,11 @@ first, and random weights rarely close a think block within the budget."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -16,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from test_e2e_sdk import ant as ant  # the fixtures: SDK clients of the session's stack
 from test_e2e_sdk import oai as oai
 
+from rig.cli_rig import clean_env
 from rig.require import require_missing
 
 openai = pytest.importorskip("openai")
@@ -128,6 +134,8 @@ class Triage(BaseModel):
     it sends (Anthropic's structured outputs don't take them), and random weights write long
     strings and numbers."""
 
+    model_config = ConfigDict(extra="forbid")
+
     status: Literal["open", "shipped", "lost"]
     vip: bool
     level: Literal[1, 2, 3]
@@ -167,3 +175,29 @@ def test_anthropic_forced_tool(ant: Any, stream: bool) -> None:
     uses = [b for b in msg.content if b.type == "tool_use"]
     assert len(uses) == 1 and uses[0].name == "record_order"
     Order.model_validate(uses[0].input)
+
+
+def test_llm_cli_schema(sdk_stack: Stack, tmp_path: Path) -> None:
+    """Simon Willison's `llm --schema`, on a model its config marks `supports_schema`."""
+    if importlib.util.find_spec("llm") is None:
+        require_missing("llm", "pip install -e '.[test]'")
+    user = tmp_path / "llm"
+    user.mkdir()
+    (user / "extra-openai-models.yaml").write_text(
+        f"- model_id: helexa-qa\n  model_name: {MODEL}\n  api_base: {sdk_stack.cortex.base}\n"
+        "  api_key_name: helexa\n  supports_schema: true\n  reasoning: true\n"
+    )
+    (user / "keys.json").write_text(json.dumps({"helexa": API_KEY}))
+    schema = Triage.model_json_schema()
+    env = clean_env(drop_prefixes=("OPENAI_", "LLM_"), LLM_USER_PATH=str(user))
+    args = ["-m", "helexa-qa", "-o", "reasoning_effort", "none", "-o", "max_tokens", "200"]
+    out = subprocess.run(
+        [sys.executable, "-m", "llm", *args, "--schema", json.dumps(schema), "Triage it."],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    Triage.model_validate_json(out.stdout)
