@@ -131,7 +131,10 @@ async def test_cancel_mid_stream_answers_cancelled(acp_stack: AcpStack) -> None:
 async def test_sessions_are_listed_and_replayed_after_a_restart(acp_stack: AcpStack) -> None:
     (acp_stack.project / "notes.md").write_text("remember the milk\n")
     acp_stack.script += [
-        Turn(reasoning="look first", calls=[("c1", "read_file", {"path": "notes.md"})]),
+        Turn(
+            reasoning="look first",
+            calls=[("c1", "read_file", {"path": "notes.md"}), ("c0", "read_file", {"path": "no"})],
+        ),
         Turn(text="It says: remember the milk."),
     ]
     async with session(acp_stack, RecordingClient()) as (conn, sid):
@@ -149,11 +152,13 @@ async def test_sessions_are_listed_and_replayed_after_a_restart(acp_stack: AcpSt
             "user_message_chunk",
             "agent_thought_chunk",
             "tool_call",
+            "tool_call",
             "agent_message_chunk",
         ]
-        card = client.cards()[0]
+        card, missing = client.cards()
         assert (card.tool_call_id, card.kind, card.status) == ("c1", "read", "completed")
         assert "remember the milk" in str(card.content)
+        assert (missing.tool_call_id, missing.status) == ("c0", "failed")
         assert client.text() == "It says: remember the milk."
         # ... and the conversation goes on with the whole history sent to the model.
         acp_stack.script.append(Turn(text="You're welcome."))
@@ -163,6 +168,7 @@ async def test_sessions_are_listed_and_replayed_after_a_restart(acp_stack: AcpSt
         "system",
         "user",
         "assistant",
+        "tool",
         "tool",
         "assistant",
         "user",

@@ -22,6 +22,7 @@ from helexa.acp.events import (
     ToolStarted,
 )
 from helexa.acp.history import Message, ToolCall
+from helexa.acp.loop import CANCELLED
 from helexa.acp.policy import Policy
 from helexa.acp.prompt import user_message
 from helexa.acp.tools import Toolbox
@@ -77,9 +78,13 @@ def test_replay_rebuilds_what_the_turn_showed() -> None:
             tool_calls=[
                 ToolCall("c1", "bash", '{"command": "make"}'),
                 ToolCall("c2", "read_file", "{bad"),
+                ToolCall("c3", "edit_file", '{"path": "a"}'),
+                ToolCall("c4", "bash", '{"command": "test"}'),
             ],
         ),
         Message("tool", "ok\n[exit status 0]", tool_call_id="c1", name="bash"),
+        Message("tool", "edit_file: old_text not found", tool_call_id="c3", failed=True),
+        Message("tool", CANCELLED, tool_call_id="c4", name="bash"),
     ]
     cwd = Path("/proj")
     cards = Toolbox(LocalWorkspace(cwd), Policy("default", cwd, cwd)).started
@@ -90,8 +95,11 @@ def test_replay_rebuilds_what_the_turn_showed() -> None:
         "agent_message_chunk",
         "tool_call",
         "tool_call",
+        "tool_call",
+        "tool_call",
     ]
     assert "secret" not in str(out)
+    assert [u["status"] for u in out[3:]] == ["completed", "failed", "failed", "failed"]
     bash, broken = out[3], out[4]
     assert (bash["kind"], bash["status"], bash["rawInput"]) == (
         "execute",

@@ -77,6 +77,15 @@ class SetModel(BaseModel):
     model_id: str = Field(alias="modelId")
 
 
+def mark_failed(history: list[Message], ev: ToolFinished) -> None:
+    """Note a failed call on its stored result (the loop appends it before the event)."""
+    if ev.status == "failed":
+        for m in reversed(history):
+            if m.role == "tool" and m.tool_call_id == ev.call_id:
+                m.failed = True
+                return
+
+
 def invalid(message: str, **data: Any) -> RequestError:
     return RequestError(-32602, message, data or None)
 
@@ -250,6 +259,7 @@ class HelexaAgent:
         async def emit(ev: Event) -> None:
             await self.client.session_update(session_id, event_update(ev))
             if isinstance(ev, ToolFinished):  # a round is complete: keep it
+                mark_failed(stored.history, ev)
                 self._save(stored)
 
         try:

@@ -40,6 +40,7 @@ class Message:
     tool_call_id: str | None = None  # tool only
     name: str | None = None  # tool only: the tool's name
     images: list[str] = field(default_factory=list)  # user only: data: URLs
+    failed: bool = False  # tool only: the call failed (a replayed card says so)
 
 
 def to_json(msgs: list[Message]) -> list[dict[str, Any]]:
@@ -79,6 +80,8 @@ def _message(d: object, where: str) -> Message:
         raise ValueError(f"{where}.tool_calls must be a list")
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise ValueError(f"{where}.images must be a list of strings")
+    if not isinstance(d.get("failed", False), bool):
+        raise ValueError(f"{where}.failed must be a boolean")
     return Message(
         role=cast(Role, role),
         content=_str(d, "content", where) or "",
@@ -87,6 +90,7 @@ def _message(d: object, where: str) -> Message:
         tool_call_id=_str(d, "tool_call_id", where),
         name=_str(d, "name", where),
         images=list(images),
+        failed=d.get("failed", False),
     )
 
 

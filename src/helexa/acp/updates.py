@@ -41,6 +41,7 @@ from helexa.acp.events import (
     ToolStarted,
 )
 from helexa.acp.history import Message, ToolCall
+from helexa.acp.loop import CANCELLED
 
 Update = (
     UserMessageChunk
@@ -90,7 +91,8 @@ def replay(history: list[Message], describe: Callable[[ToolCall], ToolStarted]) 
             for call in m.tool_calls:
                 result = results.get(call.id)
                 output = result.content if result is not None else ""
-                status: ToolCallStatus = "completed" if result is not None else "failed"
+                ok = result is not None and not result.failed and result.content != CANCELLED
+                status: ToolCallStatus = "completed" if ok else "failed"
                 content = [tool_content(text_block(output))] if output else None
                 yield _card(describe(call), status, content)
 
