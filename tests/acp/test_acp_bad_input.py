@@ -73,8 +73,9 @@ async def test_bad_input_gets_json_rpc_errors_and_stdout_stays_clean(tmp_path: P
         )
     raw = Raw(proc)
     try:
-        await raw.send(request(1, "initialize", {"protocolVersion": 1}))
-        assert (await raw.answer(1))["result"]["agentCapabilities"]["loadSession"] is True
+        await raw.send(request(1, "initialize", {"protocolVersion": 7}))  # from the future
+        init = (await raw.answer(1))["result"]
+        assert init["protocolVersion"] == 1 and init["agentCapabilities"]["loadSession"] is True
 
         await raw.send("this is not json")
         assert (await raw.next())["error"]["code"] == -32700

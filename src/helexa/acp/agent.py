@@ -128,7 +128,8 @@ class HelexaAgent:
         who = client_info.name if client_info else "an unnamed client"
         log.info("initialize from %s (protocol %d)", who, protocol_version)
         return InitializeResponse(
-            protocol_version=min(protocol_version, PROTOCOL_VERSION),
+            # the one version we speak: the client's if it asked for it, else ours to judge
+            protocol_version=PROTOCOL_VERSION,
             agent_capabilities=AgentCapabilities(
                 load_session=True,
                 prompt_capabilities=PromptCapabilities(image=True, embedded_context=True),
