@@ -128,7 +128,7 @@ class HelexaAgent:
         who = client_info.name if client_info else "an unnamed client"
         log.info("initialize from %s (protocol %d)", who, protocol_version)
         return InitializeResponse(
-            # the one version we speak: the client's if it asked for it, else ours to judge
+            # ACP: the client's version if spoken here, else our latest; we speak just this one
             protocol_version=PROTOCOL_VERSION,
             agent_capabilities=AgentCapabilities(
                 load_session=True,
