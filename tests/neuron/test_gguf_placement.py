@@ -137,3 +137,44 @@ def test_size_of_a_real_gguf_and_its_shards(
     )
     shards = sorted(tiny_gguf_split.parent.glob("*.gguf"))
     assert gguf_size(tiny_gguf_split).weights_bytes == sum(s.stat().st_size for s in shards)
+
+
+# Qwen3.5-27B: 64 layers, one in four full attention (4 KV heads of 256); Gated DeltaNet in the
+# rest (48 value heads of 128, 16 key heads of 128, conv kernel 4).
+QWEN35_27B = size_from_meta(
+    {
+        "general.architecture": "qwen35",
+        "qwen35.block_count": 64,
+        "qwen35.full_attention_interval": 4,
+        "qwen35.attention.head_count": 24,
+        "qwen35.attention.head_count_kv": 4,
+        "qwen35.embedding_length": 5120,
+        "qwen35.attention.key_length": 256,
+        "qwen35.attention.value_length": 256,
+        "qwen35.context_length": 262144,
+        "qwen35.ssm.inner_size": 48 * 128,
+        "qwen35.ssm.state_size": 128,
+        "qwen35.ssm.group_count": 16,
+        "qwen35.ssm.time_step_rank": 48,
+        "qwen35.ssm.conv_kernel": 4,
+    },
+    16 * 2**30,
+)
+
+
+def test_hybrid_counts_attention_layers_and_the_recurrent_state() -> None:
+    assert QWEN35_27B.kv_bytes_per_token == 16 * 4 * 512 * 2  # 64 KiB: 16 attention layers
+    # per sequence: 48 layers x f32 (128 x 6144 delta-rule state + 3 x 10240 conv window)
+    assert QWEN35_27B.state_bytes_per_seq == 48 * 4 * (128 * 6144 + 3 * 10240)  # ~150 MB
+    assert (QWEN35_27B.n_seq, QWEN3_14B.n_seq) == (8, 32)
+    # weights + KV for 32k tokens (2 GiB) + 8 sequences' state, +10 %, + the compute buffer
+    held = 16 * 2**30 + 2 * 2**30 + 8 * QWEN35_27B.state_bytes_per_seq
+    assert QWEN35_27B.kv_bytes(32768) == 2 * 2**30
+    assert QWEN35_27B.required_mb(32768) == -(-held * 11 // 10 // 2**20) + 256
+
+
+def test_size_of_a_hybrid_gguf(tiny_gguf_hybrid: dict[str, tuple[Path, Path]]) -> None:
+    size = gguf_size(tiny_gguf_hybrid["qwen3_5"][0])
+    assert (size.n_layers, size.n_seq) == (2, 8)
+    assert size.kv_bytes_per_token == 1 * 2 * 32 * 2  # the one full-attention layer
+    assert size.state_bytes_per_seq == 4 * (16 * 64 + 3 * (2 * 2 * 16 + 64))

@@ -2,7 +2,8 @@
 model's size and the devices' free memory, so the decision is testable on fake device lists.
 
 - the estimate: weights (the GGUF files' sizes) + the KV cache for the context
-  (layers × context × (k + v heads × head dim) × bytes per KV type) + a compute buffer;
+  (attention layers × context × (k + v heads × head dim) × bytes per KV type) + for hybrid
+  models (Qwen3-Next, Qwen3.5) the recurrent state of every KV sequence + a compute buffer;
 - one device: every layer on it; several (the spec's `devices`, or `min_devices > 1`): split
   by layer in proportion to each device's free memory, so a 12 GB and an 8 GB card both fill;
 - too little room: the layers that don't fit go to the CPU when the spec allows it
@@ -30,6 +31,11 @@ MB = 2**20
 KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 COMPUTE_MB = 256  # llama.cpp's compute buffer (grows with the batch; this is its order)
 HEADROOM = 1.1  # as for torch: weights and cache plus 10 %
+# KV sequences a llamacpp worker opens (requests in flight plus prefixes kept). They share one
+# KV cache, so they cost no memory there; a recurrent state (hybrid models) is one per sequence
+# (Qwen3.5-27B: ~150 MB each), so those get fewer.
+SEQUENCES = 32
+HYBRID_SEQUENCES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +45,20 @@ class GgufSize:
     weights_bytes: int
     n_layers: int
     n_ctx_train: int | None
-    kv_bytes_per_token: float  # per token of context, over all layers, at f16
+    kv_bytes_per_token: float  # per token of context, over the attention layers, at f16
+    state_bytes_per_seq: int = 0  # hybrid models: the recurrent layers' state (f32)
+
+    @property
+    def n_seq(self) -> int:
+        """The KV sequences the worker opens for this model."""
+        return HYBRID_SEQUENCES if self.state_bytes_per_seq else SEQUENCES
 
     def kv_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
         return math.ceil(self.kv_bytes_per_token * n_ctx * KV_BYTES[kv_type] / KV_BYTES["f16"])
 
     def required_mb(self, n_ctx: int, kv_type: str = "f16") -> int:
-        total = (self.weights_bytes + self.kv_bytes(n_ctx, kv_type)) * HEADROOM
+        state = self.state_bytes_per_seq * self.n_seq
+        total = (self.weights_bytes + self.kv_bytes(n_ctx, kv_type) + state) * HEADROOM
         return math.ceil(total / MB) + COMPUTE_MB
 
 
@@ -64,13 +77,26 @@ def size_from_meta(meta: Mapping[str, Any], weights_bytes: int) -> GgufSize:
     k_dim = int(arch_key(dict(meta), "attention.key_length", default_dim) or default_dim)
     v_dim = int(arch_key(dict(meta), "attention.value_length", default_dim) or default_dim)
     ctx = arch_key(dict(meta), "context_length")
-    per_token = n_layers * kv_heads * (k_dim + v_dim) * KV_BYTES["f16"]
+    interval = int(arch_key(dict(meta), "full_attention_interval", 0) or 0)
+    attn_layers = n_layers // interval if interval else n_layers
+    per_token = attn_layers * kv_heads * (k_dim + v_dim) * KV_BYTES["f16"]
     return GgufSize(
         weights_bytes=weights_bytes,
         n_layers=n_layers,
         n_ctx_train=int(ctx) if isinstance(ctx, int) else None,
         kv_bytes_per_token=per_token,
+        state_bytes_per_seq=(n_layers - attn_layers) * _recurrent_state_bytes(meta),
     )
+
+
+def _recurrent_state_bytes(meta: Mapping[str, Any]) -> int:
+    """One linear-attention layer's state per sequence, as llama.cpp keeps it (f32): the
+    delta-rule matrix (v heads × k dim × v dim) and the conv window over q, k and v."""
+    inner = int(arch_key(dict(meta), "ssm.inner_size", 0) or 0)
+    d_k = int(arch_key(dict(meta), "ssm.state_size", 0) or 0)
+    groups = int(arch_key(dict(meta), "ssm.group_count", 0) or 0)
+    kernel = int(arch_key(dict(meta), "ssm.conv_kernel", 0) or 0)
+    return 4 * (d_k * inner + max(0, kernel - 1) * (2 * groups * d_k + inner))
 
 
 def _per_layer_max(v: Any) -> int:
@@ -115,7 +141,7 @@ def context_for(size: GgufSize, asked: int | None, free_mb: int | None, kv_type:
     ctx = size.n_ctx_train or 4096
     if free_mb is None or size.kv_bytes_per_token <= 0:
         return ctx
-    room = free_mb - math.ceil(size.weights_bytes * HEADROOM / MB) - COMPUTE_MB
+    room = free_mb - size.required_mb(0, kv_type)  # after weights, states, compute buffer
     per_token_mb = size.kv_bytes(1, kv_type) * HEADROOM / MB
     fits = int(room / per_token_mb) if room > 0 else 0
     return max(512, min(ctx, fits // 256 * 256))

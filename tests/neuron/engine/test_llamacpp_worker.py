@@ -125,13 +125,17 @@ def test_hybrid_f32_greedy_is_transformers(
 ) -> None:
     """Qwen3-Next and Qwen3.5 (Gated DeltaNet beside full attention) token for token; a prompt
     sharing a long prefix with an earlier one can't reuse a cut recurrent state, so it is
-    prefilled in full and answers as a cold worker does."""
+    prefilled in full and answers as a cold worker does. Such a worker opens 8 KV sequences (a
+    recurrent state each): more requests at once wait for one, they are not refused."""
     gguf, hf = tiny_gguf_hybrid[arch]
     with WorkerClient.start(spec(gguf)) as hyb:
         assert hyb.ready is not None
         assert hyb.ready["model_type"] == {"qwen3_next": "qwen3next", "qwen3_5": "qwen35"}[arch]
-        for ids in prompts():
-            assert hyb.generate(ids, max_tokens=STEPS).ids == reference(hf, ids)
+        refs = [reference(hf, ids) for ids in prompts()]
+        for ids, ref in zip(prompts(), refs, strict=True):
+            assert hyb.generate(ids, max_tokens=STEPS).ids == ref
+        rids = [hyb.submit(ids, max_tokens=STEPS) for ids in prompts() * 4]  # 12 > 8
+        assert [hyb.collect(r).ids for r in rids] == refs * 4
         long = prompts()[0] * 15  # 300 tokens: kept after it ends
         hyb.generate([*long, 7], max_tokens=4)
         again = hyb.generate([*long, 9], max_tokens=8)

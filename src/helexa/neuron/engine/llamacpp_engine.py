@@ -206,7 +206,8 @@ class LlamaCppEngine:
         return max(0, room)
 
     def admits(self, state: GenerationState, running: list[GenerationState]) -> bool:
-        return True  # its KV sequences are one shared cache; a full one reports server_busy
+        """While a KV sequence is free for it; past that it waits in the worker."""
+        return len(running) < len(self.prefix.slots)
 
     def step(self, active: list[GenerationState]) -> list[StepResult]:
         self._decode_together(active)

@@ -12,10 +12,8 @@ from helexa.neuron.engine.harnesses import OnProgress
 from helexa.neuron.engine.llamacpp_engine import LlamaCppEngine
 from helexa.neuron.engine.llamacpp_model import Context, ContextConfig, GgufModel, Placement
 from helexa.neuron.engine.loader import LoadSpec
+from helexa.neuron.gguf_placement import HYBRID_SEQUENCES, SEQUENCES
 
-# KV sequences per worker: requests in flight plus the prefixes kept for reuse. They share one
-# unified KV cache (n_ctx cells), so more sequences cost no memory, only bookkeeping.
-N_SEQ = 32
 # Without a context from the catalogue, the trained context is capped here (KV memory).
 DEFAULT_CTX_CAP = 8192
 
@@ -31,11 +29,12 @@ def load(spec: LoadSpec, progress: OnProgress | None = None) -> LlamaCppEngine:
         model = GgufModel(files[0], placement(spec))
         n_ctx = spec.n_ctx or min(model.n_ctx_train or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
         threads = spec.n_threads or len(os.sched_getaffinity(0))
+        n_seq = HYBRID_SEQUENCES if model.recurrent else SEQUENCES  # as the estimate counts
         ctx = Context(
             model,
-            ContextConfig(n_ctx, n_seq=N_SEQ, threads=threads, kv_type=spec.kv_cache_type),
+            ContextConfig(n_ctx, n_seq=n_seq, threads=threads, kv_type=spec.kv_cache_type),
         )
-        eng = LlamaCppEngine(spec, model, ctx, n_seq=N_SEQ)
+        eng = LlamaCppEngine(spec, model, ctx, n_seq=n_seq)
         emit(Progress("load", total, total))
         emit(Progress("warmup"))
         eng.warmup()

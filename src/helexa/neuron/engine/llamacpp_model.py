@@ -80,6 +80,8 @@ class GgufModel:
         self.n_embd = int(L.llama_model_n_embd(model))
         self.n_ctx_train = int(L.llama_model_n_ctx_train(model))
         self.size_bytes = int(L.llama_model_size(model))
+        # a recurrent state per sequence (Mamba-like, or hybrid as Qwen3-Next and Qwen3.5)
+        self.recurrent = bool(L.llama_model_is_recurrent(model) or L.llama_model_is_hybrid(model))
         self._pieces: dict[tuple[int, bool], bytes] = {}
 
     def meta(self, key: str) -> str | None:
