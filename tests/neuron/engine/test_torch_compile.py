@@ -53,10 +53,11 @@ def greedy(engine: TorchEngine, ids: list[int], n: int) -> GenerationState:
 
 
 @pytest.mark.slow
-def test_compiled_on_cpu_gives_the_eager_tokens(tiny_qwen3: Path) -> None:
+@pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe", "qwen3_next", "qwen3_5"])
+def test_compiled_on_cpu_gives_the_eager_tokens(tiny_models: dict[str, Path], arch: str) -> None:
     def spec(mode: str) -> LoadSpec:
         return LoadSpec(
-            path=str(tiny_qwen3),
+            path=str(tiny_models[arch]),
             served_id="q",
             quant="fp32",
             compile=mode,
@@ -72,7 +73,8 @@ def test_compiled_on_cpu_gives_the_eager_tokens(tiny_qwen3: Path) -> None:
     for ids in (first, [12, 13], [*first, 14, 15]):
         ours = greedy(compiled, ids, 12)
         assert ours.token_ids == greedy(eager, ids, 12).token_ids
-    assert ours.cached_tokens == len(first)
+    # hybrids keep no prefix on pooled static caches (their recurrent state is reused in place)
+    assert ours.cached_tokens == (0 if arch in ("qwen3_next", "qwen3_5") else len(first))
 
 
 @pytest.mark.slow
