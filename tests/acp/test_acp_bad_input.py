@@ -104,6 +104,8 @@ async def test_bad_input_gets_json_rpc_errors_and_stdout_stays_clean(tmp_path: P
         e = (await raw.answer(6))["error"]
         assert e["message"] == "cwd must be an absolute path, got 'relative/dir'"
         await raw.send({"jsonrpc": "2.0", "method": "session/cancel", "params": {"sessionId": "x"}})
+        await raw.send({"jsonrpc": "2.0", "method": "$/cancel_request", "params": {"id": 3}})
+        await raw.send({"jsonrpc": "2.0", "method": "session/cancel", "params": "junk"})
 
         # An endpoint that is down: the prompt fails with a sentence naming it.
         await raw.send(request(7, "session/new", {"cwd": str(tmp_path), "mcpServers": []}))

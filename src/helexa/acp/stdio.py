@@ -18,6 +18,7 @@ from typing import Any, cast
 import orjson
 from acp import Agent, RequestError
 from acp.agent.connection import AgentSideConnection
+from pydantic import ValidationError
 
 from helexa.acp.agent import HelexaAgent
 
@@ -141,7 +142,13 @@ async def serve(
     async def handler(method: str, params: Any, is_notification: bool) -> Any:
         if method == "session/set_model" and not is_notification:
             return await agent.set_model_legacy(params)
-        return await route(method, params, is_notification)
+        if not is_notification:
+            return await route(method, params, is_notification)
+        try:  # nobody to answer: one log line, not the SDK's traceback
+            return await route(method, params, is_notification)
+        except (RequestError, ValidationError) as e:
+            log.warning("notification %s ignored: %s", method, str(e).splitlines()[0])
+            return None
 
     conn._conn._handler = handler
     try:
