@@ -233,12 +233,17 @@ def test_a_forced_call_wins_over_the_response_format(choice: Any) -> None:
     assert auto is not None and matches(auto.grammar, json.dumps(GOOD_ORDER))
 
 
-def test_a_forced_tools_bad_parameters_schema_is_named() -> None:
+def test_the_schemas_a_grammar_enforces_are_checked_and_named() -> None:
     tools = [*TOOLS, {"type": "function", "function": {"name": "x", "parameters": {"type": 5}}}]
     with pytest.raises(ApiError) as e:
-        _chat(tools=tools, tool_choice="required")
+        constraint_for(_chat(tools=tools, tool_choice="required"), "", False)
     assert (e.value.code, e.value.param) == ("invalid_value", "tools[2].function.parameters")
-    _chat(tools=tools)  # auto without a format: no grammar, nothing to check
+    assert constraint_for(_chat(tools=tools), "", False) is None  # auto: nothing enforced
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "thing"}}}
+    with pytest.raises(ApiError) as e:
+        constraint_for(_chat(response_format=bad), "", False)
+    assert e.value.param == "response_format.json_schema.schema"
+    assert "Invalid type: thing" in e.value.message
 
 
 def test_what_the_grammar_allows_the_parser_reads_as_calls() -> None:

@@ -253,11 +253,10 @@ def test_previous_response_id() -> None:
             "tool type 'file_search' is not supported; only 'function' tools are",
         ),
         (
-            {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": 3}}}},
+            {"text": {"format": {"type": "json_schema", "name": "x", "schema": [3]}}},
             "invalid_value",
             "text.format.schema",
-            "'text.format.schema' is not a supported JSON schema: type must be a string or array of"
-            " strings",
+            "'text.format.schema' must be a JSON schema object",
         ),
         (
             {"input": [{"type": "item_reference", "id": "msg_1"}]},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -134,20 +135,24 @@ def build(
 
 _CHECKED: OrderedDict[bytes, str] = OrderedDict()  # grammar digest -> _problem, LRU
 _CHECKED_MAX = 512
+_CHECKED_LOCK = threading.Lock()
 
 
 def _problem(grammar: str) -> str:
     """llguidance's complaint about a grammar, "" when it compiles. Cached, as clients resend
     the same schema with every request; keyed by a digest, so large schemas aren't kept."""
     key = hashlib.blake2b(grammar.encode(), digest_size=16).digest()
-    found = _CHECKED.get(key)
-    if found is not None:
-        _CHECKED.move_to_end(key)
-        return found
+    with _CHECKED_LOCK:  # requests check their schemas on the tokenizer threads
+        found = _CHECKED.get(key)
+        if found is not None:
+            _CHECKED.move_to_end(key)
+            return found
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
-    problem = _CHECKED[key] = messages[0] if is_error and messages else ""
-    if len(_CHECKED) > _CHECKED_MAX:
-        _CHECKED.popitem(last=False)
+    problem = messages[0] if is_error and messages else ""
+    with _CHECKED_LOCK:
+        _CHECKED[key] = problem
+        if len(_CHECKED) > _CHECKED_MAX:
+            _CHECKED.popitem(last=False)
     return problem
 
 

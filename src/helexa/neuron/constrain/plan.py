@@ -9,7 +9,7 @@ think first, and the grammar allows an optional `<think>…</think>` block.
 
 from __future__ import annotations
 
-from helexa.neuron.constrain.grammar import THINK_CLOSE, THINK_OPEN, Tool, build
+from helexa.neuron.constrain.grammar import THINK_CLOSE, THINK_OPEN, Tool, build, check_schema
 from helexa.neuron.engine.frames import Constraint
 from helexa.neuron.openai.chat import ChatRequest, tool_name
 
@@ -31,14 +31,21 @@ def xml_calls(template: str | None) -> bool:
 def constraint_for(
     chat: ChatRequest, prompt: str, reasoning: bool, xml: bool = False
 ) -> Constraint | None:
-    """The request's `Constraint` (None when unconstrained); `reasoning`: the model has think
-    markers; `xml`: its calls are Qwen3-Coder XML (`xml_calls`)."""
+    """The request's `Constraint` (None when unconstrained), or 400 `invalid_value` naming a
+    schema that can't be enforced; `reasoning`: the model has think markers; `xml`: its calls
+    are Qwen3-Coder XML (`xml_calls`). Compiling a client's schema can take a while: call it
+    off the event loop."""
     if not chat.constrained:
         return None
+    if chat.schema is not None:
+        check_schema(chat.schema, chat.schema_param)
     tools = []
-    for _, t in chat.grammar_tools():
+    for i, t in chat.grammar_tools():
         src = t["function"] if isinstance(t.get("function"), dict) else t
-        tools.append(Tool(tool_name(t), src.get("parameters")))
+        params = src.get("parameters")
+        if params is not None:
+            check_schema(params, chat.tools_param.format(i=i))
+        tools.append(Tool(tool_name(t), params))
     think = _think(prompt, reasoning)
     forced = bool(tools) and chat.tool_choice == "required"  # a call, not the schema's answer
     schema = None if forced else chat.schema

@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from helexa.neuron.constrain.grammar import check_schema
 from helexa.neuron.openai.common import (
     Sampling,
     check_unsupported,
@@ -51,7 +50,8 @@ class ChatRequest:
     """A checked chat request. `messages` are as the client sent them (the tokenizer does the
     preprocessing); `tools` is None when there are none or `tool_choice` is "none", and
     then the output is not parsed for calls. `schema` is the JSON schema the answer must match
-    (`response_format`), `named_tool` the function `tool_choice` forces."""
+    (`response_format`), `named_tool` the function `tool_choice` forces; whether the schemas can
+    be enforced is checked with the grammar (constrain/plan.py), off the event loop."""
 
     model: str
     messages: list[dict[str, Any]]
@@ -67,6 +67,9 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     max_tool_calls: int | None = None  # Responses only
+    # how the request names the schemas a grammar enforces (in its 400s)
+    schema_param: str = "response_format.json_schema.schema"
+    tools_param: str = "tools[{i}].function.parameters"
 
     @property
     def parse_tools(self) -> bool:
@@ -250,16 +253,6 @@ def check_tool_choice(choice: Any, tools: list[dict[str, Any]]) -> tuple[str | N
     return "required", name
 
 
-def check_grammar_tools(chat: ChatRequest, where: str) -> None:
-    """The parameter schemas of the tools a grammar will hold can be enforced (`where`: how
-    the request names a tool's parameters, with `{i}` for its index)."""
-    for i, tool in chat.grammar_tools():
-        src = tool["function"] if isinstance(tool.get("function"), dict) else tool
-        params = src.get("parameters")
-        if params is not None:
-            check_schema(params, where.format(i=i))
-
-
 def parse_chat(body: dict[str, Any], *, vision: bool = False) -> ChatRequest:
     """Check a `/v1/chat/completions` body (params.py)."""
     model = require_model(body)
@@ -291,7 +284,6 @@ def parse_chat(body: dict[str, Any], *, vision: bool = False) -> ChatRequest:
         stream=flag(body, "stream", False),
         include_usage=include_usage(body),
     )
-    check_grammar_tools(chat, "tools[{i}].function.parameters")
     return chat
 
 

@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from helexa.neuron.constrain.grammar import check_schema
 from helexa.neuron.openai.params import (
     Refused,
     invalid_value,
@@ -265,7 +264,11 @@ def response_schema(fmt: Any, param: str) -> dict[str, Any] | None:
     if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
         raise invalid_value(f"{at}.strict", "must be a boolean")
     schema = spec.get("schema")
-    return {"type": "object"} if schema is None else check_schema(schema, f"{at}.schema")
+    if schema is None:
+        return {"type": "object"}
+    if not isinstance(schema, dict):  # whether we can enforce it: constrain/plan.py
+        raise invalid_value(f"{at}.schema", "must be a JSON schema object")
+    return schema
 
 
 # -- prompt and output caps ---------------------------------------------------------------------

@@ -14,7 +14,6 @@ import orjson
 
 from helexa.neuron.openai.chat import (
     ChatRequest,
-    check_grammar_tools,
     check_part,
     check_tool_choice,
 )
@@ -261,8 +260,9 @@ def parse_responses(body: dict[str, Any], *, vision: bool = False) -> ResponsesR
         max_tokens=max_out,
         stream=bool(stream),
         max_tool_calls=max_calls,
+        schema_param="text.format.schema",
+        tools_param="tools[{i}].parameters",
     )
-    check_grammar_tools(chat, "tools[{i}].parameters")
     echo = {
         "previous_response_id": None,
         "instructions": body.get("instructions"),

@@ -99,6 +99,9 @@ async def _chat_like(
     tools = chat.tools is not None
     reasoning = bool(getattr(tok, "reasoning", False))
     xml = tools and xml_calls(tok.template_source(chat.tools))
+    constraint = None
+    if chat.constrained:  # a client's schema may take a while to check: not on the loop
+        constraint = await neuron.tokenize.run(constraint_for, chat, text, reasoning, xml)
     parser = OutputParser(
         reasoning=reasoning,
         start_in_reasoning=bool(tok.prompt_opens_think(text)),
@@ -114,7 +117,7 @@ async def _chat_like(
         chat.sampling.to_wire(),
         chat.stop,
         _hold(tok, tools),
-        constraint=constraint_for(chat, text, reasoning, xml),
+        constraint=constraint,
     )
     return await generate(request, neuron, rec, req, len(ids), make_sink(parser), chat.stream)
 
