@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_rig import NeuronFactory, Rig, chat_body
+from daemon_rig import CHATML, NeuronFactory, Rig, chat_body, write_tokenizer
 from daemon_rig import start_neuron as start_neuron  # the fixture
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -289,3 +289,24 @@ async def test_a_template_with_xml_calls_gets_xml_grammars_and_typed_calls(
         assert json.loads(args) == {"city": "7", "unit": "c"}  # city: a string, as its schema says
         g = sent(d)["constraint"]["grammar"]
         assert matches(g, xml) and not matches(g, CALL)
+
+
+async def test_xml_calls_are_read_from_the_real_template(start_neuron: NeuronFactory) -> None:
+    """The real tokenizer: a template that writes `<function=` gets XML call grammars."""
+    rig = await start_neuron(tokenizer_for=None)
+    coder = CHATML + (
+        "{% if tools %}{% for t in tools %}<tool_call>\n<function={{ t.function.name }}>\n"
+        "</function>\n</tool_call>{% endfor %}{% endif %}"
+    )
+    d = rig.model("m", {"reply": {"pieces": ["x"]}})
+    write_tokenizer(d, coder)
+    assert (await rig.load(d)).status_code == 200
+    body = chat_body("local/m", tools=TOOLS, tool_choice="required")
+    assert (await rig.client.post("/v1/chat/completions", json=body)).status_code == 200
+    xml = "<tool_call>\n<function=ls>\n</function>\n</tool_call>"
+    assert matches(sent(d)["constraint"]["grammar"], xml)
+    write_tokenizer(d, CHATML)
+    await rig.unload("local/m")
+    assert (await rig.load(d)).status_code == 200
+    assert (await rig.client.post("/v1/chat/completions", json=body)).status_code == 200
+    assert not matches(sent(d)["constraint"]["grammar"], xml)
