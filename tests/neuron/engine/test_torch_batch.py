@@ -117,6 +117,39 @@ def test_one_forward_per_step_for_every_open_generation(tiny_qwen3: Path) -> Non
     assert len(engine.batch) == 2
 
 
+def test_a_long_prefill_goes_a_chunk_a_step_while_others_decode(tiny_qwen3: Path) -> None:
+    spec = LoadSpec.from_frame(
+        {"path": str(tiny_qwen3), "served_id": "t", "quant": "fp32", "prefix_cache_mb": 0}
+    )
+    engine: Any = harnesses.load(spec, lambda _p: None)
+    engine.prefill_chunk = 16
+    g = torch.Generator().manual_seed(3)
+    long = torch.randint(10, 500, (100,), generator=g).tolist()
+
+    def gen(rid: str, prompt: list[int]) -> Any:
+        return engine.start(Generate(rid, prompt, max_tokens=12, sampling={"temperature": 0}))
+
+    def run(states: list[Any]) -> None:
+        while not all(s.finished for s in states):
+            engine.step([s for s in states if not s.finished])
+
+    alone = gen("alone", long)
+    run([alone])  # nothing else decodes: prefilled in one forward
+    ps = prompts()[:2]
+    first = [gen(f"d{i}", p) for i, p in enumerate(ps)]
+    engine.step(first)
+    late = gen("late", long)
+    steps = 0
+    while not late.token_ids:
+        before = [len(s.token_ids) for s in first]
+        engine.step([*first, late])
+        assert [len(s.token_ids) for s in first] == [n + 1 for n in before]
+        steps += 1
+    assert steps == 7  # 100 tokens, 16 a step
+    run([*first, late])
+    assert late.token_ids == alone.token_ids
+
+
 def test_a_failed_batched_forward_fails_its_rows_and_the_engine_goes_on(tiny_qwen3: Path) -> None:
     spec = LoadSpec.from_frame({"path": str(tiny_qwen3), "served_id": "t", "quant": "fp32"})
     engine: Any = harnesses.load(spec, lambda _p: None)

@@ -59,7 +59,8 @@ class TokenModel(Protocol):
     eos_ids: frozenset[int]
 
     def logits(self, state: GenerationState) -> Any:
-        """Prefill (no cache yet) or one decode step; the model's scores at the last position."""
+        """Prefill (no cache yet) or one decode step; the model's scores at the last position,
+        or None while a long prefill goes a chunk a step (no token this step)."""
         ...
 
     def pick(self, state: GenerationState, logits: Any) -> int:
@@ -98,6 +99,8 @@ def _advance(model: TokenModel, s: GenerationState) -> list[Event]:
     if len(s.token_ids) >= s.max_tokens:
         return _finish(model, s, "length")
     logits = model.logits(s)
+    if logits is None:
+        return []
     if s.keep_logits:
         s.last_logits = logits
     tok = model.pick(s, logits)

@@ -91,7 +91,8 @@ Engine details the daemon relies on:
   compiled, max_batch and batching_refused (torch); capabilities is ["embedding"] for
   sentence-transformers dirs and encoders.
 - Open requests advance one token each per step: torch decodes them in one batched forward (a
-  new one is prefilled alone and joins at the next step), llamacpp in one llama_decode. A
+  new one is prefilled alone, 512 tokens a step while others decode, and joins at the next
+  step), llamacpp in one llama_decode. A
   generate over max_batch or the KV budget waits in the worker (FIFO) until another ends.
   `ping` is answered by the reader thread even mid-generation. Exit codes: 0 on shutdown or
   socket close, 1 after load_failed or fault.

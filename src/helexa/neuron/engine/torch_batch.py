@@ -127,7 +127,7 @@ class DecodeBatch:
         `state.cache`), the newly prefilled join, then one forward for all: each row's logits,
         or, for every row and newcomer, the exception a join or the forward raised (the cache
         may be half-updated, so the batch is given up)."""
-        todo = [s for s in active if s.cache is not None and not s.finished and _wants(s)]
+        todo = [s for s in active if s.token_ids and not s.finished and _wants(s)]
         wanted = set(todo)
         try:
             for s in [r for r in self.rows if r not in wanted]:

@@ -36,7 +36,7 @@ from helexa.neuron.engine.sampling import Sampler, defaults_from_generation_conf
 from helexa.neuron.engine.static_pool import StaticPool
 from helexa.neuron.engine.tokens import WorkerTokenizer
 from helexa.neuron.engine.torch_batch import DecodeBatch, kv_cost, refusal
-from helexa.neuron.engine.torch_compile import compile_step, wanted
+from helexa.neuron.engine.torch_compile import compile_step, one_size, wanted
 from helexa.neuron.engine.torch_device import (
     DTYPES,
     MemoryProbe,
@@ -49,6 +49,7 @@ from helexa.neuron.engine.torch_prefix import DEFAULT_MB, PrefixCache, cuttable
 log = logging.getLogger("helexa.neuron.engine")
 
 _EMBED_BATCH_TOKENS = 16384
+PREFILL_CHUNK = 512  # prompt tokens a step while other generations decode
 
 
 def _pool(h: torch.Tensor, mode: str) -> torch.Tensor:
@@ -116,7 +117,9 @@ class TorchEngine:
         self._want_compile = wanted(spec.compile, device) and not embedding_only
         self.static = bool(spec.static_cache) or self._want_compile
         self._pool = (
-            StaticPool(model.config, self._context_cap(), fixed=self._want_compile)
+            StaticPool(
+                model.config, self._context_cap(), fixed=self._want_compile and one_size(device)
+            )
             if self.static
             else None
         )
@@ -130,6 +133,8 @@ class TorchEngine:
         self.prefix = self._prefix_cache()
         self.batch, self.batch_refused = self._batching()
         self._decoded: dict[GenerationState, torch.Tensor | Exception] = {}
+        self._prefilling: dict[GenerationState, int] = {}  # prompt tokens fed so far
+        self.prefill_chunk = PREFILL_CHUNK
         self.kv = KvBudget(0, 0, None, spec.max_batch, padded=self.batch is not None)
 
     def _batching(self) -> tuple[DecodeBatch | None, str | None]:
@@ -259,8 +264,8 @@ class TorchEngine:
     # ---- the decode loop's hooks ------------------------------------------------------------
 
     @torch.inference_mode()
-    def logits(self, state: GenerationState) -> torch.Tensor:
-        if state.cache is None:
+    def logits(self, state: GenerationState) -> torch.Tensor | None:
+        if state.cache is None or state in self._prefilling:
             return self._prefill(state)
         got = self._decoded.pop(state, None)  # this step's batched forward
         if isinstance(got, Exception):
@@ -270,9 +275,12 @@ class TorchEngine:
         ids = torch.tensor([[state.token_ids[-1]]], device=self.device)
         return self._forward(ids, state.cache, decode=True)
 
-    def _prefill(self, state: GenerationState) -> torch.Tensor:
-        """The prompt's forward, from the longest prefix the prefix cache holds."""
-        prompt, done = state.prompt, 0
+    def _prefill(self, state: GenerationState) -> torch.Tensor | None:
+        """The prompt's forward, from the longest prefix the prefix cache holds; while others
+        decode, a long one goes `prefill_chunk` tokens a step (None: no token yet)."""
+        prompt, done = state.prompt, self._prefilling.pop(state, 0)
+        if done:
+            return self._feed_chunk(state, done)
         if self._pool is not None:  # preallocated: a cached prefix is copied in
             state.cache, state.slot = self._new_cache(len(prompt) + state.max_tokens)
         if self.prefix is not None:
@@ -287,7 +295,15 @@ class TorchEngine:
 
         if self.prefix is not None:  # hybrids: exact snapshots on the way
             done = self.prefix.feed_snapshots(prompt, done, cache, feed)
-        return feed(prompt[done:])
+        return self._feed_chunk(state, done)
+
+    def _feed_chunk(self, state: GenerationState, done: int) -> torch.Tensor | None:
+        rest = state.prompt[done:]
+        if self.batch is not None and len(self.batch) and len(rest) > self.prefill_chunk:
+            rest = rest[: self.prefill_chunk]
+            self._prefilling[state] = done + len(rest)
+        logits = self._forward(torch.tensor([rest], device=self.device), state.cache, False)
+        return None if state in self._prefilling else logits
 
     @torch.inference_mode()
     def pick(self, state: GenerationState, logits: torch.Tensor) -> int:
@@ -297,6 +313,7 @@ class TorchEngine:
         return pick_checked(sampler, logits, where, state.bias, state.constraint)
 
     def release(self, state: GenerationState) -> None:
+        self._prefilling.pop(state, None)
         if isinstance(state.cache, DecodeBatch):  # a batch row leaves with its own cache
             state.cache = state.cache.release(state, keep=self.prefix is not None)
         if self.prefix is not None and state.cache is not None:  # all but the last token fed
