@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -105,6 +107,7 @@ class RecordingClient:
             cwd=cwd,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # a kill takes the command's children too, as editors do
         )
         t = Terminal(proc)
 
@@ -136,14 +139,12 @@ class RecordingClient:
 
     async def kill_terminal(self, session_id: str, terminal_id: str, **kw: Any) -> None:
         self._note("terminal/kill", {"terminal_id": terminal_id})
-        with contextlib.suppress(ProcessLookupError):
-            self.terminals[terminal_id].proc.kill()
+        _kill(self.terminals[terminal_id].proc)
 
     async def release_terminal(self, session_id: str, terminal_id: str, **kw: Any) -> None:
         self._note("terminal/release", {"terminal_id": terminal_id})
         t = self.terminals.pop(terminal_id)
-        with contextlib.suppress(ProcessLookupError):
-            t.proc.kill()
+        _kill(t.proc)
         await t.proc.wait()
         assert t.reader is not None
         await t.reader  # its pipe closed: nothing is left for the garbage collector
@@ -199,6 +200,11 @@ class RecordingClient:
 
     def finished(self) -> list[ToolCallProgress]:
         return [u for u in self.updates if isinstance(u, ToolCallProgress) and u.status]
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def capabilities(fs: bool = False, terminal: bool = False) -> ClientCapabilities:

@@ -25,6 +25,7 @@ PERMISSION_OPTIONS = [
     PermissionOption(option_id="reject_once", name="Reject", kind="reject_once"),
 ]
 KINDS: tuple[ToolKind, ...] = ("read", "edit", "execute", "search", "other")
+_STOPPING: set[asyncio.Task[None]] = set()  # kill + release of cancelled commands, still going
 
 
 @contextlib.contextmanager
@@ -92,22 +93,32 @@ class ClientWorkspace:
         )
         ids: dict[str, Any] = {"session_id": self._sid, "terminal_id": t.terminal_id}
         try:
-            code: int | None
             try:
                 done = await asyncio.wait_for(self._client.wait_for_terminal_exit(**ids), timeout_s)
                 code = done.exit_code
             except TimeoutError:
                 await self._client.kill_terminal(**ids)
                 code = None
-            except asyncio.CancelledError:  # the turn was cancelled: the command must stop too
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._client.kill_terminal(**ids))
-                raise
             out = await self._client.terminal_output(**ids)
-            return out.output, code
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._client.release_terminal(**ids))
+        except asyncio.CancelledError:  # the command stops too, without holding up the cancel
+            task = asyncio.ensure_future(self._stop(ids))
+            _STOPPING.add(task)
+            task.add_done_callback(_STOPPING.discard)
+            raise
+        except BaseException:
+            await self._release(ids)
+            raise
+        await self._release(ids)
+        return out.output, code
+
+    async def _stop(self, ids: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await self._client.kill_terminal(**ids)
+        await self._release(ids)
+
+    async def _release(self, ids: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await self._client.release_terminal(**ids)
 
     async def allow(self, call_id: str, title: str, kind: str, raw_input: dict[str, Any]) -> bool:
         if kind in self._always:
