@@ -104,6 +104,27 @@ def test_penalties_by_hand() -> None:
     assert pf[[5, 17, 42, 7]].tolist() == [2.0, -2.75, 1.75, 0.25]
 
 
+def test_penalties_over_a_long_prompt_and_output() -> None:
+    """1,500 distinct prompt ids and 200 generated ones: the tallies outgrow their first
+    arrays and still penalise each id once, by its count."""
+    prompt = list(range(0, 3000, 2))
+    s = NumpySampler(
+        resolve({"repetition_penalty": 2.0, "frequency_penalty": 0.5}),
+        vocab_size=V,
+        prompt_ids=prompt,
+    )
+    out = [1 + 2 * (i % 100) for i in range(200)]  # 100 odd ids, twice each
+    for t in out:
+        s.observe(t)
+    x = logits(5)
+    want = x.copy()
+    ids = np.array(sorted(set(prompt) | set(out)))
+    v = want[ids]
+    want[ids] = np.where(v > 0, v / 2, v * 2)
+    want[sorted(set(out))] -= np.float32(0.5 * 2)
+    assert np.allclose(s.penalised(x), want, atol=1e-6)
+
+
 def test_seeded_draws_repeat_and_differ_by_seed() -> None:
     x = logits(0)
     req = {"temperature": 1.0, "top_p": 0.95, "seed": 11}

@@ -12,6 +12,7 @@ harnesses answer a request alike. A seed repeats within a harness, not across th
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,33 @@ def _narrow(ids: Ids | None, vals: Scores, keep: Ids) -> tuple[Ids, Scores]:
     return (keep if ids is None else ids[keep]), vals[keep]
 
 
+class Tally:
+    """Distinct token ids in first-seen order and how often each came, as arrays grown in
+    place: a step's penalties cost the distinct ids, not a rebuild from a dict (a 20k-token
+    prompt under a repetition penalty would be rebuilt every token)."""
+
+    def __init__(self, ids: Sequence[int] = ()) -> None:
+        self.index: dict[int, int] = {}
+        self._ids = np.empty(max(64, len(ids)), dtype=np.intp)
+        self._counts = np.zeros(self._ids.size, dtype=np.float32)
+        for t in ids:
+            self.add(t)
+
+    def add(self, token: int) -> None:
+        i = self.index.setdefault(token, len(self.index))
+        if i == self._ids.size:
+            self._ids = np.concatenate([self._ids, np.empty_like(self._ids)])
+            self._counts = np.concatenate([self._counts, np.zeros_like(self._counts)])
+        self._ids[i] = token
+        self._counts[i] += 1
+
+    def ids(self) -> Ids:
+        return self._ids[: len(self.index)]
+
+    def counts(self) -> Scores:
+        return self._counts[: len(self.index)]
+
+
 class NumpySampler:
     """One request's sampler: its penalty state and its own RNG (so seeds are per request)."""
 
@@ -79,36 +107,34 @@ class NumpySampler:
         self.seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.rng = np.random.default_rng(self.seed)
         self.vocab_size = vocab_size
-        self.seen: dict[int, None] | None = None  # an ordered set of the ids penalised
-        self.counts: dict[int, int] | None = None
-        if params.repetition_penalty != 1.0:
-            self.seen = dict.fromkeys(i for i in prompt_ids if 0 <= i < vocab_size)
-        if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
-            self.counts = {}
+        self.repeats = params.repetition_penalty != 1.0
+        self.presence = params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+        # the repetition penalty's ids (prompt and output); presence/frequency's (output only)
+        prompt = [i for i in prompt_ids if 0 <= i < vocab_size] if self.repeats else []
+        self.seen = Tally(prompt)
+        self.counts = Tally()
 
     def observe(self, token: int) -> None:
         """Record a generated token for the penalties."""
         if not 0 <= token < self.vocab_size:
             return
-        if self.seen is not None:
-            self.seen[token] = None
-        if self.counts is not None:
-            self.counts[token] = self.counts.get(token, 0) + 1
+        if self.repeats:
+            self.seen.add(token)
+        if self.presence:
+            self.counts.add(token)
 
     def penalised(self, logits: Scores) -> Scores:
         """The scores after the penalties: `logits` itself when none applies, else a copy."""
         p = self.params
-        if not self.seen and not self.counts:
+        seen, counted = self.seen.ids(), self.counts.ids()
+        if not seen.size and not counted.size:
             return logits
         scores = logits.copy()
-        if self.seen:
-            ids = np.fromiter(self.seen, dtype=np.intp, count=len(self.seen))
-            v = scores[ids]
-            scores[ids] = np.where(v > 0, v / p.repetition_penalty, v * p.repetition_penalty)
-        if self.counts:
-            ids = np.fromiter(self.counts, dtype=np.intp, count=len(self.counts))
-            n = np.fromiter(self.counts.values(), dtype=np.float32, count=len(self.counts))
-            scores[ids] -= p.frequency_penalty * n + p.presence_penalty
+        if seen.size:
+            v = scores[seen]
+            scores[seen] = np.where(v > 0, v / p.repetition_penalty, v * p.repetition_penalty)
+        if counted.size:
+            scores[counted] -= p.frequency_penalty * self.counts.counts() + p.presence_penalty
         return scores
 
     def candidates(self, logits: Scores) -> tuple[Ids | None, Scores]:
