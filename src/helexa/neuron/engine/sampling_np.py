@@ -12,6 +12,7 @@ harnesses answer a request alike. A seed repeats within a harness, not across th
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,11 +79,12 @@ class Tally:
     prompt under a repetition penalty would be rebuilt every token)."""
 
     def __init__(self, ids: Sequence[int] = ()) -> None:
-        self.index: dict[int, int] = {}
-        self._ids = np.empty(max(64, len(ids)), dtype=np.intp)
+        tally = Counter(ids)  # in C: a long prompt must not cost a Python loop before TTFT
+        self.index = {t: i for i, t in enumerate(tally)}
+        self._ids = np.empty(max(64, 2 * len(tally)), dtype=np.intp)
         self._counts = np.zeros(self._ids.size, dtype=np.float32)
-        for t in ids:
-            self.add(t)
+        self._ids[: len(tally)] = list(tally)
+        self._counts[: len(tally)] = list(tally.values())
 
     def add(self, token: int) -> None:
         i = self.index.setdefault(token, len(self.index))
