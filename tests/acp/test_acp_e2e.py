@@ -395,3 +395,21 @@ async def test_images_and_embedded_files_reach_the_model(acp_stack: AcpStack) ->
     } in parts
     text = " ".join(p.get("text", "") for p in parts)
     assert "what is this?" in text and '<context uri="file:///p/notes.txt">' in text
+
+
+async def test_a_granted_command_runs_locally_without_a_client_terminal(
+    acp_stack: AcpStack,
+) -> None:
+    acp_stack.script += [
+        Turn(calls=[("c1", "bash", {"command": "echo $((6 * 7)) > out.txt; cat out.txt"})]),
+        Turn(text="It printed 42."),
+    ]
+    client = RecordingClient(answers=["allow_once"])
+    async with session(acp_stack, client) as (conn, sid):
+        assert await say(conn, sid, "compute") == "end_turn"
+    (asked,) = client.permission_requests
+    assert asked.kind == "execute"
+    (done,) = client.finished()
+    assert done.status == "completed" and "42" in str(done.content)
+    assert (acp_stack.project / "out.txt").read_text() == "42\n"  # ran in the session's cwd
+    assert client.calls == []  # nothing went through the client
