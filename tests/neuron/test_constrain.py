@@ -345,3 +345,16 @@ def test_xml_calls_parse_into_typed_arguments() -> None:
     assert json.loads(call.arguments) == {"path": "42", "lines": 3, "mode": "w", "meta": {"k": [1]}}
     assert parse_xml_call("<function=f>\nprose<parameter=a>\n1\n</parameter>\n</function>") is None
     assert parse_xml_call("<function=f>\n</function>") == ("f", "{}")
+
+
+def test_auto_without_parallel_calls_is_prose_or_prose_and_one_valid_call() -> None:
+    c = constraint_for(_chat(tools=TOOLS, parallel_tool_calls=False), "", True)
+    assert c is not None and c.after is None
+    g = c.grammar
+    one = call("Read", {"path": "x"})
+    assert matches(g, "Just an answer, <tool_ no call.") and matches(g, "")
+    assert matches(g, "<think>hm</think>\n\nLet me look.\n" + one) and matches(g, one)
+    assert not matches(g, one + "\n" + call("ls", {}))  # at most one call
+    assert not matches(g, one + " and more")  # the call ends the reply
+    assert not matches(g, "x " + call("Read", {"file": "x"}))  # its arguments match
+    assert constraint_for(_chat(tools=TOOLS), "", True) is None  # parallel calls: free

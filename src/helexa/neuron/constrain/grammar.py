@@ -30,6 +30,8 @@ THINK_CLOSE = "</think>"
 _THINK_GAP = r"/[ \n]{0,4}/"
 CALL_TAIL = "}\n</tool_call>"
 XML_TAIL = "</function>\n</tool_call>"
+CALL_OPEN = "<tool_call>"
+_NO_CALL = r"NO_CALL: /(.|\n)*/ & ~/(.|\n)*<tool_call>(.|\n)*/"  # text that opens no call
 _THINK_RULE = f'think[lazy]: "{THINK_OPEN}" /(.|\\n)*/ "{THINK_CLOSE}"'
 
 
@@ -53,9 +55,9 @@ def json_rule(schema: Mapping[str, Any]) -> str:
 
 
 def call_rule(tool: Tool) -> str:
-    """One Hermes call, exactly as the Qwen templates render one:
+    """One Hermes call after its `<tool_call>`, exactly as the Qwen templates render one:
     `<tool_call>\\n{"name": "f", "arguments": {...}}\\n</tool_call>`."""
-    head = '<tool_call>\n{"name": ' + json.dumps(tool.name, ensure_ascii=False) + ', "arguments": '
+    head = '\n{"name": ' + json.dumps(tool.name, ensure_ascii=False) + ', "arguments": '
     args = json_rule(tool.parameters if tool.parameters is not None else ANY_OBJECT)
     return f"{_lit(head)} {args} {_lit(CALL_TAIL)}"
 
@@ -72,7 +74,8 @@ def _xml_value(schema: Any) -> str:
 
 
 def xml_call_rules(i: int, tool: Tool) -> list[str]:
-    """One Qwen3-Coder call, as its template renders one: `<tool_call>\n<function=f>\n`, then
+    """One Qwen3-Coder call after its `<tool_call>`, as its template renders one:
+    `<tool_call>\n<function=f>\n`, then
     `<parameter=k>\nvalue\n</parameter>\n` per argument (the required ones always, in the
     schema's order), then `</function>\n</tool_call>`."""
     params = tool.parameters or {}
@@ -85,7 +88,7 @@ def xml_call_rules(i: int, tool: Tool) -> list[str]:
         lazy = "[lazy]" if _xml_value(schema).startswith("/") else ""
         rules.append(f"call_{i}_{k}{lazy}: {head} {_xml_value(schema)} {tail}")
         parts.append(f"call_{i}_{k}" + ("" if key in required else "?"))
-    head = _lit(f"<tool_call>\n<function={tool.name}>\n")
+    head = _lit(f"\n<function={tool.name}>\n")
     call = f"call_{i}: {head} {' '.join(parts)} {_lit(XML_TAIL)}"
     return [call, *rules]
 
@@ -97,10 +100,12 @@ def build(
     max_calls: int | None = None,
     think: str | None = None,
     xml: bool = False,
+    prose: bool = False,
 ) -> str:
     """The grammar of a whole reply: tool calls (one or more, at most `max_calls`, a line
     apart; Qwen3-Coder's XML form when `xml`) or a JSON value matching `schema`; at least one
-    of the two is given.
+    of the two is given. `prose` (tools only, one call): free text, or free text ending in one
+    call, as `tool_choice: auto` without parallel calls.
 
     `think`: None when the reply starts with the answer; "optional" when the model may first
     write a `<think>…</think>` block (freely); "closed" when the worker starts the grammar right
@@ -111,19 +116,23 @@ def build(
     if tools:
         for i, tool in enumerate(tools):
             rules.extend(xml_call_rules(i, tool) if xml else [f"call_{i}: {call_rule(tool)}"])
-        rules.append("call: " + " | ".join(f"call_{i}" for i in range(len(tools))))
-        if max_calls == 1:
-            answers.append("call")
+        one_of = "(" + " | ".join(f"call_{i}" for i in range(len(tools))) + ")"
+        if prose:
+            rules += [f"text_call[lazy]: /(.|\\n)*/ {_lit(CALL_OPEN)}", _NO_CALL]
+            answers += ["NO_CALL", f"text_call {one_of}"]
         else:
+            rules.append(f"call: {_lit(CALL_OPEN)} {one_of}")
             more = "*" if max_calls is None else f"~0..{max_calls - 1}"
-            answers.append(f'call ("\\n" call){more}')
+            answers.append("call" if max_calls == 1 else f'call ("\\n" call){more}')
     if schema is not None:
         rules.append(f"answer: {json_rule(schema)}")
         answers.append("answer")
     if not answers:
         raise ValueError("a grammar needs a schema or tools")
     body = " | ".join(answers)
-    if think == "optional":
+    if prose:  # free text holds any thinking
+        start = f"start: {body}"
+    elif think == "optional":
         start = f"start: (think {_THINK_GAP})? ({body})"
         rules.append(_THINK_RULE)
     elif think == "closed":

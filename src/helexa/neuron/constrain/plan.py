@@ -49,5 +49,8 @@ def constraint_for(
     think = _think(prompt, reasoning)
     forced = bool(tools) and chat.tool_choice == "required"  # a call, not the schema's answer
     schema = None if forced else chat.schema
-    grammar = build(schema=schema, tools=tools, max_calls=chat.call_limit, think=think, xml=xml)
+    prose = bool(tools) and not forced and schema is None  # "auto", one call at most
+    grammar = build(
+        schema=schema, tools=tools, max_calls=chat.call_limit, think=think, xml=xml, prose=prose
+    )
     return Constraint(grammar, THINK_CLOSE if think == "closed" else None)

@@ -85,12 +85,14 @@ class ChatRequest:
 
     def grammar_tools(self) -> list[tuple[int, dict[str, Any]]]:
         """(index in `tools`, tool) of the calls a grammar must allow: the named tool; every
-        tool under "required", or beside a `schema` answer under "auto"; else none."""
+        tool under "required", or under "auto" beside a `schema` answer or when one call at
+        most is allowed (prose, or prose and one call); else none."""
         if self.tools is None:
             return []
         if self.named_tool is not None:
             return [(i, t) for i, t in enumerate(self.tools) if tool_name(t) == self.named_tool]
-        if self.tool_choice == "required" or self.schema is not None:
+        forced = self.tool_choice == "required"
+        if forced or self.schema is not None or self.call_limit == 1:
             return list(enumerate(self.tools))
         return []
 
