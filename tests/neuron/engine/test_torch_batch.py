@@ -57,6 +57,21 @@ def test_four_concurrent_streams_equal_their_solo_runs(
     assert [e["token_ids"] for e in drain(w, rids)] == alone
 
 
+def test_sampling_stays_per_request_in_a_batch(workers: dict[str, WorkerClient]) -> None:
+    w = workers["qwen3"]
+    ps = prompts()[:3]
+    kinds: list[dict[str, Any]] = [
+        {"sampling": {"temperature": 0.9, "top_p": 0.9, "seed": 5, "repetition_penalty": 1.3}},
+        {"sampling": {"temperature": 1.0, "seed": 9, "presence_penalty": 0.8}},
+        {"sampling": {"temperature": 0}, "stop": ["e"]},
+    ]
+    alone = [w.generate(p, max_tokens=N, **k) for p, k in zip(ps, kinds, strict=True)]
+    rids = [w.submit(p, max_tokens=N, **k) for p, k in zip(ps, kinds, strict=True)]
+    together = [w.collect(r) for r in rids]
+    assert [(r.ids, r.text) for r in together] == [(r.ids, r.text) for r in alone]
+    assert together[0].ids != together[1].ids
+
+
 @pytest.mark.parametrize("arch", ["qwen3", "qwen3_next"])
 def test_a_request_joins_mid_batch(arch: str, workers: dict[str, WorkerClient]) -> None:
     w = workers[arch]
