@@ -358,3 +358,12 @@ def test_auto_without_parallel_calls_is_prose_or_prose_and_one_valid_call() -> N
     assert not matches(g, one + " and more")  # the call ends the reply
     assert not matches(g, "x " + call("Read", {"file": "x"}))  # its arguments match
     assert constraint_for(_chat(tools=TOOLS), "", True) is None  # parallel calls: free
+
+
+def test_auto_with_a_schema_we_cant_enforce_stays_unconstrained() -> None:
+    odd = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
+    tools = [*TOOLS, {"type": "function", "function": {"name": "tag", "parameters": odd}}]
+    assert constraint_for(_chat(tools=tools, parallel_tool_calls=False), "", False) is None
+    with pytest.raises(ApiError) as e:  # asked for: enforced, or refused
+        constraint_for(_chat(tools=tools, tool_choice="required"), "", False)
+    assert e.value.param == "tools[2].function.parameters" and "uniqueItems" in e.value.message

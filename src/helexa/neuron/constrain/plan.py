@@ -12,6 +12,7 @@ from __future__ import annotations
 from helexa.neuron.constrain.grammar import THINK_CLOSE, THINK_OPEN, Tool, build, check_schema
 from helexa.neuron.engine.frames import Constraint
 from helexa.neuron.openai.chat import ChatRequest, tool_name
+from helexa.wire.errors import ApiError
 
 
 def _think(prompt: str, reasoning: bool) -> str | None:
@@ -34,22 +35,31 @@ def constraint_for(
     """The request's `Constraint` (None when unconstrained), or 400 `invalid_value` naming a
     schema that can't be enforced; `reasoning`: the model has think markers; `xml`: its calls
     are Qwen3-Coder XML (`xml_calls`). Compiling a client's schema can take a while: call it
-    off the event loop."""
+    off the event loop.
+
+    Under "auto" with one call at most and no response format, enforcing the call's arguments
+    is a bonus the client didn't ask for: a tool schema we can't enforce leaves that request
+    unconstrained (the parser still keeps one call) instead of failing it."""
     if not chat.constrained:
         return None
     if chat.schema is not None:
         check_schema(chat.schema, chat.schema_param)
+    forced = chat.tool_choice == "required"  # a call, not the schema's answer
+    prose = not forced and chat.schema is None  # "auto", one call at most
     tools = []
     for i, t in chat.grammar_tools():
         src = t["function"] if isinstance(t.get("function"), dict) else t
         params = src.get("parameters")
         if params is not None:
-            check_schema(params, chat.tools_param.format(i=i))
+            try:
+                check_schema(params, chat.tools_param.format(i=i))
+            except ApiError:
+                if prose:
+                    return None
+                raise
         tools.append(Tool(tool_name(t), params))
     think = _think(prompt, reasoning)
-    forced = bool(tools) and chat.tool_choice == "required"  # a call, not the schema's answer
-    schema = None if forced else chat.schema
-    prose = bool(tools) and not forced and schema is None  # "auto", one call at most
+    schema = None if forced and tools else chat.schema
     grammar = build(
         schema=schema, tools=tools, max_calls=chat.call_limit, think=think, xml=xml, prose=prose
     )
