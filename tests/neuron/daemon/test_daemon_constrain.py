@@ -310,3 +310,13 @@ async def test_xml_calls_are_read_from_the_real_template(start_neuron: NeuronFac
     assert (await rig.load(d)).status_code == 200
     assert (await rig.client.post("/v1/chat/completions", json=body)).status_code == 200
     assert not matches(sent(d)["constraint"]["grammar"], xml)
+
+
+async def test_tool_choice_none_counts_as_it_renders(start_neuron: NeuronFactory) -> None:
+    rig = await start_neuron()
+    await loaded(rig, {"reply": {"pieces": ["ok"]}})
+    body = chat_body("local/m", tools=TOOLS, tool_choice="none")
+    count = (await rig.client.post("/tokenize", json=body)).json()["count"]
+    usage = (await rig.client.post("/v1/chat/completions", json=body)).json()["usage"]
+    plain = (await rig.client.post("/tokenize", json=chat_body("local/m"))).json()["count"]
+    assert count == usage["prompt_tokens"] == plain

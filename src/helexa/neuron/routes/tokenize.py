@@ -30,6 +30,8 @@ async def tokenize(request: web.Request) -> web.Response:
     if body.get("messages") is not None:
         messages = oc.check_messages(body.get("messages"), model, False)
         tools = oc.check_tools(body.get("tools"))
+        if body.get("tool_choice") == "none":  # as chat renders it: without the tools
+            tools = []
         kwargs = body.get("chat_template_kwargs") or {}
         if not isinstance(kwargs, dict):
             raise oa.invalid_value("chat_template_kwargs", "must be an object")
