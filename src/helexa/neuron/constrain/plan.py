@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from helexa.neuron.constrain.grammar import THINK_CLOSE, THINK_OPEN, Tool, build, check_schema
 from helexa.neuron.engine.frames import Constraint
-from helexa.neuron.openai.chat import ChatRequest, tool_name
+from helexa.neuron.openai.chat import ChatRequest, tool_function, tool_name
 from helexa.wire.errors import ApiError
 
 
@@ -48,8 +48,7 @@ def constraint_for(
     prose = not forced and chat.schema is None  # "auto", one call at most
     tools = []
     for i, t in chat.grammar_tools():
-        src = t["function"] if isinstance(t.get("function"), dict) else t
-        params = src.get("parameters")
+        params = tool_function(t).get("parameters")
         if params is not None:
             try:
                 check_schema(params, chat.tools_param.format(i=i))

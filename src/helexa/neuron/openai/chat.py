@@ -98,11 +98,7 @@ class ChatRequest:
 
     def tool_schemas(self) -> dict[str, Any]:
         """Each tool's parameters schema, by name (they type the values of XML calls)."""
-        out: dict[str, Any] = {}
-        for t in self.tools or ():
-            src = t["function"] if isinstance(t.get("function"), dict) else t
-            out[tool_name(t)] = src.get("parameters") or {}
-        return out
+        return {tool_name(t): tool_function(t).get("parameters") or {} for t in self.tools or ()}
 
     @property
     def constrained(self) -> bool:
@@ -110,10 +106,14 @@ class ChatRequest:
         return self.schema is not None or bool(self.grammar_tools())
 
 
+def tool_function(tool: dict[str, Any]) -> dict[str, Any]:
+    """A checked tool's function (`name`, `parameters`, …): chat nests it, Responses doesn't."""
+    fn = tool.get("function")
+    return fn if isinstance(fn, dict) else tool
+
+
 def tool_name(tool: dict[str, Any]) -> str:
-    """The name of a checked tool, chat form (`{"function": {"name"}}`) or flat."""
-    src = tool["function"] if isinstance(tool.get("function"), dict) else tool
-    return str(src["name"])
+    return str(tool_function(tool)["name"])
 
 
 def _json_args(v: Any, where: str) -> None:
