@@ -228,10 +228,17 @@ def test_anthropic_streaming_messages(any_ant: tuple[Any, str], expected: tuple[
     assert final.usage.output_tokens == expected[1]
 
 
+def _prompt_tokens(u: Any) -> int:
+    """Anthropic splits the prompt: `input_tokens` excludes what the prefix cache served."""
+    return int(
+        u.input_tokens + (u.cache_read_input_tokens or 0) + (u.cache_creation_input_tokens or 0)
+    )
+
+
 def test_count_tokens_agrees_with_usage(ant: Any) -> None:
     counted = ant.messages.count_tokens(model=MODEL, messages=MSGS)
     msg = ant.messages.create(model=MODEL, max_tokens=1, messages=MSGS)
-    assert counted.input_tokens == msg.usage.input_tokens > 0
+    assert counted.input_tokens == _prompt_tokens(msg.usage) > 0
 
 
 def test_claude_code_shaped_request_is_clamped_not_refused(ant: Any) -> None:
@@ -254,4 +261,4 @@ def test_claude_code_shaped_request_is_clamped_not_refused(ant: Any) -> None:
     counted = ant.messages.count_tokens(
         model=MODEL, messages=late, thinking={"type": "adaptive"}, extra_body=extra
     )
-    assert counted.input_tokens == msg.usage.input_tokens
+    assert counted.input_tokens == _prompt_tokens(msg.usage)
