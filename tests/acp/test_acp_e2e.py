@@ -262,6 +262,15 @@ async def test_files_and_commands_go_through_the_client_when_it_offers_them(
             and "hi" in str(bash.content)
             and "exit status 3" in str(bash.content)
         )
+        # The card showed the editor's terminal while it ran, and keeps it.
+        live = [
+            u
+            for u in client.updates
+            if isinstance(u, ToolCallProgress) and u.tool_call_id == "c3" and u.status is None
+        ]
+        assert [[c.type for c in u.content or []] for u in live] == [["terminal"]]
+        assert bash.content is not None and bash.content[0].type == "terminal"
+        assert bash.content[0].terminal_id == live[0].content[0].terminal_id  # type: ignore[index]
         assert [r.kind for r in client.permission_requests] == ["edit", "execute"]
         # "Always allow" for edits holds for the rest of the session.
         assert await say(conn, sid, "once more") == "end_turn"

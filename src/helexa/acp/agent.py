@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field, ValidationError
 from helexa import __version__
 from helexa.acp.client_workspace import ClientWorkspace
 from helexa.acp.config import Config, ConfigError
-from helexa.acp.events import Event, ToolFinished
+from helexa.acp.events import Event, ToolFinished, ToolStarted
 from helexa.acp.history import Message
 from helexa.acp.loop import TurnSettings, run_turn
 from helexa.acp.models import ModelChoice
@@ -54,7 +54,7 @@ from helexa.acp.prompt import user_message
 from helexa.acp.providers import ProviderError, make_provider
 from helexa.acp.sessions import SessionError, SessionStore, StoredSession
 from helexa.acp.tools import Toolbox
-from helexa.acp.updates import event_update, replay
+from helexa.acp.updates import event_update, replay, terminal_shown
 from helexa.acp.workspace import LocalWorkspace
 
 log = logging.getLogger("helexa.acp.agent")
@@ -254,15 +254,28 @@ class HelexaAgent:
         before = len(stored.history)
         stored.history.append(user_message(prompt))
         live.cancelled = cancelled = asyncio.Event()
-        ws = ClientWorkspace(self.client, session_id, self.caps, Path(stored.cwd), live.always)
-        settings = TurnSettings(model, ep.max_tokens, ep.context_window, stored.mode_id)
+        running: list[str] = []  # the call whose tool runs now
+        terminals: dict[str, str] = {}  # call id → the editor's terminal it ran in
+
+        async def on_terminal(terminal_id: str) -> None:
+            if running:
+                terminals[running[0]] = terminal_id
+                await self.client.session_update(
+                    session_id, terminal_shown(running[0], terminal_id)
+                )
 
         async def emit(ev: Event) -> None:
-            await self.client.session_update(session_id, event_update(ev))
+            if isinstance(ev, ToolStarted):
+                running[:] = [ev.call_id]
+            terminal = terminals.get(ev.call_id) if isinstance(ev, ToolFinished) else None
+            await self.client.session_update(session_id, event_update(ev, terminal))
             if isinstance(ev, ToolFinished):  # a round is complete: keep it
                 mark_failed(stored.history, ev)
                 self._save(stored)
 
+        cwd = Path(stored.cwd)
+        ws = ClientWorkspace(self.client, session_id, self.caps, cwd, live.always, on_terminal)
+        settings = TurnSettings(model, ep.max_tokens, ep.context_window, stored.mode_id)
         try:
             provider = make_provider(ep.wire_api, ep.base_url, ep.api_key)
             stop = await run_turn(stored.history, provider, ws, settings, emit, cancelled)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class ClientWorkspace:
         caps: ClientCapabilities,
         cwd: Path,
         always: set[str],
+        on_terminal: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.cwd = cwd
         self._client = client
@@ -56,6 +57,7 @@ class ClientWorkspace:
         self._caps = caps
         self._local = LocalWorkspace(cwd)
         self._always = always
+        self._on_terminal = on_terminal
 
     async def read_text(self, path: Path, line: int | None, limit: int | None) -> str:
         if self._caps.fs is not None and self._caps.fs.read_text_file:
@@ -93,6 +95,8 @@ class ClientWorkspace:
         )
         ids: dict[str, Any] = {"session_id": self._sid, "terminal_id": t.terminal_id}
         try:
+            if self._on_terminal is not None:
+                await self._on_terminal(t.terminal_id)
             try:
                 done = await asyncio.wait_for(self._client.wait_for_terminal_exit(**ids), timeout_s)
                 code = done.exit_code

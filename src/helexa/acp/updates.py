@@ -15,6 +15,7 @@ from acp import (
     text_block,
     tool_content,
     tool_diff_content,
+    tool_terminal_ref,
     update_agent_message_text,
     update_agent_thought_text,
     update_plan,
@@ -53,7 +54,8 @@ Update = (
 )
 
 
-def event_update(ev: Event) -> Update:
+def event_update(ev: Event, terminal: str | None = None) -> Update:
+    """`terminal`: the editor's terminal the call ran in, kept on its finished card."""
     match ev:
         case TextChunk(text=text):
             return update_agent_message_text(text)
@@ -62,7 +64,7 @@ def event_update(ev: Event) -> Update:
         case ToolStarted():
             return _card(ev, "in_progress", None)
         case ToolFinished():
-            content: list[Any] = []
+            content: list[Any] = [tool_terminal_ref(terminal)] if terminal else []
             if ev.diff is not None:
                 content.append(tool_diff_content(ev.diff.path, ev.diff.new_text, ev.diff.old_text))
             if ev.output:
@@ -74,6 +76,11 @@ def event_update(ev: Event) -> Update:
             return update_plan(
                 plan_entry(e.content, priority=e.priority, status=e.status) for e in entries
             )
+
+
+def terminal_shown(call_id: str, terminal_id: str) -> ToolCallProgress:
+    """The running call's card shows the editor's terminal (live output)."""
+    return update_tool_call(call_id, content=[tool_terminal_ref(terminal_id)])
 
 
 def replay(history: list[Message], describe: Callable[[ToolCall], ToolStarted]) -> Iterator[Update]:
