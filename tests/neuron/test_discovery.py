@@ -174,7 +174,9 @@ def test_harnesses() -> None:
     everything = probe(has_module=lambda n: True).discover().harnesses
     assert everything == ["torch", "llamacpp"]
     assert probe(has_module=lambda n: n != "llama_cpp").discover().harnesses == ["torch"]
-    assert probe(has_module=lambda n: n != "torch").discover().harnesses == []
+    # A GGUF-only host: llama.cpp needs no torch.
+    assert probe(has_module=lambda n: n != "torch").discover().harnesses == ["llamacpp"]
+    assert probe(has_module=lambda n: n not in ("torch", "llama_cpp")).discover().harnesses == []
     only_llama = NeuronConfig.model_validate({"harnesses": [{"name": "llamacpp"}]})
     assert probe(cfg=only_llama, has_module=lambda n: True).discover().harnesses == ["llamacpp"]
     assert probe(cfg=only_llama, has_module=lambda n: n != "llama_cpp").discover().harnesses == []
