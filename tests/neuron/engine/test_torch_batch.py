@@ -203,6 +203,26 @@ def test_refused_batching_is_reported_and_still_serves(tiny_qwen3: Path) -> None
         assert [e["token_ids"] for e in drain(w, rids)] == alone
 
 
+def test_a_generation_past_max_batch_waits_for_another_to_end(tiny_qwen3: Path) -> None:
+    spec = {"path": str(tiny_qwen3), "served_id": "m", "max_batch": 2, "prefix_cache_mb": 0}
+    with WorkerClient.start(spec) as w:
+        assert w.ready is not None and w.ready["max_batch"] == 2
+        ps = prompts()[:3]
+        alone = solo(w, ps, 12)
+        rids = [w.submit(p, max_tokens=12, rid=f"m{i}") for i, p in enumerate(ps)]
+        order: list[tuple[str, str]] = []
+        ends: dict[str, dict[str, Any]] = {}
+        while len(ends) < 3:
+            f = w.recv()
+            assert f is not None
+            order.append((f["id"], f["ev"]))
+            if f["ev"] == "done":
+                ends[f["id"]] = f
+        first_done = min(order.index((r, "done")) for r in rids[:2])
+        assert all(i != "m2" for i, _ in order[:first_done])  # the third waited
+        assert [ends[r]["token_ids"] for r in rids] == alone
+
+
 def test_a_generation_over_the_kv_budget_waits_for_another_to_end(tiny_qwen3: Path) -> None:
     # tiny Qwen3 fp32: 2 layers x (k + v) x 2 heads x 16 dims x 4 bytes = 512 bytes a token.
     # Each request may reach 800 positions: two rows (2 x 800 x 512 B) fit in 1 MB, three don't.
