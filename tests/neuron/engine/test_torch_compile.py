@@ -52,29 +52,43 @@ def greedy(engine: TorchEngine, ids: list[int], n: int) -> GenerationState:
     return gen
 
 
+def check_against_eager(path: Path, device: str, hybrid: bool) -> None:
+    def spec(mode: str) -> LoadSpec:
+        return LoadSpec(
+            path=str(path),
+            served_id="q",
+            quant="fp32",
+            device=device,
+            compile=mode,
+            max_prompt_tokens=300,
+            max_output_tokens=12,
+        )
+
+    eager, compiled = load(spec("off")), load(spec("auto" if device == "cuda" else "on"))
+    assert (eager.compiled, compiled.compiled, compiled.static) == (False, True, True)
+    assert compiled.info().compiled is True
+    stats = torch._dynamo.utils.counters["stats"]
+    graphs = stats["unique_graphs"]  # built at load: a request must not compile again
+    first = [5, 6, 7, 8, 9, 10, 11]
+    # a pooled cache reused, a cached prefix copied in, a longer cache (on the CPU a second
+    # size for the same graph)
+    for ids in (first, [12, 13], [*first, 14, 15], list(range(5, 285))):
+        ours = greedy(compiled, ids, 12)
+        assert ours.token_ids == greedy(eager, ids, 12).token_ids
+        if ids[-1] == 15:  # hybrids keep no prefix on pooled static caches
+            assert ours.cached_tokens == (0 if hybrid else len(first))
+    assert stats["unique_graphs"] == graphs > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe", "qwen3_next", "qwen3_5"])
 def test_compiled_on_cpu_gives_the_eager_tokens(tiny_models: dict[str, Path], arch: str) -> None:
-    def spec(mode: str) -> LoadSpec:
-        return LoadSpec(
-            path=str(tiny_models[arch]),
-            served_id="q",
-            quant="fp32",
-            compile=mode,
-            max_prompt_tokens=32,
-            max_output_tokens=32,
-        )
+    check_against_eager(tiny_models[arch], "cpu", arch in ("qwen3_next", "qwen3_5"))
 
-    eager, compiled = load(spec("off")), load(spec("on"))
-    assert (eager.compiled, compiled.compiled, compiled.static) == (False, True, True)
-    assert compiled.info().compiled is True
-    first = [5, 6, 7, 8, 9, 10, 11]
-    # the second reuses a pooled cache, the third starts from the first's cached prefix
-    for ids in (first, [12, 13], [*first, 14, 15]):
-        ours = greedy(compiled, ids, 12)
-        assert ours.token_ids == greedy(eager, ids, 12).token_ids
-    # hybrids keep no prefix on pooled static caches (their recurrent state is reused in place)
-    assert ours.cached_tokens == (0 if arch in ("qwen3_next", "qwen3_5") else len(first))
+
+@pytest.mark.gpu
+def test_compiled_on_cuda_gives_the_eager_tokens(tiny_qwen3: Path) -> None:
+    check_against_eager(tiny_qwen3, "cuda", hybrid=False)
 
 
 @pytest.mark.slow

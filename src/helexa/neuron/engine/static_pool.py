@@ -25,6 +25,7 @@ class StaticPool:
         return size if self.cap is None else min(size, self.cap)
 
     def acquire(self, n: int) -> tuple[Any, int]:
+        import torch
         from transformers import StaticCache
 
         size = self.size_for(n)
@@ -33,7 +34,10 @@ class StaticPool:
             cache = spare.pop()
             cache.reset()
             return cache, size
-        return StaticCache(config=self.config, max_cache_len=size), size
+        # inference tensors wherever it is made: a compiled step guards on their dispatch keys,
+        # so one cache made outside inference mode would cost a recompile when it is reused
+        with torch.inference_mode():
+            return StaticCache(config=self.config, max_cache_len=size), size
 
     def release(self, cache: Any, size: int) -> None:
         self.free.setdefault(size, []).append(cache)
