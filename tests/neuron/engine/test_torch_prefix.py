@@ -119,20 +119,19 @@ def test_exact_prefills_keep_snapshots_where_the_next_prompt_will_look() -> None
     prompt = list(range(300))
     assert PrefixCache(1 << 20, exact=False).snapshots_at(prompt, 0) == []
     assert pc.snapshots_at(prompt, 0) == [299]  # before the last token: the next turn
-    assert pc.snapshots_at(prompt, 299 - MIN_SNAPSHOT_TOKENS + 1) == []  # too close
+    assert pc.snapshots_at(prompt, 250) == [299]  # a prefill in chunks, further on
     pc.put([*range(150), 999], kv(151))  # another sequence: this one leaves it at 150
     assert pc.snapshots_at(prompt, 0) == [150, 299]
     assert pc.snapshots_at(prompt[:160], 0) == [150]
+    assert pc.next_snapshot(prompt, 0) == 150
     cache = DynamicCache()
-    fed: list[list[int]] = []
-
-    def feed(ids: list[int]) -> None:
-        fed.append(ids)
-        grow(cache, len(ids))
-
-    assert pc.feed_snapshots(prompt, 0, cache, feed) == 299
-    assert fed == [prompt[:150], prompt[150:299]]
-    assert sorted(len(e.tokens) for e in pc.entries) == [150, 151, 299]
+    grow(cache, 150)
+    pc.keep(prompt[:150], cache)
+    assert pc.next_snapshot(prompt, 150) == 299
+    grow(cache, 10)  # the caller's cache goes on: the snapshot kept is a copy
+    assert sorted(len(e.tokens) for e in pc.entries) == [150, 151]
+    pc.put(prompt[: 299 - MIN_SNAPSHOT_TOKENS + 1], kv(299 - MIN_SNAPSHOT_TOKENS + 1))
+    assert pc.snapshots_at(prompt, 0) == []  # 299 is too close to that snapshot
     snap, n = pc.take([*range(150), 5])
     assert n == 150 and snap.get_seq_length() == 150
 
@@ -200,6 +199,36 @@ def test_cached_runs_equal_cold_runs(tiny_models: dict[str, Path], arch: str) ->
     # can't cut that state back, the first request's final state (all but the 3 added tokens).
     ours, cached = greedy(warm, turns[0])
     assert cached == len(turns[0]) - (3 if hybrid else 1)
+
+
+def test_a_hybrid_prefill_in_chunks_beside_a_batch_keeps_its_snapshots(
+    tiny_models: dict[str, Path],
+) -> None:
+    path = tiny_models["qwen3_next"]
+    spec: dict[str, Any] = {"path": str(path), "served_id": "n", "quant": "fp32"}
+    cold = load(LoadSpec(**spec, prefix_cache_mb=0))
+    warm = load(LoadSpec(**spec, prefix_cache_mb=64))
+    assert warm.prefix is not None
+    warm.prefill_chunk = 48
+    other = warm.start(Generate("o", [5, 6, 7, 8], 30, {"temperature": 0}))
+    warm.step([other])
+    first = chat(path, "Hello, café 日本語 🙂")
+    late = warm.start(Generate("l", first, STEPS, {"temperature": 0}))
+    while not late.token_ids:  # a chunk a step while `other` decodes, pausing for a snapshot
+        warm.step([other, late])
+    assert not other.finished and late.cached_tokens == 0
+    while not late.finished:
+        warm.step([s for s in (other, late) if not s.finished])
+    assert late.token_ids == greedy(cold, first)[0]
+    assert [len(e.tokens) for e in warm.prefix.entries if e.tokens == first[:-1]] == [
+        len(first) - 1
+    ]
+    reply = str(
+        AutoTokenizer.from_pretrained(path).decode(late.token_ids, skip_special_tokens=True)
+    )
+    ids = chat(path, "Hello, café 日本語 🙂", reply or "ok", "And now?")
+    ours, cached = greedy(warm, ids)
+    assert cached == len(first) - 1 and ours == greedy(cold, ids)[0]
 
 
 def test_pooled_static_caches_get_the_prefix_copied_in(tiny_models: dict[str, Path]) -> None:

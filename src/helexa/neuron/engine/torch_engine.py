@@ -35,7 +35,7 @@ from helexa.neuron.engine.request_checks import (
 from helexa.neuron.engine.sampling import Sampler, defaults_from_generation_config, pick_checked
 from helexa.neuron.engine.static_pool import StaticPool
 from helexa.neuron.engine.tokens import WorkerTokenizer
-from helexa.neuron.engine.torch_batch import DecodeBatch, kv_cost, refusal
+from helexa.neuron.engine.torch_batch import DecodeBatch, as_dynamic, fed, kv_cost, refusal
 from helexa.neuron.engine.torch_compile import compile_step, one_size, wanted
 from helexa.neuron.engine.torch_device import (
     DTYPES,
@@ -141,10 +141,9 @@ class TorchEngine:
         """The decode batch, or why rows are stepped one at a time."""
         if self.embedding_only:
             return None, None
-        if self._pool is not None:
-            return None, "static caches are per request"
-        fresh, _ = self._new_cache(1)
-        why = refusal(fresh)
+        from transformers import DynamicCache
+
+        why = refusal(DynamicCache(config=self.model.config))
         return (None, why) if why else (DecodeBatch(self.device, self._cache_kw), None)
 
     def _kv_budget(self, cache: Any) -> KvBudget:
@@ -288,22 +287,27 @@ class TorchEngine:
             state.cached_tokens = done
         if state.cache is None:
             state.cache, state.slot = self._new_cache(len(prompt) + state.max_tokens)
-        cache = state.cache
-
-        def feed(ids: list[int]) -> torch.Tensor:
-            return self._forward(torch.tensor([ids], device=self.device), cache, decode=False)
-
-        if self.prefix is not None:  # hybrids: exact snapshots on the way
-            done = self.prefix.feed_snapshots(prompt, done, cache, feed)
         return self._feed_chunk(state, done)
 
     def _feed_chunk(self, state: GenerationState, done: int) -> torch.Tensor | None:
-        rest = state.prompt[done:]
-        if self.batch is not None and len(self.batch) and len(rest) > self.prefill_chunk:
-            rest = rest[: self.prefill_chunk]
-            self._prefilling[state] = done + len(rest)
-        logits = self._forward(torch.tensor([rest], device=self.device), state.cache, False)
-        return None if state in self._prefilling else logits
+        """Feed the prompt from `done`; a hybrid stops at each snapshot point to keep one."""
+        prompt, prefix = state.prompt, self.prefix
+        chunked = self.batch is not None and len(self.batch) > 0
+        while True:
+            end = min(len(prompt), done + self.prefill_chunk) if chunked else len(prompt)
+            stop = prefix.next_snapshot(prompt, done) if prefix is not None else None
+            if stop is not None and stop < end:
+                end = stop
+            ids = torch.tensor([prompt[done:end]], device=self.device)
+            logits = self._forward(ids, state.cache, False)
+            if prefix is not None and end == stop:
+                prefix.keep(prompt[:end], state.cache)
+            done = end
+            if done == len(prompt):
+                return logits
+            if chunked:
+                self._prefilling[state] = done
+                return None
 
     @torch.inference_mode()
     def pick(self, state: GenerationState, logits: torch.Tensor) -> int:
@@ -342,10 +346,27 @@ class TorchEngine:
     def admits(self, state: GenerationState, running: list[GenerationState]) -> bool:
         return self.kv.admits(state, running)
 
+    def _joining(self, state: GenerationState) -> Any:
+        """The cache a generation joins the batch with: a pooled static one is copied out
+        (dynamic) and goes back to the pool."""
+        if self._pool is None:
+            return state.cache
+        own = as_dynamic(state.cache, fed(state), self.model.config)
+        self._release_cache(state.cache, state.slot)
+        state.slot = None
+        return own
+
     def step(self, active: list[GenerationState]) -> list[StepResult]:
         if self.batch is not None:
             keep = self.prefix is not None
-            self._decoded = self.batch.step(self.model, active, keep=keep, **self._keep_kw)
+            self._decoded = self.batch.step(
+                self.model,
+                active,
+                keep=keep,
+                own=self._joining,
+                solo=self._decode_fn is not None,
+                **self._keep_kw,
+            )
         try:
             return generation.step(self, active)
         finally:

@@ -19,8 +19,8 @@ The contract with whoever drives the model (the engine's prefill and release, a 
 - Any other layer (Gated-DeltaNet conv/recurrent state in Qwen3-Next and Qwen3.5, sliding
   windows) cannot be cut back: only an exact snapshot whose tokens are a whole prefix of the
   prompt serves, as a deep copy; never a wrong state. So that the next turn finds one, the
-  engine's prefill goes through `feed_snapshots`, which pauses it where the prompt leaves the
-  stored sequences and before its last token and keeps a copy there, besides `put` at the end.
+  engine's prefill pauses at each `next_snapshot` (where the prompt leaves the stored sequences,
+  and before its last token) and `keep`s a copy there, besides `put` at the end.
 
 Entries live within a byte budget (`prefix_cache_mb`), least recently used dropped first; their
 bytes are part of the worker's measured memory.
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,30 +96,30 @@ class PrefixCache:
         return len(held) if whole else 0
 
     def snapshots_at(self, prompt: list[int], done: int) -> list[int]:
-        """Where an exact-only prefill that starts at `done` should pause to `keep` a snapshot:
+        """Where an exact-only prefill now at `done` should still pause to `keep` a snapshot:
         where it leaves the stored sequences (the next prompt sharing, say, the same system
         prompt and tools finds one there) and before its last token (the next turn extends the
-        prompt). None for a cache that can be cut anyway, none closer than MIN_SNAPSHOT_TOKENS."""
+        prompt). None for a cache that can be cut anyway, and none within MIN_SNAPSHOT_TOKENS
+        of the one before (or of a stored snapshot the prompt starts with)."""
         if not self.exact:
             return []
         last = len(prompt) - 1
-        branch = max((common_prefix(e.tokens, prompt) for e in self.entries), default=0)
+        branch = base = 0
+        for e in self.entries:
+            k = common_prefix(e.tokens, prompt)
+            branch = max(branch, k)
+            if k == len(e.tokens):
+                base = max(base, k)
         cuts: list[int] = []
         for cut in (min(branch, last), last):
-            if cut - (cuts[-1] if cuts else done) >= MIN_SNAPSHOT_TOKENS:
+            if cut > done and cut - (cuts[-1] if cuts else base) >= MIN_SNAPSHOT_TOKENS:
                 cuts.append(cut)
         return cuts
 
-    def feed_snapshots(
-        self, prompt: list[int], done: int, cache: Any, feed: Callable[[list[int]], object]
-    ) -> int:
-        """Prefill `prompt` from `done` up to each of its `snapshots_at` points, keeping a
-        snapshot at each; where it got to."""
-        for cut in self.snapshots_at(prompt, done):
-            feed(prompt[done:cut])
-            self.keep(prompt[:cut], cache)
-            done = cut
-        return done
+    def next_snapshot(self, prompt: list[int], done: int) -> int | None:
+        """The first of `snapshots_at`: where a prefill at `done` pauses next to `keep` one."""
+        cuts = self.snapshots_at(prompt, done)
+        return cuts[0] if cuts else None
 
     def keep(self, tokens: list[int], cache: Any) -> None:
         """`put` a copy of a cache that stays in use."""
