@@ -191,16 +191,34 @@ def test_a_failed_batched_forward_fails_its_rows_and_the_engine_goes_on(tiny_qwe
     assert len(again.token_ids) == 6
 
 
-def test_refused_batching_is_reported_and_still_serves(tiny_qwen3: Path) -> None:
-    spec = {"path": str(tiny_qwen3), "served_id": "s", "static_cache": True}
+@pytest.mark.parametrize("arch", ["qwen3", "qwen3_next"])
+def test_pooled_static_caches_join_the_batch_as_copies(
+    arch: str, tiny_models: dict[str, Path]
+) -> None:
+    spec = {"path": str(tiny_models[arch]), "served_id": "s", "static_cache": True}
     with WorkerClient.start(spec) as w:
-        assert w.ready is not None
-        assert w.ready["max_batch"] == 1
-        assert "static" in w.ready["batching_refused"]
-        ps = prompts()[:2]
+        assert w.ready is not None and w.ready["static_cache"]
+        assert (w.ready["max_batch"], w.ready["batching_refused"]) == (8, None)
+        ps = prompts()[:3]
         alone = solo(w, ps, 12)
         rids = [w.submit(p, max_tokens=12) for p in ps]
         assert [e["token_ids"] for e in drain(w, rids)] == alone
+
+
+def test_a_sliding_window_cache_refuses_batching() -> None:
+    from transformers import DynamicCache, Qwen3Config
+
+    from helexa.neuron.engine.torch_batch import refusal
+
+    cfg = Qwen3Config(
+        num_hidden_layers=2,
+        use_sliding_window=True,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    assert refusal(DynamicCache(config=Qwen3Config(num_hidden_layers=2))) is None
+    why = refusal(DynamicCache(config=cfg))
+    assert why is not None and "DynamicSlidingWindowLayer" in why
 
 
 def test_a_generation_past_max_batch_waits_for_another_to_end(tiny_qwen3: Path) -> None:

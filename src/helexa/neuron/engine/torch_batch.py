@@ -6,9 +6,9 @@ attention mask (zeros on the padding) with per-row position ids keeps each row's
 (as HF `generate` does for a padded batch). A row that ends leaves by index selection, and the
 padding all remaining rows share is cut off. Full-attention layers are padded; linear-attention
 layers (Qwen3-Next, Qwen3.5) hold one fixed-size state per row with no sequence axis, so rows are
-stacked, and a one-token step never reads the mask there. Any other cache layer (a sliding
-window, a static cache) can't be padded this way: `refusal` says why, and the engine then steps
-such rows one at a time.
+stacked, and a one-token step never reads the mask there. A pooled static cache joins as a
+dynamic copy (`as_dynamic`). Any other cache layer (a sliding window) can't be padded this way:
+`refusal` says why, and the engine then steps such rows one at a time.
 """
 
 from __future__ import annotations
@@ -121,21 +121,31 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def step(
-        self, model: Forward, active: list[GenerationState], *, keep: bool, **kw: Any
+        self,
+        model: Forward,
+        active: list[GenerationState],
+        *,
+        keep: bool,
+        own: Callable[[GenerationState], Any],
+        solo: bool,
+        **kw: Any,
     ) -> dict[GenerationState, torch.Tensor | Exception]:
         """Rows that need no token leave (their own cache, with `keep`, goes back on
-        `state.cache`), the newly prefilled join, then one forward for all: each row's logits,
-        or, for every row and newcomer, the exception a join or the forward raised (the cache
-        may be half-updated, so the batch is given up)."""
+        `state.cache`), the newly prefilled join (`own(state)`: the cache the batch takes),
+        then one forward for all: each row's logits, or, for every row and newcomer, the
+        exception a join or the forward raised (the cache may be half-updated, so the batch is
+        given up). With `solo`, a generation alone stays out (it decodes on its own, compiled)."""
         todo = [s for s in active if s.token_ids and not s.finished and _wants(s)]
         wanted = set(todo)
         try:
             for s in [r for r in self.rows if r not in wanted]:
                 s.cache = self.leave(s, keep=keep)
-            for s in todo:
-                if s.cache is not self:
-                    self.join(s, s.cache, fed(s))
-                    s.cache = self
+            newcomers = [s for s in todo if s.cache is not self]
+            if solo and not self.rows and len(newcomers) < 2:
+                return {}
+            for s in newcomers:
+                self.join(s, own(s), fed(s))
+                s.cache = self
             if not self.rows:
                 return {}
             logits = self.forward(model, [s.token_ids[-1] for s in self.rows], **kw)
@@ -177,23 +187,45 @@ class DecodeBatch:
         """Row `i` as a standalone cache of batch size one, without its padding."""
         pad = self.width - self.lengths[i]
         out = copy.copy(self.cache)
-        out.layers = []
-        for layer in self.cache.layers:
-            mine = copy.copy(layer)
-            for name, value in vars(layer).items():
-                if isinstance(value, dict):
-                    setattr(mine, name, dict(value))
-            if _attn(layer):
-                mine.keys = layer.keys[i : i + 1, :, pad:].clone()
-                mine.values = layer.values[i : i + 1, :, pad:].clone()
-            if _linear(layer):
-                for states in _states(mine):
-                    for k, t in states.items():
-                        if t is not None:
-                            states[k] = t[i : i + 1].clone()
-                mine.cumulative_length_linear = torch.tensor(self.lengths[i], device=self.device)
-            out.layers.append(mine)
+        out.layers = [_row_copy(layer, i, self.lengths[i], pad) for layer in self.cache.layers]
         return out
+
+
+def _row_copy(layer: Any, i: int, n: int, pad: int = 0) -> Any:
+    """Row `i` of a dynamic or linear-attention layer (holding `n` tokens after `pad`) as a
+    layer of its own, with copies of the tensors."""
+    mine = copy.copy(layer)
+    for name, value in vars(layer).items():
+        if isinstance(value, dict):
+            setattr(mine, name, dict(value))
+    if _attn(layer):
+        mine.keys = layer.keys[i : i + 1, :, pad:].clone()
+        mine.values = layer.values[i : i + 1, :, pad:].clone()
+    if _linear(layer):
+        for states in _states(mine):
+            for k, t in states.items():
+                if t is not None:
+                    states[k] = t[i : i + 1].clone()
+        mine.cumulative_length_linear = torch.tensor(
+            n, device=layer.cumulative_length_linear.device
+        )
+    return mine
+
+
+def as_dynamic(cache: Any, n: int, config: Any) -> Any:
+    """A one-sequence cache of another kind (a pooled `StaticCache`) as a `DynamicCache`
+    holding copies of its first `n` positions, which a batch can pad."""
+    from transformers import DynamicCache
+
+    out = DynamicCache(config=config)
+    for j, (src, dst) in enumerate(zip(cache.layers, out.layers, strict=True)):
+        if _linear(src):
+            out.layers[j] = _row_copy(src, 0, n)
+        elif isinstance(dst, DynamicLayer) and getattr(src, "is_initialized", False):
+            dst.lazy_initialization(src.keys, src.values)
+            dst.keys = src.keys[:, :, :n].clone()
+            dst.values = src.values[:, :, :n].clone()
+    return out
 
 
 def kv_cost(cache: Any) -> tuple[int, int]:
