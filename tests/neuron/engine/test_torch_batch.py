@@ -328,3 +328,38 @@ def test_half_precision_rows_stay_within_tolerance_of_solo(
             for row, (_, seen) in zip(got, solo_runs, strict=True):
                 worst = max(worst, float((row - seen[k]).abs().max()))
     assert worst < 0.05
+
+
+def test_a_compiled_lone_generation_stays_out_until_another_opens(tiny_qwen3: Path) -> None:
+    """The compiled step is batch-1 over a pooled static cache: one generation alone keeps it;
+    a second makes both join the batch (eager) as copies. The compiled function is stood in for
+    by the model itself here (a real compile on the CPU takes tens of seconds)."""
+    spec = {"path": str(tiny_qwen3), "served_id": "c", "quant": "fp32", "static_cache": True}
+    engine: Any = harnesses.load(LoadSpec.from_frame(spec), lambda _p: None)
+    engine._decode_fn = engine.model
+    shapes: list[tuple[int, int]] = []
+    engine.model.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    ps = prompts()[:2]
+
+    def gen(rid: str, p: list[int]) -> Any:
+        return engine.start(Generate(rid, p, max_tokens=10, sampling={"temperature": 0}))
+
+    alone = [gen(f"a{i}", p) for i, p in enumerate(ps)]
+    for s in alone:
+        while not s.finished:
+            engine.step([s])
+    first = gen("f", ps[0])
+    for _ in range(3):
+        engine.step([first])
+    assert first.cache is not engine.batch and len(engine.batch) == 0  # its own static cache
+    assert first.slot is not None
+    second = gen("s", ps[1])
+    engine.step([first, second])  # second's prefill
+    shapes.clear()
+    engine.step([first, second])
+    assert shapes == [(2, 1)] and first.slot is None  # the static cache went back to the pool
+    while not (first.finished and second.finished):
+        engine.step([s for s in (first, second) if not s.finished])
+    assert [first.token_ids, second.token_ids] == [s.token_ids for s in alone]
