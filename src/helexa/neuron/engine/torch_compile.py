@@ -1,8 +1,8 @@
 """The compiled decode step: `torch.compile` of the model's one-token forward over a static cache.
 
-Only the batch-1 step is compiled: the batched decode path pads `DynamicCache`s (its shapes
-change every step), so a compiled model decodes its generations one at a time, each in a pooled
-`StaticCache`. On CUDA the mode is "reduce-overhead" (CUDA graphs, one shape: every cache is the
+Only the batch-1 step is compiled (the decode batch pads `DynamicCache`s, whose shapes change
+every step): a lone generation decodes with it in a pooled `StaticCache`; once others open, they
+all go to the eager batch (torch_batch). On CUDA the mode is "reduce-overhead" (CUDA graphs, one shape: every cache is the
 whole context). On the CPU it is inductor's C++ with the cache length symbolic (caches grow by
 powers of two, one graph for all), one-row matmuls as its own reductions and SDPA's own GQA.
 Measured on a 76M Qwen3, fp32, one thread, same greedy tokens as eager: 80-87 tokens per
