@@ -2,9 +2,10 @@
 
 Only the batch-1 step is compiled (the decode batch pads `DynamicCache`s, whose shapes change
 every step): a lone generation decodes with it in a pooled `StaticCache`; once others open, they
-all go to the eager batch (torch_batch). On CUDA the mode is "reduce-overhead" (CUDA graphs, one shape: every cache is the
-whole context). On the CPU it is inductor's C++ with the cache length symbolic (caches grow by
-powers of two, one graph for all), one-row matmuls as its own reductions and SDPA's own GQA.
+all go to the eager batch (torch_batch). On CUDA the mode is "reduce-overhead" (CUDA graphs, one
+shape: every cache is the whole context). On the CPU it is inductor's C++ with the cache length
+symbolic (caches grow by powers of two, one graph for all), one-row matmuls as its own
+reductions and SDPA's own GQA.
 Measured on a 76M Qwen3, fp32, one thread, same greedy tokens as eager: 80-87 tokens per
 CPU-second against eager's 45-48 with a 256-token cache, 66 vs 49 at 1,024, 43 vs 31 at ~2,400.
 `auto` still leaves the CPU eager: the compile adds 25-70 s to every load on 2 cores (CPU_AUTO
