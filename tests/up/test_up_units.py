@@ -169,5 +169,6 @@ def test_readme_starts_from_a_clone_and_gives_cpu_hosts_their_own_torch_line() -
     assert cpu in cmds  # the CPU build, at the version the tests pin
     assert "helexa up --model Qwen/Qwen3-0.6B" in cmds[cmds.index(cpu) + 1]
     # the test command is what CI runs: the same torch pin, the test extras, pytest
-    assert cmds[-1] == f"pip install {pin.group(1)} && pip install -e '.[test,neuron,acp]' && pytest"
+    extras = "pip install -e '.[test,neuron,acp]'"
+    assert cmds[-1] == f"pip install {pin.group(1)} && {extras} && pytest"
     assert "pip install -q -e '.[test,neuron,acp]'" in ci and re.search(r"^pytest\b", ci, re.M)
