@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,29 @@ def in_process(path: Path, tokens: int, runs: int) -> tuple[list[float], list[fl
     return ttfts, tps, produced
 
 
-async def stream_once(s: Any, url: str, body: dict[str, Any]) -> tuple[float, float, int, int]:
-    """One streamed chat completion: (TTFT s, decode tok/s, completion tokens, cached tokens)."""
+@dataclass
+class Stream:
+    """One streamed chat completion, timed: a stamp per delta that carried output."""
+
+    start: float
+    stamps: list[float]
+    produced: int
+    cached: int
+
+    @property
+    def ttft(self) -> float:
+        return self.stamps[0] - self.start
+
+    @property
+    def rate(self) -> float:
+        """Decode tok/s: a delta can carry several tokens (held-back text), so the rate is over
+        tokens, not frames."""
+        span = self.stamps[-1] - self.stamps[0] if len(self.stamps) > 1 else 0.0
+        return (self.produced - 1) / span if span > 0 else float("nan")
+
+
+async def stream(s: Any, url: str, body: dict[str, Any]) -> Stream:
+    """One streamed chat completion over the neuron's HTTP API."""
     stamps: list[float] = []
     produced = cached = 0
     start = time.perf_counter()
@@ -129,10 +151,13 @@ async def stream_once(s: Any, url: str, body: dict[str, Any]) -> tuple[float, fl
                     d = ch.get("delta", {})
                     if d.get("content") or d.get("reasoning_content") or d.get("tool_calls"):
                         stamps.append(time.perf_counter())
-    # a delta can carry several tokens (held-back text): rate over tokens, not frames
-    span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
-    tps = (produced - 1) / span if span > 0 else float("nan")
-    return stamps[0] - start, tps, produced, cached
+    return Stream(start, stamps or [time.perf_counter()], produced, cached)
+
+
+async def stream_once(s: Any, url: str, body: dict[str, Any]) -> tuple[float, float, int, int]:
+    """One streamed chat completion: (TTFT s, decode tok/s, completion tokens, cached tokens)."""
+    st = await stream(s, url, body)
+    return st.ttft, st.rate, st.produced, st.cached
 
 
 def chat_body(model: str, text: str, tokens: int) -> dict[str, Any]:

@@ -21,15 +21,23 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from fixtures.gguf import write_gguf
 from llamacpp_decode import Bare, long_text
-from neuron_decode import MODEL_ID, PROMPT, build, chat_body, med, serve_neuron, stop, wait_loaded
+from neuron_decode import (
+    MODEL_ID,
+    PROMPT,
+    Stream,
+    build,
+    chat_body,
+    med,
+    serve_neuron,
+    stop,
+    stream,
+    wait_loaded,
+)
 
 COMPILED_ID = MODEL_ID + "-compiled"
 TARGETS = {
@@ -38,49 +46,6 @@ TARGETS = {
     "compiled / llama.cpp": (">=", 0.7),
     "competitor / alone": (">=", 0.4),
 }
-
-
-@dataclass
-class Stream:
-    """One streamed chat completion, timed."""
-
-    start: float
-    stamps: list[float]
-    produced: int
-    cached: int
-
-    @property
-    def ttft(self) -> float:
-        return self.stamps[0] - self.start
-
-    @property
-    def rate(self) -> float:
-        span = self.stamps[-1] - self.stamps[0] if len(self.stamps) > 1 else 0.0
-        return (self.produced - 1) / span if span > 0 else float("nan")
-
-
-async def stream(s: Any, url: str, body: dict[str, Any]) -> Stream:
-    stamps: list[float] = []
-    produced = cached = 0
-    start = time.perf_counter()
-    async with s.post(url + "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
-        buf = b""
-        async for chunk in r.content.iter_any():
-            buf += chunk
-            while b"\n\n" in buf:
-                frame, buf = buf.split(b"\n\n", 1)
-                data = frame.removeprefix(b"data: ")
-                if data == b"[DONE]":
-                    continue
-                obj = orjson.loads(data)
-                if obj.get("usage"):
-                    produced = obj["usage"]["completion_tokens"]
-                    details = obj["usage"].get("prompt_tokens_details") or {}
-                    cached = details.get("cached_tokens") or 0
-                if any(ch.get("delta", {}).get("content") for ch in obj.get("choices", [])):
-                    stamps.append(time.perf_counter())
-    return Stream(start, stamps or [time.perf_counter()], produced, cached)
 
 
 def aggregate(streams: list[Stream]) -> float:
