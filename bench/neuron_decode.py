@@ -215,8 +215,12 @@ def serve_neuron(
     per_model: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`neuron serve` on a free loopback port pre-warming `models` (path, served id, harness),
-    with `per_model[served id]` added to that model's entry."""
+    with `per_model[served id]` added to that model's entry. Every worker gets every core (the
+    in-process baselines use them all) unless `extra` sets `worker_threads`: the neuron's default
+    shares the cores out among the loaded workers, which would halve a second model's threads."""
     port = free_port()
+    if "worker_threads" not in extra:
+        extra = f"worker_threads = {len(os.sched_getaffinity(0))}\n{extra}"
     toml = (
         f'listen = "127.0.0.1:{port}"\nbind_url = "http://127.0.0.1:{port}"\n'
         f"max_output_tokens = {tokens}\n{extra}"

@@ -478,11 +478,18 @@ class Supervisor:
         self.stall_secs = stall_secs
         self.environ = dict(os.environ if environ is None else environ)
 
-    def worker_env(self, devices: Sequence[int], kind: str) -> dict[str, str]:
+    def worker_env(self, devices: Sequence[int], kind: str, harness: str) -> dict[str, str]:
         env = dict(self.environ)
-        # OpenMP threads sleep when idle instead of spinning: on a shared CPU a spinning worker
-        # starved the daemon and any other process (decode fell ~5x with one competitor).
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # Idle OpenMP threads must not spin on a shared CPU: a spinning torch worker starved the
+        # daemon and any other process (decode fell ~5x with one competitor), so torch's sleep
+        # at once. llama.cpp wakes its threads for every token's graph: sleeping at once halved
+        # its decode (177 -> 73 tok/s), a short spin keeps it (167) and still yields to a
+        # competitor (57 vs 46 tok/s with the default spin) — bench numbers in docs/reference.md.
+        if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+            if harness == "llamacpp":
+                env["GOMP_SPINCOUNT"] = "1000"
+            else:
+                env["OMP_WAIT_POLICY"] = "PASSIVE"
         if self.cuda_env is not None:
             env.update(self.cuda_env(list(devices), kind))
         elif kind == "cpu":
@@ -505,7 +512,7 @@ class Supervisor:
             model_id,
             spec,
             cmd=self.worker_cmd,
-            env=self.worker_env(devices, kind),
+            env=self.worker_env(devices, kind, spec.harness),
             on_fault=on_fault,
             stop_grace=self.stop_grace,
             stall_secs=self.stall_secs,
