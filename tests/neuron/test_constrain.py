@@ -339,12 +339,61 @@ def test_xml_calls_parse_into_typed_arguments() -> None:
     schemas = {"Write": dict(WRITE.parameters or {})}
     parser = OutputParser(False, False, True, stream_calls=True, schemas=schemas)
     events = [e for ch in text for e in parser.feed(ch)] + parser.finish()
-    assert [type(e).__name__ for e in events] == ["ToolCall"]  # whole: XML calls don't stream
+    assert [type(e).__name__ for e in events][:2] == ["CallStart", "CallArgs"]
     call = parser.tool_calls[0]
-    assert call.name == "Write"
+    assert call.name == "Write" and call.arguments == parse_xml_call(text[11:-12], schemas)[1]
     assert json.loads(call.arguments) == {"path": "42", "lines": 3, "mode": "w", "meta": {"k": [1]}}
     assert parse_xml_call("<function=f>\nprose<parameter=a>\n1\n</parameter>\n</function>") is None
     assert parse_xml_call("<function=f>\n</function>") == ("f", "{}")
+
+
+XML_PARAMS = {"path": 'a "b"\n</para\n\\é', "lines": "3", "mode": "w", "meta": '{"k": [1, "}"]}'}
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 13, 1000])
+def test_forced_xml_calls_stream_json_arguments_as_generated(step: int) -> None:
+    text = xml_call("Write", XML_PARAMS) + "\n" + xml_call("Write", {"path": "", "mode": "a"})
+    schemas = {"Write": dict(WRITE.parameters or {})}
+    parser, events = _streamed(text, list(range(step, len(text), step)), schemas=schemas)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.count("CallStart") == 2 and kinds.index("ToolCall") < kinds.index("CallStart", 1)
+    whole = OutputParser(False, False, True, schemas=schemas)
+    whole.feed(text)
+    whole.finish()
+    for streamed, parsed in zip(parser.tool_calls, whole.tool_calls, strict=True):
+        sent = "".join(e.text for e in events if type(e).__name__ == "CallArgs"
+                       and e.index == streamed.index)  # fmt: skip
+        assert sent == streamed.arguments == parsed.arguments and streamed.streamed
+    assert json.loads(parser.tool_calls[0].arguments) == {
+        "path": 'a "b"\n</para\n\\é',
+        "lines": 3,
+        "mode": "w",
+        "meta": {"k": [1, "}"]},
+    }
+    if step == 1:  # the string value streams: its characters go out before its `</parameter>`
+        args = [e.text for e in events if type(e).__name__ == "CallArgs"]
+        assert args[:5] == ["{", '"path":"', "a", " ", '\\"']
+    assert parser.content == "" and parser.finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("cut", ["<parameter=pa", "<parameter=path>\nab\n</para", "lines>\n3"])
+def test_a_streamed_xml_call_cut_by_the_cap_is_closed_json(cut: str) -> None:
+    text = xml_call("Write", {"path": "ab", "lines": "3", "mode": "w"})
+    parser = OutputParser(
+        False, False, True, stream_calls=True, schemas={"Write": dict(WRITE.parameters or {})}
+    )
+    events = parser.feed(text[: text.index(cut) + len(cut)]) + parser.finish(hit_cap=True)
+    sent = "".join(e.text for e in events if type(e).__name__ == "CallArgs")
+    assert parser.tool_calls[0].arguments == sent
+    assert (
+        json.loads(sent)
+        == {
+            "<parameter=pa": {},
+            "<parameter=path>\nab\n</para": {"path": "ab\n</para"},
+            "lines>\n3": {"path": "ab", "lines": 3},
+        }[cut]
+    )
+    assert parser.finish_reason == "length"
 
 
 def test_auto_without_parallel_calls_is_prose_or_prose_and_one_valid_call() -> None:

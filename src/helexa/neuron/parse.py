@@ -9,7 +9,8 @@ States: `content` (watching `<think>` when reasoning is on, `<tool_call>` when t
 `reasoning` (watching `</think>` only) and `call` (inside a tool-call span, buffering until
 `</tool_call>`; a span is only ever emitted whole, unless `stream_calls`: a grammar guarantees
 the span's shape, so the call is announced (`CallStart`) once its name is read and its
-arguments stream (`CallArgs`) as they are generated).
+arguments stream (`CallArgs`) as they are generated; a Qwen3-Coder XML call's arguments stream
+as the JSON that `XmlArgs` builds from its parameters).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from helexa.neuron.xml_calls import is_xml_call, parse_xml_call
+from helexa.neuron.xml_calls import XML_HEAD, XmlArgs, is_xml_call, parse_xml_call
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -116,6 +117,7 @@ class _Streaming:
     start: CallStart
     args_from: int  # where the arguments begin in the span
     sent: int  # how far they were emitted
+    xml: XmlArgs | None = None  # an XML call: its arguments are built, not copied
 
 
 def _reject_constant(name: str) -> Any:
@@ -340,21 +342,40 @@ class OutputParser:
         up to what may be the span's tail."""
         st = self._streaming
         if st is None:
-            m = _CALL_HEAD.match(buf)
-            full = self._max_calls is not None and len(self.tool_calls) >= self._max_calls
-            if m is None or full:
+            st = self._open_streamed(buf)
+            if st is None:
                 return
-            try:
-                name = json.loads('"' + m.group(1) + '"')
-            except ValueError:
-                return
-            start = CallStart(len(self.tool_calls), self._new_call_id(), name)
-            st = self._streaming = _Streaming(start, m.end(), m.end())
-            out.append(start)
+            self._streaming = st
+            out.append(st.start)
+        if st.xml is not None:
+            text = st.xml.feed(buf)
+            if text:
+                out.append(CallArgs(st.start.index, text))
+            return
         end = len(buf) - _tail_hold(buf)
         if end > st.sent:
             out.append(CallArgs(st.start.index, buf[st.sent : end]))
             st.sent = end
+
+    def _open_streamed(self, buf: str) -> _Streaming | None:
+        """The streamed call whose head `buf` starts with, once its name is read."""
+        if self._max_calls is not None and len(self.tool_calls) >= self._max_calls:
+            return None
+        m = XML_HEAD.match(buf)
+        if m is not None:
+            name = m.group(1).strip()
+            xml = XmlArgs(name, m.end(), self._schemas)
+        else:
+            m = _CALL_HEAD.match(buf)
+            if m is None:
+                return None
+            try:
+                name = json.loads('"' + m.group(1) + '"')
+            except ValueError:
+                return None
+            xml = None
+        start = CallStart(len(self.tool_calls), self._new_call_id(), name)
+        return _Streaming(start, m.end(), m.end(), xml)
 
     def _end_streamed(self, body: str, out: list[Event], closed: bool) -> None:
         """The streamed call's span ended (closed, or cut by the cap): the rest of its arguments,
@@ -362,14 +383,24 @@ class OutputParser:
         st = self._streaming
         assert st is not None
         self._streaming = None
+        if st.xml is not None:
+            out.append(CallArgs(st.start.index, st.xml.close(body)))
+            args = "".join(st.xml.parts)
+        else:
+            args = self._hermes_args(st, body, out, closed)
+        call = ToolCall(st.start.index, st.start.id, st.start.name, args, streamed=True)
+        self.tool_calls.append(call)
+        out.append(call)
+
+    @staticmethod
+    def _hermes_args(st: _Streaming, body: str, out: list[Event], closed: bool) -> str:
+        """A Hermes call's arguments are the span's text: what is left of them goes out."""
         args = body[st.args_from :].rstrip()
         if closed and args.endswith("}"):  # the span's object closes after the arguments
             args = args[:-1].rstrip()
         if len(args) > st.sent - st.args_from:
             out.append(CallArgs(st.start.index, args[st.sent - st.args_from :]))
-        call = ToolCall(st.start.index, st.start.id, st.start.name, args, streamed=True)
-        self.tool_calls.append(call)
-        out.append(call)
+        return args
 
     def _close_call(self, body: str, out: list[Event]) -> None:
         if self._streaming is not None:

@@ -271,7 +271,8 @@ async def test_a_template_with_xml_calls_gets_xml_grammars_and_typed_calls(
         "<tool_call>\n<function=Read>\n<parameter=city>\n7\n</parameter>\n"
         "<parameter=unit>\nc\n</parameter>\n</function>\n</tool_call>"
     )
-    fake = {"reply": {"pieces": [xml[:20], xml[20:]]}, "tokenizer": {"xml_calls": True}}
+    pieces = [xml[i : i + 5] for i in range(0, len(xml), 5)]
+    fake = {"reply": {"pieces": pieces}, "tokenizer": {"xml_calls": True}}
     d = await loaded(rig, fake)
     named = {"type": "function", "function": {"name": "Read"}}
     for stream in (False, True):
@@ -283,6 +284,8 @@ async def test_a_template_with_xml_calls_gets_xml_grammars_and_typed_calls(
                     c for f in frames[:-1] for c in f["choices"][0]["delta"].get("tool_calls", [])
                 ]
                 args = "".join(c["function"]["arguments"] for c in calls)
+                # the call streams: its name first, then its arguments as JSON, piece by piece
+                assert calls[0]["function"]["name"] == "Read" and len(calls) > 4
             else:
                 await r.aread()
                 args = r.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
