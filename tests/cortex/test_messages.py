@@ -793,6 +793,32 @@ async def test_context_length_exceeded_uses_claude_code_wording(
         }
 
 
+@pytest.mark.parametrize(
+    ("param", "named"),
+    [
+        ("response_format.json_schema.schema", "output_config.format.schema"),
+        ("tools[1].function.parameters", "tools[1].input_schema"),
+    ],
+)
+async def test_a_bad_schema_is_named_by_its_anthropic_field(
+    cortex: Cortex, fake: FakeNeuron, param: str, named: str
+) -> None:
+    """The neuron checks schemas under the chat fields the translation put them in; the
+    Anthropic client hears the field it sent."""
+    problem = "is not a supported JSON schema: Invalid type: thing"
+    fake.reply_override["/v1/chat/completions"] = (
+        400,
+        error_body(f"'{param}' {problem}", "invalid_request_error", "invalid_value", param),
+    )
+    for stream in (False, True):
+        r = await post(cortex, body(stream=stream))
+        assert r.status_code == 400
+        assert r.json() == {
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": f"'{named}' {problem}"},
+        }
+
+
 async def test_upstream_4xx_message_passes_and_5xx_is_summarised(
     cortex: Cortex, fake: FakeNeuron
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from helexa.translate.request import TranslationError, translate_request
+from helexa.translate.request import TranslationError, anthropic_fields, translate_request
 
 
 def body(**over: Any) -> dict[str, Any]:
@@ -916,3 +916,12 @@ def test_count_tokens_body_is_still_validated() -> None:
         "document",
         count_tokens=True,
     )
+
+
+def test_error_messages_name_the_anthropic_fields_the_chat_ones_came_from() -> None:
+    assert anthropic_fields("'response_format.json_schema.schema' is bad") == (
+        "'output_config.format.schema' is bad"
+    )
+    text = "tools[0].function.parameters and tools[12].function.parameters.properties.x"
+    assert anthropic_fields(text) == "tools[0].input_schema and tools[12].input_schema.properties.x"
+    assert anthropic_fields("temperature must be <= 2") == "temperature must be <= 2"

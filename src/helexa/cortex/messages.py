@@ -18,6 +18,7 @@ from helexa.cortex.neuron_client import NeuronCallError
 from helexa.cortex.observer import PROMPT_HEADER, TokenObserver, prompt_header
 from helexa.cortex.proxy import ClientGone, Proxy, to_client
 from helexa.cortex.upstream import Response
+from helexa.translate.request import anthropic_fields
 from helexa.translate.response import message_id, translate_response
 from helexa.translate.stream import PING, AnthropicStream
 from helexa.wire import sse
@@ -33,8 +34,9 @@ def invalid_body(detail: str) -> ApiError:
 
 
 def upstream_error(status: int, body: Any, retry_after: str | None) -> ApiError:
-    """A neuron non-2xx in Anthropic terms: 4xx messages pass, 5xx are summarised,
-    and context overflow uses the wording Claude Code compacts on."""
+    """A neuron non-2xx in Anthropic terms: 4xx messages pass (naming the Anthropic fields
+    rather than the chat ones they became), 5xx are summarised, and context overflow uses the
+    wording Claude Code compacts on."""
     env = body.get("error") if isinstance(body, dict) else None
     env = env if isinstance(env, dict) else {}
     if env.get("code") == "context_length_exceeded":
@@ -43,6 +45,8 @@ def upstream_error(status: int, body: Any, retry_after: str | None) -> ApiError:
     message = env.get("message")
     if status >= 500 or not isinstance(message, str):
         message = f"upstream returned {status}"
+    else:
+        message = anthropic_fields(message)
     err = ApiError(status, env.get("code") if isinstance(env.get("code"), str) else None, message)
     if retry_after is not None and retry_after.isdigit():
         err.retry_after = int(retry_after)

@@ -13,9 +13,15 @@ turn join the top-level `system`.
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# chat fields this translation fills from Anthropic ones, which a neuron's 400 may name
+_CHAT_FIELDS = re.compile(
+    r"response_format\.json_schema\.schema|tools\[(\d+)\]\.function\.parameters"
+)
 
 
 class TranslationError(ValueError):
@@ -320,6 +326,18 @@ def _response_format(config: Any) -> dict[str, Any] | None:
     schema = fmt.get("schema")
     _require(isinstance(schema, dict), "output_config.format.schema must be an object")
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+
+
+def _anthropic_field(m: re.Match[str]) -> str:
+    index = m.group(1)
+    return "output_config.format.schema" if index is None else f"tools[{index}].input_schema"
+
+
+def anthropic_fields(text: str) -> str:
+    """`text` (a neuron's error message) naming the Anthropic fields the chat
+    fields it names were translated from: `response_format.json_schema.schema` is
+    `output_config.format.schema`, `tools[i].function.parameters` is `tools[i].input_schema`."""
+    return _CHAT_FIELDS.sub(_anthropic_field, text)
 
 
 def translate_request(body: dict[str, Any], *, count_tokens: bool = False) -> dict[str, Any]:
