@@ -177,6 +177,20 @@ def test_anthropic_forced_tool(ant: Any, stream: bool) -> None:
     Order.model_validate(uses[0].input)
 
 
+def test_anthropic_bad_schemas_name_the_anthropic_fields(ant: Any) -> None:
+    """The neuron refuses a schema it can't enforce; the SDK hears the field it sent."""
+    bad = {"type": "thing"}
+    kw: dict[str, Any] = {"model": MODEL, "max_tokens": 30, "messages": MSGS}
+    fmt = {"type": "json_schema", "schema": bad}
+    with pytest.raises(anthropic.BadRequestError) as e:
+        ant.messages.create(**kw, extra_body={"output_config": {"format": fmt}})
+    assert "'output_config.format.schema' is not a supported JSON schema" in e.value.message
+    tools = [{"name": "a", "input_schema": {"type": "object"}}, {"name": "b", "input_schema": bad}]
+    with pytest.raises(anthropic.BadRequestError) as e:
+        ant.messages.create(**kw, tools=tools, tool_choice={"type": "tool", "name": "b"})
+    assert "'tools[1].input_schema' is not a supported JSON schema" in e.value.message
+
+
 def test_llm_cli_schema(sdk_stack: Stack, tmp_path: Path) -> None:
     """Simon Willison's `llm --schema`, on a model its config marks `supports_schema`."""
     if importlib.util.find_spec("llm") is None:
