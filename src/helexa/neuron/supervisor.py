@@ -478,18 +478,14 @@ class Supervisor:
         self.stall_secs = stall_secs
         self.environ = dict(os.environ if environ is None else environ)
 
-    def worker_env(self, devices: Sequence[int], kind: str, harness: str) -> dict[str, str]:
+    def worker_env(self, devices: Sequence[int], kind: str) -> dict[str, str]:
         env = dict(self.environ)
-        # Idle OpenMP threads must not spin on a shared CPU: a spinning torch worker starved the
-        # daemon and any other process (decode fell ~5x with one competitor), so torch's sleep
-        # at once. llama.cpp wakes its threads for every token's graph: sleeping at once halved
-        # its decode (177 -> 73 tok/s), a short spin keeps it (167) and still yields to a
-        # competitor (57 vs 46 tok/s with the default spin) — bench numbers in docs/reference.md.
+        # Idle OpenMP threads spin only briefly: with libgomp's default spin a worker starved the
+        # daemon and any other process on a shared CPU (decode fell ~5x beside one competitor),
+        # and sleeping at once (OMP_WAIT_POLICY=PASSIVE) cost llama.cpp half its decode and a
+        # compiled torch step 45 % (numbers in docs/reference.md, `worker_threads`).
         if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
-            if harness == "llamacpp":
-                env["GOMP_SPINCOUNT"] = "1000"
-            else:
-                env["OMP_WAIT_POLICY"] = "PASSIVE"
+            env["GOMP_SPINCOUNT"] = "1000"
         if self.cuda_env is not None:
             env.update(self.cuda_env(list(devices), kind))
         elif kind == "cpu":
@@ -512,7 +508,7 @@ class Supervisor:
             model_id,
             spec,
             cmd=self.worker_cmd,
-            env=self.worker_env(devices, kind, spec.harness),
+            env=self.worker_env(devices, kind),
             on_fault=on_fault,
             stop_grace=self.stop_grace,
             stall_secs=self.stall_secs,

@@ -222,11 +222,11 @@ async def test_worker_env_and_devices(tmp_path: Path) -> None:
     assert visible_devices([1, 0], None) == "1,0"
     assert visible_devices([1], "4,5,6") == "5"
     sup = Supervisor(WORKER_CMD, environ={"CUDA_VISIBLE_DEVICES": "2,3", "X": "1"})
-    assert sup.worker_env([1], "cuda", "torch")["CUDA_VISIBLE_DEVICES"] == "3"
-    assert sup.worker_env([0], "cpu", "torch")["CUDA_VISIBLE_DEVICES"] == ""
-    assert sup.worker_env([0], "cpu", "torch")["X"] == "1"
+    assert sup.worker_env([1], "cuda")["CUDA_VISIBLE_DEVICES"] == "3"
+    assert sup.worker_env([0], "cpu")["CUDA_VISIBLE_DEVICES"] == ""
+    assert sup.worker_env([0], "cpu")["X"] == "1"
     sup.cuda_env = lambda devs, kind: {"CUDA_VISIBLE_DEVICES": "GPU-x"}
-    assert sup.worker_env([0], "cuda", "torch")["CUDA_VISIBLE_DEVICES"] == "GPU-x"
+    assert sup.worker_env([0], "cuda")["CUDA_VISIBLE_DEVICES"] == "GPU-x"
     d = model_dir(tmp_path, "m")
     h = Supervisor(WORKER_CMD, environ={**os.environ, "CUDA_VISIBLE_DEVICES": "7"}).handle(
         "m", spec(d), [0], "cuda"
