@@ -16,6 +16,7 @@ import asyncio
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,20 @@ class Bare:
         span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
         tps = (len(stamps) - 1) / span if span > 0 else float("nan")
         return stamps[0] - start, tps, len(stamps)
+
+
+def chat_ids(tok: Any) -> Callable[[str], list[int]]:
+    """A user message's prompt ids through the model's chat template (the bare runs' input)."""
+
+    def ids_of(text: str) -> list[int]:
+        msgs = [{"role": "user", "content": text}]
+        return list(
+            tok.apply_chat_template(
+                msgs, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+
+    return ids_of
 
 
 def long_text(tok: Any, n: int) -> str:
@@ -143,13 +158,7 @@ def run(args: argparse.Namespace) -> None:
     tok = AutoTokenizer.from_pretrained(hf)
     threads = len(os.sched_getaffinity(0))
 
-    def ids_of(text: str) -> list[int]:
-        msgs = [{"role": "user", "content": text}]
-        return list(
-            tok.apply_chat_template(
-                msgs, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        )
+    ids_of = chat_ids(tok)
 
     print(f"model: qwen3 {args.hidden}x{args.layers}, {threads} threads, {args.tokens} tokens")
     models = [(str(files["F32"]), GGUF_ID, "llamacpp"), (str(hf), MODEL_ID, "torch")]

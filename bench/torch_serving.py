@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fixtures.gguf import write_gguf
-from llamacpp_decode import Bare, long_text
+from llamacpp_decode import Bare, chat_ids, long_text
 from neuron_decode import (
     MODEL_ID,
     PROMPT,
@@ -134,13 +134,7 @@ def run(args: argparse.Namespace) -> None:
     tok = AutoTokenizer.from_pretrained(hf)
     threads = len(os.sched_getaffinity(0))
 
-    def ids_of(text: str) -> list[int]:
-        msgs = [{"role": "user", "content": text}]
-        return list(
-            tok.apply_chat_template(
-                msgs, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        )
+    ids_of = chat_ids(tok)
 
     print(f"model: qwen3 {args.hidden}x{args.layers} fp32, {threads} threads, {args.tokens} tokens")
     models = [(str(hf), MODEL_ID, "torch"), (str(hf), COMPILED_ID, "torch")]
