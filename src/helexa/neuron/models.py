@@ -48,8 +48,9 @@ from helexa.neuron.records import (
     ModelRecord,
 )
 from helexa.neuron.sources import ResolvedSpec, resolve_spec
-from helexa.neuron.supervisor import Supervisor, WorkerCrashed, WorkerHandle
+from helexa.neuron.supervisor import Supervisor, WorkerHandle
 from helexa.neuron.views import loaded_reply, token_limit
+from helexa.neuron.worker_errors import WorkerCrashed
 from helexa.neuron.worker_start import (
     DevicesFn,
     EstimateFn,

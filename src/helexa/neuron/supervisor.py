@@ -46,39 +46,13 @@ from helexa.neuron.engine.frames import (
 from helexa.neuron.engine.loader import LoadSpec
 from helexa.neuron.engine.protocol import ProtocolError, encode, read_event
 from helexa.neuron.memory import rss_mb
+from helexa.neuron.worker_errors import RequestFailed, WorkerCrashed, WorkerError, WorkerStopped
 
 log = logging.getLogger("helexa.neuron.supervisor")
 
 WORKER_CMD_ENV = "HELEXA_NEURON_WORKER_CMD"  # tests point this at a fake worker
 DEFAULT_STOP_GRACE = 10.0
 DEFAULT_STALL_SECS = 300.0
-
-
-class WorkerError(Exception):
-    """Base of everything a worker can do to a request besides answering it."""
-
-
-class WorkerCrashed(WorkerError):
-    """The worker died or faulted; `reason` is crash | non_finite | cuda_error | hang."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-class WorkerStopped(WorkerError):
-    """The worker was stopped on purpose (unload, shutdown) while the request ran."""
-
-
-class RequestFailed(WorkerError):
-    """The worker refused or failed one request (`error` frame) but is itself fine."""
-
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
 
 
 def _request_failed(frame: Error) -> RequestFailed:

@@ -16,7 +16,8 @@ from helexa.neuron.engine.loader import FaultPlan, LoadSpec
 from helexa.neuron.errors import insufficient_memory, load_failed
 from helexa.neuron.gguf_files import shard_paths
 from helexa.neuron.records import DeviceView, ModelRecord
-from helexa.neuron.supervisor import Supervisor, WorkerCrashed, WorkerHandle
+from helexa.neuron.supervisor import Supervisor, WorkerHandle
+from helexa.neuron.worker_errors import WorkerCrashed
 from helexa.wire.errors import ApiError
 
 DevicesFn = Callable[[], Awaitable[list[DeviceView]]]

@@ -16,14 +16,8 @@ from helexa.neuron.engine.errors import LoadError
 from helexa.neuron.engine.frames import Delta, Done, Generate, Pong, Progress
 from helexa.neuron.engine.loader import LoadSpec
 from helexa.neuron.memory import rss_mb
-from helexa.neuron.supervisor import (
-    RequestFailed,
-    Supervisor,
-    WorkerCrashed,
-    WorkerHandle,
-    WorkerStopped,
-    visible_devices,
-)
+from helexa.neuron.supervisor import Supervisor, WorkerHandle, visible_devices
+from helexa.neuron.worker_errors import RequestFailed, WorkerCrashed, WorkerStopped
 
 
 def handle_for(path: Path, faults: list[WorkerCrashed] | None = None, **kw: Any) -> WorkerHandle:

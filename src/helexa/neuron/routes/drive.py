@@ -19,7 +19,7 @@ from helexa.neuron.records import ModelRecord
 from helexa.neuron.routes.plumbing import PROMPT_HEADER
 from helexa.neuron.routes.sinks import Sink
 from helexa.neuron.service import Neuron
-from helexa.neuron.supervisor import (
+from helexa.neuron.worker_errors import (
     RequestFailed,
     WorkerCrashed,
     WorkerError,

@@ -29,7 +29,7 @@ from helexa.neuron.routes.plumbing import (
 )
 from helexa.neuron.routes.sinks import ChatSink, CompletionSink, ResponsesSink, Sink
 from helexa.neuron.service import NEURON, Neuron
-from helexa.neuron.supervisor import (
+from helexa.neuron.worker_errors import (
     WorkerError,
 )
 from helexa.wire.http import json_response
