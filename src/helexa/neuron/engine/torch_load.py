@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from helexa.neuron.engine.cpu_linear import pack_linears
 from helexa.neuron.engine.errors import LoadError, load_failed
 from helexa.neuron.engine.frames import Progress
 from helexa.neuron.engine.harnesses import OnProgress
@@ -52,6 +53,8 @@ def load(spec: LoadSpec, progress: OnProgress | None = None) -> TorchEngine:
         emit(Progress("load", total, total))
         emit(Progress("warmup"))
         eng.warmup()
+        if device.type == "cpu" and not eng.compiled:
+            pack_linears(model)
     except LoadError:
         raise
     except Exception as e:
