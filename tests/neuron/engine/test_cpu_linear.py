@@ -57,7 +57,7 @@ def test_stock_keeps_the_model_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None
     assert type(m[0]) is torch.nn.Linear
 
 
-@pytest.mark.parametrize(("packed_secs", "packs"), [(0.5, 2), (0.95, 0)])
+@pytest.mark.parametrize(("packed_secs", "packs"), [(0.5, 2), (1.05, 2), (1.5, 0)])
 def test_auto_packs_only_shapes_measured_faster(
     monkeypatch: pytest.MonkeyPatch, packed_secs: float, packs: int
 ) -> None:

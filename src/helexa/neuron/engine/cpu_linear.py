@@ -31,7 +31,7 @@ import torch
 log = logging.getLogger("helexa.neuron.engine")
 
 _ROWS = (1, 4)  # decode shapes the load-time measurement times
-_GAIN = 0.9  # packed must take under 90 % of the stock time to be chosen
+_SLACK = 1.1  # packed is kept unless over 10 % slower (the timing favours stock, see measure)
 ENV = "HELEXA_CPU_LINEAR"  # auto (measure), packed or stock: for operators and tests
 
 
@@ -84,7 +84,9 @@ def _best_of(fn: Callable[[], object], reps: int = 5) -> float:
 
 def measure(linear: torch.nn.Linear) -> tuple[float, float]:
     """(stock, packed) seconds for one decode-shaped call of each row count in _ROWS, summed;
-    best of a few, so a noisy neighbour's stall doesn't decide."""
+    best of a few, so a noisy neighbour's stall doesn't decide. The matrix is warm in the caches
+    here, unlike in a real step where it comes from memory: that favours the stock path on small
+    matrices (a 256x768 one measures even here, 42 vs 40 us), so only a clear loss keeps it."""
     packed = _pack(linear.weight)
     stock = fast = 0.0
     for rows in _ROWS:
@@ -125,7 +127,7 @@ def pack_linears(model: torch.nn.Module) -> int:
         total += len(group)
         if mode == "auto":
             stock, fast = measure(group[0][1])
-            won = fast < stock * _GAIN
+            won = fast <= stock * _SLACK
             log.info(
                 "linear %dx%d (%d of them): packed %.0f us vs stock %.0f us -> %s",
                 shape[0],
