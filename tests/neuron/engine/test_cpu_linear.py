@@ -148,3 +148,18 @@ def test_a_packed_worker_batches_four_streams_to_their_solo_tokens(
     alone = [w.generate(p, max_tokens=24).ids for p in ps]
     rids = [w.submit(p, max_tokens=24) for p in ps]
     assert [w.collect(r).ids for r in rids] == alone
+
+
+def test_packing_lets_go_of_the_checkpoints_mapping(
+    tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What stays stock (embeddings, norms) is copied out of the safetensors mapping, which
+    would otherwise keep the dropped weights' pages mapped and counted as the worker's memory."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv(ENV, "packed")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_qwen3), dtype=torch.float32)
+    before = {name: p.data_ptr() for name, p in model.named_parameters()}
+    assert pack_linears(model) > 0
+    after = dict(model.named_parameters())
+    assert after and all(after[name].data_ptr() != before[name] for name in after)

@@ -147,6 +147,17 @@ def pack_linears(model: torch.nn.Module) -> int:
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, PackedLinear(linear, packed))
             n += 1
+    if n:
+        _own_the_rest(model)
     if total:
         log.info("%d of %d linears packed for oneDNN (%s=%s)", n, total, ENV, mode)
     return n
+
+
+def _own_the_rest(model: torch.nn.Module) -> None:
+    """Copy the tensors still backed by the checkpoint's file mapping (embeddings, norms) into
+    memory of their own, so the mapping goes with them: the dropped weights' pages would
+    otherwise stay mapped and count in the worker's measured memory (a 300 MB model held
+    557 MB anonymous + 402 MB of file pages after packing, instead of about 650 MB in all)."""
+    for p in model.parameters():
+        p.data = p.data.clone()
