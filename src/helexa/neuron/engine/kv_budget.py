@@ -2,12 +2,14 @@
 
 A generation's KV can grow to its prompt plus `max_tokens`; rows of a left-padded batch each
 take as many positions as the longest row (padding is cut when rows leave, so the batch is never
-wider than its longest row's end). A newcomer that would push that bound over the budget waits
+wider than its longest row's end); a static batch holds its whole block, slots x columns, from
+the first row (`shape`). A newcomer that would push that bound over the budget waits
 in the worker until another generation leaves; one alone is always started, as before batching.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from helexa.neuron.engine.generation import GenerationState
@@ -25,12 +27,17 @@ class KvBudget:
     budget: int | None  # bytes for every generation's KV; None: not bounded
     max_batch: int  # generations stepped at once
     padded: bool  # rows share one left-padded cache
+    # a static batch: (rows, longest need) -> the (slots, columns) it holds, all allocated
+    shape: Callable[[int, int], tuple[int, int]] | None = None
 
     def bytes_for(self, needs: list[int]) -> int:
         """The most KV these generations (each needing that many positions) can hold."""
         if not needs:
             return 0
         positions = len(needs) * max(needs) if self.padded else sum(needs)
+        if self.shape is not None:
+            slots, columns = self.shape(len(needs), max(needs))
+            positions = slots * columns
         return positions * self.per_token + len(needs) * self.per_row
 
     def admits(self, state: GenerationState, running: list[GenerationState]) -> bool:

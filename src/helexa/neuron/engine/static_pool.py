@@ -7,6 +7,16 @@ from typing import Any
 MIN_STATIC = 256
 
 
+def cache_len(n: int, cap: int | None, fixed: bool) -> int:
+    """Positions of a static cache for `n` tokens: a power of two (>= MIN_STATIC) up to the
+    context cap `cap`, or, `fixed`, the cap itself (past the cap, which the daemon clamps so it
+    is rare: exactly n)."""
+    if cap is not None and (n >= cap or fixed):
+        return max(n, cap)
+    size = max(MIN_STATIC, 1 << max(0, n - 1).bit_length())
+    return size if cap is None else min(size, cap)
+
+
 class StaticPool:
     """StaticCaches by size. Sizes are powers of two (>= 256) up to the context cap; with
     `fixed` (the compiled path) every request that fits gets a cache of the full cap, so one
@@ -19,10 +29,7 @@ class StaticPool:
         self.free: dict[int, list[Any]] = {}
 
     def size_for(self, n: int) -> int:
-        if self.cap is not None and (n >= self.cap or self.fixed):
-            return max(n, self.cap)  # past the cap (the daemon clamps, so rare): exactly n
-        size = max(MIN_STATIC, 1 << max(0, n - 1).bit_length())
-        return size if self.cap is None else min(size, self.cap)
+        return cache_len(n, self.cap, self.fixed)
 
     def acquire(self, n: int) -> tuple[Any, int]:
         import torch

@@ -59,7 +59,71 @@ def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
     return t if n == 0 else torch.nn.functional.pad(t, (0, 0, n, 0))
 
 
-class DecodeBatch:
+class Batch:
+    """What the engine drives on a batch: `step` and `release`, over the rows a kind of batch
+    holds (`rows` in the order `forward` returns their logits) and how it joins, decodes,
+    drops and gives up on them."""
+
+    rows: list[GenerationState]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def join(self, state: GenerationState, cache: Any, n_tokens: int) -> None:
+        raise NotImplementedError
+
+    def forward(self, model: Forward, tokens: list[int], **kw: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def leave(self, state: GenerationState, *, keep: bool = False) -> Any:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Drop every row (after a failed join or forward left the cache half-updated)."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def step(
+        self,
+        model: Forward,
+        active: list[GenerationState],
+        *,
+        keep: bool,
+        own: Callable[[GenerationState], Any],
+        solo: bool,
+        **kw: Any,
+    ) -> dict[GenerationState, torch.Tensor | Exception]:
+        """Rows that need no token leave (their own cache, with `keep`, goes back on
+        `state.cache`), the newly prefilled join (`own(state)`: the cache the batch takes),
+        then one forward for all: each row's logits, or, for every row and newcomer, the
+        exception a join or the forward raised (the cache may be half-updated, so the batch is
+        given up). With `solo`, a generation alone stays out (it decodes on its own, compiled)."""
+        todo = [s for s in active if s.token_ids and not s.finished and _wants(s)]
+        wanted = set(todo)
+        try:
+            for s in [r for r in self.rows if r not in wanted]:
+                s.cache = self.leave(s, keep=keep)
+            newcomers = [s for s in todo if s.cache is not self]
+            if solo and not self.rows and len(newcomers) < 2:
+                return {}
+            for s in newcomers:
+                self.join(s, own(s), fed(s))
+                s.cache = self
+            if not self.rows:
+                return {}
+            logits = self.forward(model, [s.token_ids[-1] for s in self.rows], **kw)
+        except Exception as e:
+            failed: dict[GenerationState, torch.Tensor | Exception] = dict.fromkeys(todo, e)
+            self.reset()
+            return failed
+        return dict(zip(self.rows, logits, strict=True))
+
+    def release(self, state: GenerationState, *, keep: bool) -> Any:
+        """A member's end: its own cache with `keep` (else None); nothing if it already left."""
+        return self.leave(state, keep=keep) if state in self.rows else None
+
+
+class DecodeBatch(Batch):
     """Rows past their prefill, in one left-padded cache; `forward` decodes them together."""
 
     def __init__(self, device: torch.device, cache_kw: str = "cache") -> None:
@@ -69,9 +133,6 @@ class DecodeBatch:
         self.lengths: list[int] = []  # real (unpadded) tokens each row holds in the cache
         self.cache: Any = None
         self.mask: torch.Tensor | None = None  # (rows, width): 1 on real tokens, 0 on padding
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
     @property
     def width(self) -> int:
@@ -119,45 +180,8 @@ class DecodeBatch:
         self.lengths = [n + 1 for n in self.lengths]
         return out.logits[:, -1].to(torch.float32)
 
-    @torch.inference_mode()
-    def step(
-        self,
-        model: Forward,
-        active: list[GenerationState],
-        *,
-        keep: bool,
-        own: Callable[[GenerationState], Any],
-        solo: bool,
-        **kw: Any,
-    ) -> dict[GenerationState, torch.Tensor | Exception]:
-        """Rows that need no token leave (their own cache, with `keep`, goes back on
-        `state.cache`), the newly prefilled join (`own(state)`: the cache the batch takes),
-        then one forward for all: each row's logits, or, for every row and newcomer, the
-        exception a join or the forward raised (the cache may be half-updated, so the batch is
-        given up). With `solo`, a generation alone stays out (it decodes on its own, compiled)."""
-        todo = [s for s in active if s.token_ids and not s.finished and _wants(s)]
-        wanted = set(todo)
-        try:
-            for s in [r for r in self.rows if r not in wanted]:
-                s.cache = self.leave(s, keep=keep)
-            newcomers = [s for s in todo if s.cache is not self]
-            if solo and not self.rows and len(newcomers) < 2:
-                return {}
-            for s in newcomers:
-                self.join(s, own(s), fed(s))
-                s.cache = self
-            if not self.rows:
-                return {}
-            logits = self.forward(model, [s.token_ids[-1] for s in self.rows], **kw)
-        except Exception as e:
-            failed: dict[GenerationState, torch.Tensor | Exception] = dict.fromkeys(todo, e)
-            self.rows, self.lengths, self.cache, self.mask = [], [], None, None
-            return failed
-        return dict(zip(self.rows, logits, strict=True))
-
-    def release(self, state: GenerationState, *, keep: bool) -> Any:
-        """A member's end: its own cache with `keep` (else None); nothing if it already left."""
-        return self.leave(state, keep=keep) if state in self.rows else None
+    def reset(self) -> None:
+        self.rows, self.lengths, self.cache, self.mask = [], [], None, None
 
     @torch.inference_mode()
     def leave(self, state: GenerationState, *, keep: bool = False) -> Any:
@@ -212,19 +236,20 @@ def _row_copy(layer: Any, i: int, n: int, pad: int = 0) -> Any:
     return mine
 
 
-def as_dynamic(cache: Any, n: int, config: Any) -> Any:
-    """A one-sequence cache of another kind (a pooled `StaticCache`) as a `DynamicCache`
-    holding copies of its first `n` positions, which a batch can pad."""
+def as_dynamic(cache: Any, n: int, config: Any, *, row: int = 0, start: int = 0) -> Any:
+    """Row `row` of a cache of another kind (a pooled `StaticCache`, a static batch) as a
+    one-sequence `DynamicCache` holding copies of its `n` positions from `start`, which a
+    batch can pad and a prefix cache keep."""
     from transformers import DynamicCache
 
     out = DynamicCache(config=config)
     for j, (src, dst) in enumerate(zip(cache.layers, out.layers, strict=True)):
         if _linear(src):
-            out.layers[j] = _row_copy(src, 0, n)
+            out.layers[j] = _row_copy(src, row, n)
         elif isinstance(dst, DynamicLayer) and getattr(src, "is_initialized", False):
             dst.lazy_initialization(src.keys, src.values)
-            dst.keys = src.keys[:, :, :n].clone()
-            dst.values = src.values[:, :, :n].clone()
+            dst.keys = src.keys[row : row + 1, :, start : start + n].clone()
+            dst.values = src.values[row : row + 1, :, start : start + n].clone()
     return out
 
 

@@ -35,7 +35,7 @@ from helexa.neuron.engine.request_checks import (
 from helexa.neuron.engine.sampling import Sampler, defaults_from_generation_config, pick_checked
 from helexa.neuron.engine.static_pool import StaticPool
 from helexa.neuron.engine.tokens import WorkerTokenizer
-from helexa.neuron.engine.torch_batch import DecodeBatch, as_dynamic, fed, kv_cost, refusal
+from helexa.neuron.engine.torch_batch import Batch, DecodeBatch, as_dynamic, fed, kv_cost, refusal
 from helexa.neuron.engine.torch_compile import compile_step, one_size, wanted
 from helexa.neuron.engine.torch_device import (
     DTYPES,
@@ -45,6 +45,7 @@ from helexa.neuron.engine.torch_device import (
     is_oom,
 )
 from helexa.neuron.engine.torch_prefix import DEFAULT_MB, PrefixCache, cuttable
+from helexa.neuron.engine.torch_static_batch import EAGER_CPU, StaticBatch, static_refusal
 
 log = logging.getLogger("helexa.neuron.engine")
 
@@ -137,26 +138,52 @@ class TorchEngine:
         self.prefill_chunk = PREFILL_CHUNK
         self.kv = KvBudget(0, 0, None, spec.max_batch, padded=self.batch is not None)
 
-    def _batching(self) -> tuple[DecodeBatch | None, str | None]:
-        """The decode batch, or why rows are stepped one at a time."""
+    def _batching(self) -> tuple[Batch | None, str | None]:
+        """The decode batch, or why rows are stepped one at a time: a static one when the step
+        is compiled (or, measured faster, eager on the CPU), if the model's layers allow."""
         if self.embedding_only:
             return None, None
         from transformers import DynamicCache
 
-        why = refusal(DynamicCache(config=self.model.config))
-        return (None, why) if why else (DecodeBatch(self.device, self._cache_kw), None)
+        config = self.model.config
+        fresh = DynamicCache(config=config)
+        why = refusal(fresh)
+        if why:
+            return None, why
+        fixed = one_size(self.device)
+        wanted = self._want_compile or (EAGER_CPU and not fixed)
+        if not wanted or static_refusal(fresh, config) is not None:
+            return DecodeBatch(self.device, self._cache_kw), None
+        batch = StaticBatch(
+            self.device,
+            config,
+            cache_kw=self._cache_kw,
+            max_batch=self.spec.max_batch,
+            context_cap=self._context_cap(),
+            fixed=fixed and self._want_compile,
+        )
+        return batch, None
 
     def _kv_budget(self, cache: Any) -> KvBudget:
         """KV bytes measured on the warm-up cache; the budget is `kv_budget_mb`, else 90 % of
         the memory free after load less the prefix cache's share."""
         per_token, per_row = kv_cost(cache)
-        mb = self.spec.kv_budget_mb
+        static = self.batch if isinstance(self.batch, StaticBatch) else None
+        mb, kept = self.spec.kv_budget_mb, 0
         if mb is None:
             free = free_mb(self.device)
             prefix = self.prefix.budget // 2**20 if self.prefix is not None else 0
             mb = None if free is None else max(0, int(free * 0.9) - prefix)
-        budget = None if mb is None else mb * 2**20
-        return KvBudget(per_token, per_row, budget, self.spec.max_batch, self.batch is not None)
+            kept = static.nbytes() if static is not None else 0  # allocated already, not free
+        budget = None if mb is None else mb * 2**20 + kept
+        return KvBudget(
+            per_token,
+            per_row,
+            budget,
+            self.spec.max_batch,
+            self.batch is not None,
+            shape=static.held if static is not None else None,
+        )
 
     def _prefix_cache(self) -> PrefixCache | None:
         """None for a zero budget, or for a hybrid on pooled static caches (its recurrent
@@ -215,6 +242,8 @@ class TorchEngine:
             self._forward(torch.tensor([[tok, tok]], device=self.device), cache, False)
             for _ in range(3):
                 self._forward(torch.tensor([[tok]], device=self.device), cache, True)
+            if isinstance(self.batch, StaticBatch):  # every bucket's graph
+                self.batch.warm(self._decode_fn, cache, tok, **self._keep_kw)
         except Exception as e:
             log.warning(
                 "compiling the decode step failed, decoding eagerly: %s: %s", type(e).__name__, e
@@ -229,6 +258,7 @@ class TorchEngine:
 
     def _eager_again(self) -> None:
         """After a failed compile: the caches and decode paths of an eager model."""
+        self._want_compile = False
         self.static = bool(self.spec.static_cache)
         self._pool = StaticPool(self.model.config, self._context_cap()) if self.static else None
         self.prefix = self._prefix_cache()
@@ -318,7 +348,7 @@ class TorchEngine:
 
     def release(self, state: GenerationState) -> None:
         self._prefilling.pop(state, None)
-        if isinstance(state.cache, DecodeBatch):  # a batch row leaves with its own cache
+        if self.batch is not None and state.cache is self.batch:  # a row leaves with its cache
             state.cache = state.cache.release(state, keep=self.prefix is not None)
         if self.prefix is not None and state.cache is not None:  # all but the last token fed
             held = len(state.prompt) + len(state.token_ids) - 1
@@ -348,10 +378,12 @@ class TorchEngine:
 
     def _joining(self, state: GenerationState) -> Any:
         """The cache a generation joins the batch with: a pooled static one is copied out
-        (dynamic) and goes back to the pool."""
+        (dynamic) and goes back to the pool; a static batch copies from it as it is (at once:
+        the pool hands it out again only to a prefill)."""
         if self._pool is None:
             return state.cache
-        own = as_dynamic(state.cache, fed(state), self.model.config)
+        static = isinstance(self.batch, StaticBatch)
+        own = state.cache if static else as_dynamic(state.cache, fed(state), self.model.config)
         self._release_cache(state.cache, state.slot)
         state.slot = None
         return own
@@ -359,8 +391,9 @@ class TorchEngine:
     def step(self, active: list[GenerationState]) -> list[StepResult]:
         if self.batch is not None:
             keep = self.prefix is not None
+            compiled = self._decode_fn if isinstance(self.batch, StaticBatch) else None
             self._decoded = self.batch.step(
-                self.model,
+                compiled or self.model,
                 active,
                 keep=keep,
                 own=self._joining,

@@ -1,0 +1,303 @@
+"""The static decode batch (torch_static_batch): rows in the slots of one preallocated cache give
+exactly their solo greedy tokens (fp32) whatever joins, leaves, grows or shrinks around them,
+eager and compiled; the compiled forward is built at load and never again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from workerctl import WorkerClient  # noqa: E402
+
+from helexa.neuron.engine.frames import Generate  # noqa: E402
+from helexa.neuron.engine.generation import GenerationState  # noqa: E402
+from helexa.neuron.engine.kv_budget import KvBudget  # noqa: E402
+from helexa.neuron.engine.loader import LoadSpec  # noqa: E402
+from helexa.neuron.engine.torch_batch import DecodeBatch  # noqa: E402
+from helexa.neuron.engine.torch_engine import TorchEngine  # noqa: E402
+from helexa.neuron.engine.torch_load import load  # noqa: E402
+from helexa.neuron.engine.torch_static_batch import StaticBatch, bucket  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def prompts(*lengths: int, seed: int = 7) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(10, 500, (n,), generator=g).tolist() for n in lengths]
+
+
+def engine(path: Path, compile: str = "off", **spec: Any) -> TorchEngine:
+    frame = {"path": str(path), "served_id": "s", "quant": "fp32", "compile": compile}
+    eng = load(LoadSpec.from_frame({"prefix_cache_mb": 0, **frame, **spec}))
+    if compile == "off":  # the eager static batch (EAGER_CPU leaves it off by default)
+        eng.batch = StaticBatch(
+            eng.device,
+            eng.model.config,
+            cache_kw=eng._cache_kw,
+            max_batch=eng.spec.max_batch,
+            context_cap=eng._context_cap(),
+            fixed=False,
+        )
+    assert isinstance(eng.batch, StaticBatch)
+    return eng
+
+
+def gen(eng: TorchEngine, rid: str, prompt: list[int], n: int = 24) -> GenerationState:
+    return eng.start(Generate(rid, prompt, max_tokens=n, sampling={"temperature": 0}))
+
+
+def run(eng: TorchEngine, states: list[GenerationState]) -> None:
+    while not all(s.finished for s in states):
+        for r in eng.step([s for s in states if not s.finished]):
+            assert r.error is None, r.error
+
+
+def solo(eng: TorchEngine, ps: list[list[int]], n: int = 24) -> list[list[int]]:
+    out = []
+    for i, p in enumerate(ps):
+        s = gen(eng, f"solo{i}", p, n)
+        run(eng, [s])
+        out.append(s.token_ids)
+    return out
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_qwen3: Path) -> TorchEngine:
+    return engine(tiny_qwen3)
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_qwen3: Path) -> TorchEngine:
+    eng = engine(tiny_qwen3, "on", max_prompt_tokens=600, max_output_tokens=300)
+    assert eng.compiled and eng._decode_fn is not None
+    return eng
+
+
+@pytest.fixture(params=["eager", "compiled"])
+def both(request: pytest.FixtureRequest) -> TorchEngine:
+    eng: TorchEngine = request.getfixturevalue(request.param)
+    return eng
+
+
+def test_four_rows_equal_their_solo_runs(both: TorchEngine) -> None:
+    ps = prompts(5, 31, 12, 50)
+    alone = solo(both, ps)
+    shapes: list[tuple[int, ...]] = []
+
+    def seen(_m: Any, _a: Any, kw: dict[str, Any]) -> None:
+        shapes.append(tuple(kw["input_ids"].shape))
+
+    hook = both.model.register_forward_pre_hook(seen, with_kwargs=True)
+    step_fn = both._decode_fn
+    if step_fn is not None:  # compiled: the batch goes through the compiled function
+
+        def counted(**kw: Any) -> Any:
+            hook.remove()  # (a compiled forward may still run the module's hooks)
+            seen(None, None, kw)
+            return step_fn(**kw)
+
+        both._decode_fn = counted
+    states = [gen(both, f"r{i}", p) for i, p in enumerate(ps)]
+    try:
+        run(both, states)
+    finally:
+        hook.remove()
+        both._decode_fn = step_fn
+    assert [s.token_ids for s in states] == alone
+    assert shapes.count((4, 1)) == 23  # one forward for all four, each step after the first
+
+
+def test_a_longer_row_joining_mid_batch_shifts_the_others(both: TorchEngine) -> None:
+    ps = prompts(5, 12, 300, 7)
+    alone = solo(both, ps, 30)
+    first = [gen(both, f"f{i}", p, 30) for i, p in enumerate(ps[:2])]
+    for _ in range(6):
+        both.step(first)
+    batch = both.batch
+    assert isinstance(batch, StaticBatch) and len(batch) == 2 and batch.w < 300
+    late = [gen(both, f"l{i}", p, 30) for i, p in enumerate(ps[2:])]
+    states = first + late
+    run(both, states)
+    assert [s.token_ids for s in states] == alone
+
+
+def test_cancelling_one_of_four_leaves_the_others_alone(eager: TorchEngine) -> None:
+    ps = prompts(5, 31, 12, 50)
+    alone = solo(eager, ps, 30)
+    states = [gen(eager, f"c{i}", p, 30) for i, p in enumerate(ps)]
+    for _ in range(5):
+        eager.step(states)
+    eager.cancel(states[1])
+    run(eager, states)
+    assert states[1].token_ids == alone[1][: len(states[1].token_ids)]
+    assert [states[i].token_ids for i in (0, 2, 3)] == [alone[i] for i in (0, 2, 3)]
+
+
+def test_buckets_grow_with_the_rows_and_shrink_when_few_are_left(eager: TorchEngine) -> None:
+    ps = prompts(*range(4, 12), seed=3)
+    lengths = [6, 8, 10, 12, 14, 16, 18, 40]  # they end one or two apart
+    alone = [solo(eager, [p], n)[0] for p, n in zip(ps, lengths, strict=True)]
+    batch = eager.batch
+    assert isinstance(batch, StaticBatch)
+    states: list[GenerationState] = []
+    slots: list[int] = []
+    for i, (p, n) in enumerate(zip(ps, lengths, strict=True)):
+        if i in (1, 2, 4):  # join two, then one, then the other five
+            for _ in range(2):
+                eager.step(states)
+                slots.append(len(batch.slots))
+        states.append(gen(eager, f"b{i}", p, n))
+    while not all(s.finished for s in states):
+        eager.step([s for s in states if not s.finished])
+        slots.append(len(batch.slots))
+    assert [s.token_ids for s in states] == alone
+    seen = [n for i, n in enumerate(slots) if n and (i == 0 or slots[i - 1] != n)]
+    assert seen == [2, 4, 8, 4, 2]  # 8 rows, then 2 left of 8, then 1 left of 4
+    assert batch.cache is None  # freed when the last row left
+
+
+def test_the_cap_grows_or_the_shared_padding_is_cut(eager: TorchEngine) -> None:
+    batch = eager.batch
+    assert isinstance(batch, StaticBatch)
+    long, short = prompts(200, 5, seed=11)
+    alone = solo(eager, [long, short], 80)
+    # the long row leaves early: the short one's padding is cut instead of a bigger cache
+    states = [gen(eager, "long", long, 8), gen(eager, "short", short, 80)]
+    caps: list[int] = []
+    while not all(s.finished for s in states):
+        eager.step([s for s in states if not s.finished])
+        caps.append(batch.cap)
+    assert states[0].token_ids == alone[0][:8] and states[1].token_ids == alone[1]
+    assert set(caps) - {0} == {256}
+    # both run long: the cache doubles
+    states = [gen(eager, "long2", long, 80), gen(eager, "short2", short, 80)]
+    caps.clear()
+    while not all(s.finished for s in states):
+        eager.step([s for s in states if not s.finished])
+        caps.append(batch.cap)
+    assert [s.token_ids for s in states] == alone
+    assert set(caps) - {0} == {256, 512}
+
+
+def test_a_leaving_row_keeps_its_own_cache_for_the_prefix_cache(tiny_qwen3: Path) -> None:
+    eng = engine(tiny_qwen3, prefix_cache_mb=64)
+    cold = engine(tiny_qwen3)
+    ps = prompts(5, 31, 12, 50)
+    firsts = solo(cold, ps, 10)
+    follow = [p + out + [11, 12, 13] for p, out in zip(ps, firsts, strict=True)]
+    alone = solo(cold, follow, 10)
+    states = [gen(eng, f"k{i}", p, 10) for i, p in enumerate(ps)]
+    run(eng, states)
+    assert [s.token_ids for s in states] == firsts
+    assert eng.prefix is not None and len(eng.prefix.entries) == 4
+    for e, p, out in zip(eng.prefix.entries, ps, firsts, strict=True):
+        assert e.tokens == (p + out)[:-1]  # the row's own columns, without its padding
+    states = [gen(eng, f"n{i}", p, 10) for i, p in enumerate(follow)]
+    run(eng, states)
+    assert [s.token_ids for s in states] == alone
+    assert [s.cached_tokens for s in states] == [
+        len(p) + len(out) - 1 for p, out in zip(ps, firsts, strict=True)
+    ]
+
+
+def test_a_moe_model_batches_in_a_static_cache(tiny_qwen3_moe: Path) -> None:
+    eng = engine(tiny_qwen3_moe)
+    ps = prompts(5, 31, 12, 50)
+    alone = solo(eng, ps)
+    states = [gen(eng, f"m{i}", p) for i, p in enumerate(ps)]
+    run(eng, states)
+    assert [s.token_ids for s in states] == alone
+
+
+def test_hybrid_and_sliding_window_models_keep_the_padded_batch(
+    tiny_qwen3_next: Path,
+) -> None:
+    from transformers import DynamicCache, Qwen3Config
+
+    from helexa.neuron.engine.torch_static_batch import static_refusal
+
+    eng = load(LoadSpec.from_frame({"path": str(tiny_qwen3_next), "compile": "on"}))
+    assert isinstance(eng.batch, DecodeBatch)  # linear-attention layers have no columns
+    cfg = Qwen3Config(num_hidden_layers=2, use_sliding_window=True, sliding_window=16)
+    cfg.layer_types = ["sliding_attention", "full_attention"]
+    cfg._attn_implementation = "sdpa"
+    why = static_refusal(DynamicCache(config=cfg), cfg)
+    assert why is not None and "DynamicSlidingWindowLayer" in why
+
+
+def test_the_kv_budget_counts_the_whole_block() -> None:
+    cpu = torch.device("cpu")
+    cfg = object()
+    grows = StaticBatch(cpu, cfg, cache_kw="cache", max_batch=8, context_cap=4096, fixed=False)
+    assert [bucket(n, 8) for n in (1, 2, 3, 5, 8)] == [2, 2, 4, 8, 8]
+    assert grows.held(3, 300) == (4, 512)
+    fixed = StaticBatch(cpu, cfg, cache_kw="cache", max_batch=6, context_cap=4096, fixed=True)
+    assert fixed.held(2, 300) == (8, 4096)
+    kv = KvBudget(100, 0, 4 * 512 * 100, 8, True, shape=grows.held)
+    assert kv.bytes_for([300, 100, 50]) == 4 * 512 * 100
+    running = [GenerationState(str(i), [1] * 200, 100, None, None) for i in range(3)]  # type: ignore[arg-type]
+    assert kv.admits(GenerationState("x", [1] * 200, 100, None, None), running)  # type: ignore[arg-type]
+    assert not kv.admits(GenerationState("y", [1] * 500, 100, None, None), running)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_changing_batches_do_not_recompile_after_the_load(tiny_qwen3: Path) -> None:
+    # a fresh load: other model classes loaded in this process since the module's compiled
+    # engine change a transformers registry its graphs guard on (a worker holds one model)
+    compiled = engine(tiny_qwen3, "on", max_prompt_tokens=600, max_output_tokens=300)
+    stats = torch._dynamo.utils.counters["stats"]
+    graphs = stats["unique_graphs"]
+    assert graphs > 0
+    ps = prompts(5, 31, 12, 50, 7, 9, 20, 3, seed=5)
+    alone = solo(compiled, ps[:5], 12)
+    for n in (2, 3, 4, 5):  # within a bucket and across the warmed ones
+        states = [gen(compiled, f"n{n}.{i}", p, 12) for i, p in enumerate(ps[:n])]
+        run(compiled, states)
+        assert [s.token_ids for s in states] == alone[:n]
+    long = gen(compiled, "long", prompts(300)[0], 40)  # a bigger cache: the same graph
+    short = gen(compiled, "short", ps[0], 40)
+    caps = set()
+    while not (long.finished and short.finished):
+        compiled.step([s for s in (long, short) if not s.finished])
+        caps.add(compiled.batch.cap if isinstance(compiled.batch, StaticBatch) else 0)
+    assert 512 in caps
+    assert stats["unique_graphs"] == graphs
+
+
+@pytest.mark.slow
+def test_a_failed_compile_falls_back_to_an_eager_batch(
+    tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HELEXA_TEST_FAULTS", "1")
+    spec = {"path": str(tiny_qwen3), "quant": "fp32", "compile": "on", "prefix_cache_mb": 0}
+    eng = load(LoadSpec.from_frame({**spec, "test_faults": {"compile_fails": True}}))
+    assert not eng.compiled and isinstance(eng.batch, DecodeBatch)
+    ps = prompts(5, 31, 12, 50)
+    alone = solo(eng, ps)
+    states = [gen(eng, f"e{i}", p) for i, p in enumerate(ps)]
+    run(eng, states)
+    assert [s.token_ids for s in states] == alone
+
+
+@pytest.fixture(scope="module")
+def compiled_worker(tiny_qwen3: Path) -> Iterator[WorkerClient]:
+    spec = {"path": str(tiny_qwen3), "served_id": "w", "compile": "on", "prefix_cache_mb": 0}
+    with WorkerClient.start(spec) as w:
+        yield w
+
+
+@pytest.mark.slow
+def test_four_streams_through_a_compiled_worker_equal_their_solo_runs(
+    compiled_worker: WorkerClient,
+) -> None:
+    w = compiled_worker
+    assert w.ready is not None, w.load_failed
+    assert (w.ready["compiled"], w.ready["max_batch"]) == (True, 8)
+    ps = prompts(5, 31, 12, 50)
+    alone = [w.generate(p, max_tokens=24).ids for p in ps]
+    rids = [w.submit(p, max_tokens=24) for p in ps]
+    assert [w.collect(r).ids for r in rids] == alone
