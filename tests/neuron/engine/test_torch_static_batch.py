@@ -111,6 +111,20 @@ def test_four_rows_equal_their_solo_runs(both: TorchEngine) -> None:
     assert shapes.count((4, 1)) == 23  # one forward for all four, each step after the first
 
 
+def test_the_last_row_of_a_compiled_batch_goes_back_to_the_batch_1_step(
+    compiled: TorchEngine,
+) -> None:
+    ps = prompts(5, 31)
+    alone = solo(compiled, ps, 20)
+    short, long = gen(compiled, "s", ps[0], 6), gen(compiled, "l", ps[1], 20)
+    while not short.finished:  # both decode together until the short one ends
+        compiled.step([short, long])
+    assert len(short.token_ids) == 6 and long.cache is not compiled.batch
+    assert long.slot is not None and len(compiled.batch or []) == 0  # a pooled static cache
+    run(compiled, [long])
+    assert [short.token_ids, long.token_ids] == [alone[0][:6], alone[1]]
+
+
 def test_a_longer_row_joining_mid_batch_shifts_the_others(both: TorchEngine) -> None:
     ps = prompts(5, 12, 300, 7)
     alone = solo(both, ps, 30)
@@ -259,7 +273,7 @@ def test_changing_batches_do_not_recompile_after_the_load(tiny_qwen3: Path) -> N
         run(compiled, states)
         assert [s.token_ids for s in states] == alone[:n]
     long = gen(compiled, "long", prompts(300)[0], 40)  # a bigger cache: the same graph
-    short = gen(compiled, "short", ps[0], 40)
+    short = gen(compiled, "short", ps[0], 10)  # then the long one goes on alone
     caps = set()
     while not (long.finished and short.finished):
         compiled.step([s for s in (long, short) if not s.finished])

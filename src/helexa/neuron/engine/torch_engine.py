@@ -151,18 +151,12 @@ class TorchEngine:
         if why:
             return None, why
         fixed = one_size(self.device)
-        wanted = self._want_compile or (EAGER_CPU and not fixed)
-        if not wanted or static_refusal(fresh, config) is not None:
+        if not (self._want_compile or (EAGER_CPU and not fixed)) or static_refusal(fresh, config):
             return DecodeBatch(self.device, self._cache_kw), None
-        batch = StaticBatch(
-            self.device,
-            config,
-            cache_kw=self._cache_kw,
-            max_batch=self.spec.max_batch,
-            context_cap=self._context_cap(),
-            fixed=fixed and self._want_compile,
-        )
-        return batch, None
+        cap, fixed = self._context_cap(), fixed and self._want_compile
+        return StaticBatch(
+            self.device, config, self._cache_kw, self.spec.max_batch, cap, fixed
+        ), None
 
     def _kv_budget(self, cache: Any) -> KvBudget:
         """KV bytes measured on the warm-up cache; the budget is `kv_budget_mb`, else 90 % of
@@ -176,13 +170,9 @@ class TorchEngine:
             mb = None if free is None else max(0, int(free * 0.9) - prefix)
             kept = static.nbytes() if static is not None else 0  # allocated already, not free
         budget = None if mb is None else mb * 2**20 + kept
+        shape = static.held if static is not None else None
         return KvBudget(
-            per_token,
-            per_row,
-            budget,
-            self.spec.max_batch,
-            self.batch is not None,
-            shape=static.held if static is not None else None,
+            per_token, per_row, budget, self.spec.max_batch, self.batch is not None, shape
         )
 
     def _prefix_cache(self) -> PrefixCache | None:
@@ -404,6 +394,23 @@ class TorchEngine:
             return generation.step(self, active)
         finally:
             self._decoded = {}
+            self._alone_again(active)
+
+    @torch.inference_mode()
+    def _alone_again(self, active: list[GenerationState]) -> None:
+        """The last row of a compiled static batch, with no one else open, goes back to the
+        batch-1 step in a pooled cache (measured on a ~100M Qwen3 on the CPU: 11 ms a step
+        alone, 29 as one row of a 2-slot batch)."""
+        batch = self.batch
+        if not isinstance(batch, StaticBatch) or self._decode_fn is None or len(batch) != 1:
+            return
+        if sum(not s.finished for s in active) != 1:
+            return
+        row = batch.rows[0]
+        own = batch.release(row, keep=True)
+        row.cache, row.slot = self._new_cache(len(row.prompt) + row.max_tokens)
+        for src, dst in zip(own.layers, row.cache.layers, strict=True):
+            dst.update(src.keys, src.values)
 
     def cancel(self, state: GenerationState) -> list[Event]:
         return generation.cancel(self, state)

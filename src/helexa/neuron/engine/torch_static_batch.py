@@ -59,7 +59,6 @@ class StaticBatch(Batch):
         self,
         device: torch.device,
         config: Any,
-        *,
         cache_kw: str,
         max_batch: int,
         context_cap: int | None,
