@@ -25,6 +25,7 @@ saves is paid back by attending over the power-of-two cap). Measured on the benc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -238,6 +239,25 @@ class StaticBatch(Batch):
         elif len(self.slots) > MIN_SLOTS and len(self.rows) <= len(self.slots) // 4:
             self._resize(len(self.slots) // 2, self.cap, self.cache)
         return own
+
+    @torch.inference_mode()
+    def last_out(
+        self, active: list[GenerationState], fresh: Callable[[GenerationState], Any]
+    ) -> None:
+        """With one row left and no one else open, it leaves into `fresh(row)` (a pooled
+        static cache: the batch-1 compiled step is faster for one row; measured on a ~100M
+        Qwen3 on the CPU: 11 ms a step alone, 29 as one row of a 2-slot batch)."""
+        if len(self.rows) != 1 or sum(not s.finished for s in active) != 1:
+            return
+        row = self.rows[0]
+        cache, i = fresh(row), self.slots.index(row)
+        start = self.w - self.lengths[i]
+        for src, dst in zip(self.cache.layers, cache.layers, strict=True):
+            dst.update(
+                src.keys[i : i + 1, :, start : self.w], src.values[i : i + 1, :, start : self.w]
+            )
+        self.leave(row)
+        row.cache = cache
 
     def reset(self) -> None:
         """Every row gone: the cache is freed (fixed: its storage stays, for the graphs)."""
