@@ -4,6 +4,7 @@ eager and compiled; the compiled forward is built at load and never again."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,18 +31,14 @@ def prompts(*lengths: int, seed: int = 7) -> list[list[int]]:
     return [torch.randint(10, 500, (n,), generator=g).tolist() for n in lengths]
 
 
-def engine(path: Path, compile: str = "off", **spec: Any) -> TorchEngine:
+def engine(path: Path, compile: str = "off", fixed: bool = False, **spec: Any) -> TorchEngine:
+    """With compile off, the eager static batch (EAGER_CPU leaves it off by default); `fixed`
+    lays it out as on CUDA (the context cap, buckets viewing one storage), eager on the CPU."""
     frame = {"path": str(path), "served_id": "s", "quant": "fp32", "compile": compile}
     eng = load(LoadSpec.from_frame({"prefix_cache_mb": 0, **frame, **spec}))
-    if compile == "off":  # the eager static batch (EAGER_CPU leaves it off by default)
-        eng.batch = StaticBatch(
-            eng.device,
-            eng.model.config,
-            cache_kw=eng._cache_kw,
-            max_batch=eng.spec.max_batch,
-            context_cap=eng._context_cap(),
-            fixed=False,
-        )
+    if compile == "off":
+        cfg, cap = eng.model.config, eng._context_cap()
+        eng.batch = StaticBatch(eng.device, cfg, eng._cache_kw, eng.spec.max_batch, cap, fixed)
     assert isinstance(eng.batch, StaticBatch)
     return eng
 
@@ -197,6 +194,32 @@ def test_the_cap_grows_or_the_shared_padding_is_cut(eager: TorchEngine) -> None:
     assert set(caps) - {0} == {256, 512}
 
 
+def test_one_storage_at_the_context_cap_as_on_cuda(tiny_qwen3: Path) -> None:
+    eng = engine(tiny_qwen3, fixed=True, max_prompt_tokens=300, max_output_tokens=70)
+    batch = eng.batch
+    assert isinstance(batch, StaticBatch) and batch.fixed
+    ps = prompts(300, 5, 31, 12, 50, 7, 9, 20, seed=13)
+    lengths = [10, 80, 30, 12, 14, 16, 18, 20]
+    alone = [solo(eng, [p], n)[0] for p, n in zip(ps, lengths, strict=True)]
+    states = [gen(eng, f"x{i}", p, n) for i, (p, n) in enumerate(zip(ps, lengths, strict=True))]
+    for _ in range(3):  # the long row and another first, then six more
+        eng.step(states[:2])
+    storage = batch._store.layers[0].keys.data_ptr()
+    seen: set[tuple[int, int, int]] = set()
+    ws: list[int] = []
+    while not all(s.finished for s in states):  # 8 rows at once, then the long one's padding
+        for r in eng.step([s for s in states if not s.finished]):  # is cut at the cap
+            assert r.error is None, r.error
+        if batch.cache is not None:
+            keys = batch.cache.layers[0].keys
+            seen.add((len(batch.slots), batch.cap, keys.data_ptr()))
+            ws.append(batch.w)
+    assert [s.token_ids for s in states] == alone
+    assert {(n, cap) for n, cap, _ in seen} == {(2, 370), (4, 370), (8, 370)}
+    assert {ptr for _, _, ptr in seen} == {storage}  # every bucket a view of one storage
+    assert any(b < a for a, b in itertools.pairwise(ws))  # the padding was cut
+
+
 def test_a_leaving_row_keeps_its_own_cache_for_the_prefix_cache(tiny_qwen3: Path) -> None:
     eng = engine(tiny_qwen3, prefix_cache_mb=64)
     cold = engine(tiny_qwen3)
@@ -263,6 +286,8 @@ def test_changing_batches_do_not_recompile_after_the_load(tiny_qwen3: Path) -> N
     # a fresh load: other model classes loaded in this process since the module's compiled
     # engine change a transformers registry its graphs guard on (a worker holds one model)
     compiled = engine(tiny_qwen3, "on", max_prompt_tokens=600, max_output_tokens=300)
+    assert isinstance(compiled.batch, StaticBatch)
+    assert compiled.kv.shape == compiled.batch.held  # admission counts the whole block
     stats = torch._dynamo.utils.counters["stats"]
     graphs = stats["unique_graphs"]
     assert graphs > 0

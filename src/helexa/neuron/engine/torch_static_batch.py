@@ -188,7 +188,8 @@ class StaticBatch(Batch):
         static one) into a free slot, ending at column `w`."""
         if self.cache is None:
             self.w = 0
-            cap = cache_len(n_tokens + 1, self.context_cap, self.fixed)
+            grown = cache_len(n_tokens + 1, self.context_cap, False)
+            cap = self.context_cap if self.fixed and self.context_cap else grown
             self._resize(MIN_SLOTS, cap, cache)
         elif len(self.rows) == len(self.slots):
             self._resize(bucket(len(self.rows) + 1, self.top), self.cap, cache)
