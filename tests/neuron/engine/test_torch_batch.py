@@ -289,17 +289,21 @@ def test_rows_leaving_the_batch_feed_the_prefix_cache(
     ]
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "qwen3_next"])
+@pytest.mark.parametrize(
+    ("arch", "kind"), [("qwen3", "padded"), ("qwen3_next", "padded"), ("qwen3", "static")]
+)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_rows_stay_within_tolerance_of_solo(
-    arch: str, dtype: str, tiny_models: dict[str, Path]
+    arch: str, kind: str, dtype: str, tiny_models: dict[str, Path]
 ) -> None:
-    """Teacher-forced on the solo greedy tokens, a padded batch's logits stay within 0.05 of
-    each row's solo logits (measured: 0.004 bf16, 0.035 fp16 on the CPU)."""
+    """Teacher-forced on the solo greedy tokens, a padded batch's logits, or a static batch's
+    (torch_static_batch), stay within 0.05 of each row's solo logits (measured: 0.004 bf16,
+    0.035 fp16 on the CPU)."""
     from transformers import AutoModelForCausalLM, DynamicCache
 
     from helexa.neuron.engine.generation import GenerationState
     from helexa.neuron.engine.torch_batch import DecodeBatch
+    from helexa.neuron.engine.torch_static_batch import StaticBatch
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=getattr(torch, dtype))
     ps, steps = prompts(), 12
@@ -319,7 +323,12 @@ def test_half_precision_rows_stay_within_tolerance_of_solo(
                 seen.append(out.logits[0, -1].float())
                 toks.append(int(seen[-1].argmax()))
             solo_runs.append((toks, seen))
-        batch = DecodeBatch(torch.device("cpu"))
+        cpu = torch.device("cpu")
+        batch = (
+            DecodeBatch(cpu)
+            if kind == "padded"
+            else StaticBatch(cpu, model.config, "cache", 8, None, False)
+        )
         for i, p in enumerate(ps):
             batch.join(GenerationState(str(i), p, steps, None, None), prefill(p)[0], len(p))  # type: ignore[arg-type]
         worst = 0.0
