@@ -241,11 +241,16 @@ def test_a_generation_past_max_batch_waits_for_another_to_end(tiny_qwen3: Path) 
         assert [ends[r]["token_ids"] for r in rids] == alone
 
 
-def test_a_generation_over_the_kv_budget_waits_for_another_to_end(tiny_qwen3: Path) -> None:
+@pytest.mark.parametrize("compile", ["off", "on"])
+def test_a_generation_over_the_kv_budget_waits_for_another_to_end(
+    tiny_qwen3: Path, compile: str
+) -> None:
     # tiny Qwen3 fp32: 2 layers x (k + v) x 2 heads x 16 dims x 4 bytes = 512 bytes a token.
-    # Each request may reach 800 positions: two rows (2 x 800 x 512 B) fit in 1 MB, three don't.
+    # Each request may reach 800 positions: two rows (2 x 800 x 512 B) fit in 1 MB, three don't;
+    # compiled, the static batch holds 2 slots x 1,024 positions (1 MB) for two, 4 for three.
     spec = {"path": str(tiny_qwen3), "served_id": "b", "kv_budget_mb": 1, "prefix_cache_mb": 0}
-    with WorkerClient.start(spec) as w:
+    with WorkerClient.start({**spec, "compile": compile}) as w:
+        assert w.ready is not None and w.ready["compiled"] == (compile == "on")
         ps = prompts()[:3]
         budgeted = [800 - len(p) for p in ps]
         alone = [w.generate(p, max_tokens=12).ids for p in ps]
