@@ -322,6 +322,23 @@ def test_a_failed_compile_falls_back_to_an_eager_batch(
     assert [s.token_ids for s in states] == alone
 
 
+@pytest.mark.slow
+def test_a_batch_step_that_fails_to_build_leaves_the_compiled_batch_1_step(
+    tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_memory(*_a: Any, **_k: Any) -> Any:
+        raise torch.OutOfMemoryError("test: no room for the largest bucket")
+
+    monkeypatch.setattr(StaticBatch, "_alloc", no_memory)
+    eng = load(LoadSpec.from_frame({"path": str(tiny_qwen3), "quant": "fp32", "compile": "on"}))
+    assert eng.compiled and isinstance(eng.batch, DecodeBatch)
+    ps = prompts(5, 31, 12, 50)
+    alone = solo(eng, ps)
+    states = [gen(eng, f"d{i}", p) for i, p in enumerate(ps)]
+    run(eng, states)
+    assert [s.token_ids for s in states] == alone
+
+
 @pytest.fixture(scope="module")
 def compiled_worker(tiny_qwen3: Path) -> Iterator[WorkerClient]:
     spec = {"path": str(tiny_qwen3), "served_id": "w", "compile": "on", "prefix_cache_mb": 0}

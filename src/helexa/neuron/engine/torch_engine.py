@@ -229,8 +229,11 @@ class TorchEngine:
             self._forward(torch.tensor([[tok, tok]], device=self.device), cache, False)
             for _ in range(3):
                 self._forward(torch.tensor([[tok]], device=self.device), cache, True)
-            if isinstance(self.batch, StaticBatch):  # every bucket's graph
-                self.batch.warm(self._decode_fn, cache, tok, **self._keep_kw)
+            batch, keep = self.batch, self._keep_kw
+            if isinstance(batch, StaticBatch) and not batch.warm(
+                self._decode_fn, cache, tok, **keep
+            ):
+                self.batch = DecodeBatch(self.device, self._cache_kw)  # the batch-1 step stays
         except Exception as e:
             log.warning(
                 "compiling the decode step failed, decoding eagerly: %s: %s", type(e).__name__, e

@@ -27,6 +27,7 @@ model's eager `DecodeBatch` (stock linears in both; its batch-1 compiled step: 1
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,8 @@ from transformers.cache_utils import DynamicLayer
 from helexa.neuron.engine.generation import GenerationState
 from helexa.neuron.engine.static_pool import cache_len
 from helexa.neuron.engine.torch_batch import Batch, Forward, as_dynamic
+
+log = logging.getLogger("helexa.neuron.engine")
 
 MIN_SLOTS = 2
 EAGER_CPU = False  # uncompiled on the CPU: a static batch instead of DecodeBatch (see above)
@@ -274,22 +277,32 @@ class StaticBatch(Batch):
         return sum(t.nbytes for x in self._store.layers for t in (x.keys, x.values))
 
     @torch.inference_mode()
-    def warm(self, model: Forward, cache: Any, tok: int, steps: int = 3, **kw: Any) -> None:
+    def warm(self, model: Forward, cache: Any, tok: int, steps: int = 3, **kw: Any) -> bool:
         """Build every bucket's graph: rows copied from a prefilled `cache`, `steps` steps
-        each (a CUDA graph is recorded on the second), then they all leave."""
+        each (a CUDA graph is recorded on the second), then they all leave. False, warned, on
+        any failure (the storage of the largest bucket over the whole context may not fit)."""
         n = int(cache.layers[0].get_seq_length())
         slots = MIN_SLOTS
-        while slots <= self.top:
-            rows = [
-                GenerationState(f"warm{i}", [tok] * n, n + steps + 1, None, None)  # type: ignore[arg-type]
-                for i in range(slots)
-            ]
-            for r in rows:
-                r.token_ids = [tok]
-            for _ in range(steps):
-                got = self.step(model, rows, keep=False, own=lambda _s: cache, solo=False, **kw)
-                failed = [e for e in got.values() if isinstance(e, Exception)]
-                if failed:
-                    raise failed[0]
-            self.step(model, [], keep=False, own=lambda _s: cache, solo=False)
-            slots *= 2
+        try:
+            while slots <= self.top:
+                rows = [
+                    GenerationState(f"warm{i}", [tok] * n, n + steps + 1, None, None)  # type: ignore[arg-type]
+                    for i in range(slots)
+                ]
+                for r in rows:
+                    r.token_ids = [tok]
+                for _ in range(steps):
+                    got = self.step(model, rows, keep=False, own=lambda _s: cache, solo=False, **kw)
+                    failed = [e for e in got.values() if isinstance(e, Exception)]
+                    if failed:
+                        raise failed[0]
+                self.step(model, [], keep=False, own=lambda _s: cache, solo=False)
+                slots *= 2
+        except Exception as e:
+            log.warning(
+                "compiling the batch step failed, batching eagerly: %s: %s", type(e).__name__, e
+            )
+            self.reset()
+            self._store = None
+            return False
+        return True
