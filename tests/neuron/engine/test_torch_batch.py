@@ -128,8 +128,8 @@ def test_one_forward_per_step_for_every_open_generation(tiny_qwen3: Path) -> Non
     for s in states[1:3]:
         engine.cancel(s)
     engine.step(states)
-    assert shapes == [(2, 1)]
-    assert len(engine.batch) == 2
+    assert shapes == [(4, 1)]  # one forward for the two left, in the static batch's 4 slots
+    assert len(engine.batch) == 2 and len(engine.batch.slots) == 4
 
 
 def test_a_long_prefill_goes_a_chunk_a_step_while_others_decode(tiny_qwen3: Path) -> None:

@@ -32,14 +32,14 @@ def prompts(*lengths: int, seed: int = 7) -> list[list[int]]:
 
 
 def engine(path: Path, compile: str = "off", fixed: bool = False, **spec: Any) -> TorchEngine:
-    """With compile off, the eager static batch (EAGER_CPU leaves it off by default); `fixed`
-    lays it out as on CUDA (the context cap, buckets viewing one storage), eager on the CPU."""
+    """With compile off, the eager static batch (attending over the columns in use); `fixed`
+    lays it out as compiled on CUDA (the context cap, buckets viewing one storage)."""
     frame = {"path": str(path), "served_id": "s", "quant": "fp32", "compile": compile}
     eng = load(LoadSpec.from_frame({"prefix_cache_mb": 0, **frame, **spec}))
-    if compile == "off":
+    assert isinstance(eng.batch, StaticBatch) and eng.batch.exact == (compile == "off")
+    if fixed:
         cfg, cap = eng.model.config, eng._context_cap()
         eng.batch = StaticBatch(eng.device, cfg, eng._cache_kw, eng.spec.max_batch, cap, fixed)
-    assert isinstance(eng.batch, StaticBatch)
     return eng
 
 
@@ -314,7 +314,7 @@ def test_a_failed_compile_falls_back_to_an_eager_batch(
     monkeypatch.setenv("HELEXA_TEST_FAULTS", "1")
     spec = {"path": str(tiny_qwen3), "quant": "fp32", "compile": "on", "prefix_cache_mb": 0}
     eng = load(LoadSpec.from_frame({**spec, "test_faults": {"compile_fails": True}}))
-    assert not eng.compiled and isinstance(eng.batch, DecodeBatch)
+    assert not eng.compiled and isinstance(eng.batch, StaticBatch) and eng.batch.exact
     ps = prompts(5, 31, 12, 50)
     alone = solo(eng, ps)
     states = [gen(eng, f"e{i}", p) for i, p in enumerate(ps)]

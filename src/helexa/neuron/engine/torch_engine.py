@@ -140,22 +140,21 @@ class TorchEngine:
 
     def _batching(self) -> tuple[Batch | None, str | None]:
         """The decode batch, or why rows are stepped one at a time: a static one when the step
-        is compiled (or, measured faster, eager on the CPU), if the model's layers allow."""
+        is compiled, or eager on the CPU (measured faster there), if the model's layers allow."""
         if self.embedding_only:
             return None, None
         from transformers import DynamicCache
 
-        config = self.model.config
+        config, eager, fixed = self.model.config, not self._want_compile, one_size(self.device)
         fresh = DynamicCache(config=config)
-        why = refusal(fresh)
-        if why:
+        if why := refusal(fresh):
             return None, why
-        fixed = one_size(self.device)
-        if not (self._want_compile or (EAGER_CPU and not fixed)) or static_refusal(fresh, config):
+        if (eager and (fixed or not EAGER_CPU)) or static_refusal(fresh, config):
             return DecodeBatch(self.device, self._cache_kw), None
-        cap, fixed = self._context_cap(), fixed and self._want_compile
-        batch = StaticBatch(self.device, config, self._cache_kw, self.spec.max_batch, cap, fixed)
-        return batch, None
+        top, cap = self.spec.max_batch, self._context_cap()
+        return StaticBatch(
+            self.device, config, self._cache_kw, top, cap, fixed and not eager, eager
+        ), None
 
     def _kv_budget(self, cache: Any) -> KvBudget:
         """KV bytes measured on the warm-up cache; the budget is `kv_budget_mb`, else 90 % of

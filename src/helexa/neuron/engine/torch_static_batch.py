@@ -17,12 +17,14 @@ linear-attention layer (Qwen3-Next, Qwen3.5) keeps one recurrent state per row w
 axis, and a sliding window keeps only its last positions, so neither has columns to align; those
 keep `DecodeBatch` (or decode one at a time).
 
-Used for the compiled step only: eager on the CPU it is no faster than `DecodeBatch` (the cat it
-saves is paid back by attending over the power-of-two cap). Measured on the bench's ~100M Qwen3
-(768 x 12 layers), fp32, one thread, 4 rows at ~300 tokens of context, 32 steps, interleaved,
-3 rounds: 25.0-25.4 ms of CPU a step for `DecodeBatch`, 25.5-25.8 for this (same tokens).
-Compiled there: 29.4, 31.0, 41 ms a step for 2, 4, 8 rows against 32.6, 33.0, 43 for the same
-model's eager `DecodeBatch` (stock linears in both; its batch-1 compiled step: 11 ms).
+Eager (`exact`), a step attends over the columns in use only (views of [0, w]), not the whole
+cap: so it is also the CPU's eager batch (EAGER_CPU; on CUDA eager models keep `DecodeBatch`,
+unmeasured). Measured on the bench's ~100M Qwen3 (768 x 12 layers), fp32, one thread, same
+tokens, interleaved in one process, ms of CPU a step, `DecodeBatch` against this: 4 rows at
+~300 tokens 25.4-26.6 vs 24.2-25.1; 8 rows at ~300, 33.2-43.4 vs 31.0-31.2; 4 rows at ~1,000,
+33.4-35.1 vs 31.5-31.7 (attending over the whole power-of-two cap instead: 25.5 vs 25.2 at 4 x
+300, no gain). Compiled there: 29.4, 31.0, 41 ms a step for 2, 4, 8 rows against 32.6, 33.0,
+43 for the same model's eager `DecodeBatch` (stock linears in both; batch-1 compiled: 11 ms).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from helexa.neuron.engine.torch_batch import Batch, Forward, as_dynamic
 log = logging.getLogger("helexa.neuron.engine")
 
 MIN_SLOTS = 2
-EAGER_CPU = False  # uncompiled on the CPU: a static batch instead of DecodeBatch (see above)
+EAGER_CPU = True  # uncompiled on the CPU: a static batch instead of DecodeBatch (see above)
 
 
 def static_refusal(cache: Any, config: Any) -> str | None:
@@ -69,8 +71,10 @@ class StaticBatch(Batch):
         max_batch: int,
         context_cap: int | None,
         fixed: bool,
+        exact: bool = False,
     ) -> None:
         self.device = device
+        self.exact = exact  # eager: attend over the columns in use only, not the whole cap
         self.config = config
         self.cache_kw = cache_kw
         self.top = bucket(max_batch, 1 << 30)
@@ -223,9 +227,18 @@ class StaticBatch(Batch):
             for t in (tokens_in, pos, self.mask):
                 torch._dynamo.maybe_mark_dynamic(t, 0)
         kw[self.cache_kw] = self.cache
-        out = model(
-            input_ids=tokens_in, attention_mask=self.mask, position_ids=pos, use_cache=True, **kw
-        )
+        mask, full = self.mask, [(x.keys, x.values) for x in self.cache.layers]
+        if self.exact:  # views: a layer writes column w through them, attention reads [0, w]
+            mask = mask[..., : self.w + 1]
+            for x in self.cache.layers:
+                x.keys, x.values = x.keys[:, :, : self.w + 1], x.values[:, :, : self.w + 1]
+        try:
+            out = model(
+                input_ids=tokens_in, attention_mask=mask, position_ids=pos, use_cache=True, **kw
+            )
+        finally:
+            for x, (k, v) in zip(self.cache.layers, full, strict=True):
+                x.keys, x.values = k, v
         self.w += 1
         self.lengths = [n + (r is not None) for n, r in zip(self.lengths, self.slots, strict=True)]
         # a copy: a CUDA graph's output is overwritten by its next replay
