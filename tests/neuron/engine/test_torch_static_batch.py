@@ -108,17 +108,20 @@ def test_four_rows_equal_their_solo_runs(both: TorchEngine) -> None:
     assert shapes.count((4, 1)) == 23  # one forward for all four, each step after the first
 
 
-def test_the_last_row_of_a_compiled_batch_goes_back_to_the_batch_1_step(
-    compiled: TorchEngine,
-) -> None:
+def test_the_last_row_of_a_batch_goes_on_alone(both: TorchEngine) -> None:
+    from transformers import DynamicCache
+
     ps = prompts(5, 31)
-    alone = solo(compiled, ps, 20)
-    short, long = gen(compiled, "s", ps[0], 6), gen(compiled, "l", ps[1], 20)
+    alone = solo(both, ps, 20)
+    short, long = gen(both, "s", ps[0], 6), gen(both, "l", ps[1], 20)
     while not short.finished:  # both decode together until the short one ends
-        compiled.step([short, long])
-    assert len(short.token_ids) == 6 and long.cache is not compiled.batch
-    assert long.slot is not None and len(compiled.batch or []) == 0  # a pooled static cache
-    run(compiled, [long])
+        both.step([short, long])
+    assert len(short.token_ids) == 6 and len(both.batch or []) == 0
+    if both.compiled:  # back on the batch-1 compiled step, in a pooled static cache
+        assert long.slot is not None and not isinstance(long.cache, DynamicCache)
+    else:  # eager, with its own cache
+        assert long.slot is None and isinstance(long.cache, DynamicCache)
+    run(both, [long])
     assert [short.token_ids, long.token_ids] == [alone[0][:6], alone[1]]
 
 
@@ -167,43 +170,45 @@ def test_buckets_grow_with_the_rows_and_shrink_when_few_are_left(eager: TorchEng
         slots.append(len(batch.slots))
     assert [s.token_ids for s in states] == alone
     seen = [n for i, n in enumerate(slots) if n and (i == 0 or slots[i - 1] != n)]
-    assert seen == [2, 4, 8, 4, 2]  # 8 rows, then 2 left of 8, then 1 left of 4
+    assert seen == [2, 4, 8, 4]  # 8 rows, then 2 left of 8, then the last one goes on alone
     assert batch.cache is None  # freed when the last row left
 
 
 def test_the_cap_grows_or_the_shared_padding_is_cut(eager: TorchEngine) -> None:
     batch = eager.batch
     assert isinstance(batch, StaticBatch)
-    long, short = prompts(200, 5, seed=11)
-    alone = solo(eager, [long, short], 80)
-    # the long row leaves early: the short one's padding is cut instead of a bigger cache
-    states = [gen(eager, "long", long, 8), gen(eager, "short", short, 80)]
+    long, a, b = prompts(200, 5, 7, seed=1)  # no EOS within 80 tokens
+    alone = solo(eager, [long, a, b], 80)
+    assert [len(t) for t in alone] == [80] * 3
+    # the long row leaves early: the others' shared padding is cut instead of a bigger cache
+    states = [gen(eager, "long", long, 8), gen(eager, "a", a, 80), gen(eager, "b", b, 80)]
     caps: list[int] = []
     while not all(s.finished for s in states):
         eager.step([s for s in states if not s.finished])
         caps.append(batch.cap)
-    assert states[0].token_ids == alone[0][:8] and states[1].token_ids == alone[1]
+    assert [s.token_ids for s in states] == [alone[0][:8], *alone[1:]]
     assert set(caps) - {0} == {256}
     # both run long: the cache doubles
-    states = [gen(eager, "long2", long, 80), gen(eager, "short2", short, 80)]
+    states = [gen(eager, "long2", long, 80), gen(eager, "a2", a, 80)]
     caps.clear()
     while not all(s.finished for s in states):
         eager.step([s for s in states if not s.finished])
         caps.append(batch.cap)
-    assert [s.token_ids for s in states] == alone
+    assert [s.token_ids for s in states] == alone[:2]
     assert set(caps) - {0} == {256, 512}
 
 
 def test_one_storage_at_the_context_cap_as_on_cuda(tiny_qwen3: Path) -> None:
-    eng = engine(tiny_qwen3, fixed=True, max_prompt_tokens=300, max_output_tokens=70)
+    eng = engine(tiny_qwen3, fixed=True, max_prompt_tokens=300, max_output_tokens=60)
     batch = eng.batch
     assert isinstance(batch, StaticBatch) and batch.fixed
-    ps = prompts(300, 5, 31, 12, 50, 7, 9, 20, seed=13)
-    lengths = [10, 80, 30, 12, 14, 16, 18, 20]
+    ps = prompts(300, seed=13) + prompts(200, 5, 7, seed=1)[1:] + prompts(31, 12, 50, 9, 20)
+    lengths = [10, 70, 70, 12, 14, 16, 18, 20]  # two rows reach the cap together
     alone = [solo(eng, [p], n)[0] for p, n in zip(ps, lengths, strict=True)]
     states = [gen(eng, f"x{i}", p, n) for i, (p, n) in enumerate(zip(ps, lengths, strict=True))]
     for _ in range(3):  # the long row and another first, then six more
         eng.step(states[:2])
+    assert [len(t) for t in alone[1:3]] == [70, 70]
     storage = batch._store.layers[0].keys.data_ptr()
     seen: set[tuple[int, int, int]] = set()
     ws: list[int] = []
@@ -215,7 +220,7 @@ def test_one_storage_at_the_context_cap_as_on_cuda(tiny_qwen3: Path) -> None:
             seen.add((len(batch.slots), batch.cap, keys.data_ptr()))
             ws.append(batch.w)
     assert [s.token_ids for s in states] == alone
-    assert {(n, cap) for n, cap, _ in seen} == {(2, 370), (4, 370), (8, 370)}
+    assert {(n, cap) for n, cap, _ in seen} == {(2, 360), (4, 360), (8, 360)}
     assert {ptr for _, _, ptr in seen} == {storage}  # every bucket a view of one storage
     assert any(b < a for a, b in itertools.pairwise(ws))  # the padding was cut
 

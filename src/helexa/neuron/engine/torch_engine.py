@@ -366,9 +366,8 @@ class TorchEngine:
         return self.kv.admits(state, running)
 
     def _joining(self, state: GenerationState) -> Any:
-        """The cache a generation joins the batch with: a pooled static one is copied out
-        (dynamic) and goes back to the pool; a static batch copies from it as it is (at once:
-        the pool hands it out again only to a prefill)."""
+        """The cache a generation joins the batch with; a pooled one goes back to the pool (a
+        static batch copies it at once, before any prefill takes it; else a dynamic copy)."""
         if self._pool is None:
             return state.cache
         static = isinstance(self.batch, StaticBatch)
@@ -393,11 +392,13 @@ class TorchEngine:
             return generation.step(self, active)
         finally:
             self._decoded = {}
-            if isinstance(self.batch, StaticBatch) and self._decode_fn is not None:
+            if isinstance(self.batch, StaticBatch):
                 self.batch.last_out(active, self._alone)
 
     def _alone(self, state: GenerationState) -> Any:
-        """A pooled cache for a generation back on the batch-1 step."""
+        """A pooled cache for a generation back on the compiled batch-1 step; None eager."""
+        if self._decode_fn is None:
+            return None
         cache, state.slot = self._new_cache(len(state.prompt) + state.max_tokens)
         return cache
 
