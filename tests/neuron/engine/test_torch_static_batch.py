@@ -19,7 +19,7 @@ from helexa.neuron.engine.generation import GenerationState  # noqa: E402
 from helexa.neuron.engine.kv_budget import KvBudget  # noqa: E402
 from helexa.neuron.engine.loader import LoadSpec  # noqa: E402
 from helexa.neuron.engine.torch_batch import DecodeBatch  # noqa: E402
-from helexa.neuron.engine.torch_engine import TorchEngine  # noqa: E402
+from helexa.neuron.engine.torch_engine import PREFILL_CHUNK, TorchEngine  # noqa: E402
 from helexa.neuron.engine.torch_load import load  # noqa: E402
 from helexa.neuron.engine.torch_static_batch import StaticBatch, bucket  # noqa: E402
 
@@ -119,10 +119,38 @@ def test_the_last_row_of_a_batch_goes_on_alone(both: TorchEngine) -> None:
     assert len(short.token_ids) == 6 and len(both.batch or []) == 0
     if both.compiled:  # back on the batch-1 compiled step, in a pooled static cache
         assert long.slot is not None and not isinstance(long.cache, DynamicCache)
-    else:  # eager, with its own cache
+    else:  # eager, with its own cache, and it stays out of the batch (one row per forward)
         assert long.slot is None and isinstance(long.cache, DynamicCache)
-    run(both, [long])
+    shapes: list[tuple[int, ...]] = []
+    hook = both.model.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        run(both, [long])
+    finally:
+        hook.remove()
+    if not both.compiled:
+        assert set(shapes) == {(1, 1)}
     assert [short.token_ids, long.token_ids] == [alone[0][:6], alone[1]]
+
+
+def test_a_long_prefill_goes_in_chunks_beside_a_lone_generation(eager: TorchEngine) -> None:
+    eager.prefill_chunk = 16
+    try:
+        lone = gen(eager, "lone", prompts(5)[0], 30)
+        for _ in range(3):
+            eager.step([lone])
+        assert lone.cache is not eager.batch  # alone: out of the batch
+        late, steps = gen(eager, "late", prompts(100, seed=3)[0], 5), 0
+        while not late.token_ids:
+            before = len(lone.token_ids)
+            eager.step([lone, late])
+            assert len(lone.token_ids) == before + 1  # it keeps decoding meanwhile
+            steps += 1
+        assert steps == 7  # 100 tokens, 16 a step
+        run(eager, [lone, late])
+    finally:
+        eager.prefill_chunk = PREFILL_CHUNK
 
 
 def test_a_longer_row_joining_mid_batch_shifts_the_others(both: TorchEngine) -> None:

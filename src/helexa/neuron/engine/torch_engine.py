@@ -135,6 +135,7 @@ class TorchEngine:
         self.batch, self.batch_refused = self._batching()
         self._decoded: dict[GenerationState, torch.Tensor | Exception] = {}
         self._prefilling: dict[GenerationState, int] = {}  # prompt tokens fed so far
+        self._decoding = False  # whether others decode this step (a long prefill goes in chunks)
         self.prefill_chunk = PREFILL_CHUNK
         self.kv = KvBudget(0, 0, None, spec.max_batch, padded=self.batch is not None)
 
@@ -151,10 +152,8 @@ class TorchEngine:
             return None, why
         if (eager and (fixed or not EAGER_CPU)) or static_refusal(fresh, config):
             return DecodeBatch(self.device, self._cache_kw), None
-        top, cap = self.spec.max_batch, self._context_cap()
-        return StaticBatch(
-            self.device, config, self._cache_kw, top, cap, fixed and not eager, eager
-        ), None
+        top, cap, fixed = self.spec.max_batch, self._context_cap(), fixed and not eager
+        return StaticBatch(self.device, config, self._cache_kw, top, cap, fixed, eager), None
 
     def _kv_budget(self, cache: Any) -> KvBudget:
         """KV bytes measured on the warm-up cache; the budget is `kv_budget_mb`, else 90 % of
@@ -311,7 +310,7 @@ class TorchEngine:
     def _feed_chunk(self, state: GenerationState, done: int) -> torch.Tensor | None:
         """Feed the prompt from `done`; a hybrid stops at each snapshot point to keep one."""
         prompt, prefix = state.prompt, self.prefix
-        chunked = self.batch is not None and len(self.batch) > 0
+        chunked = self.batch is not None and self._decoding
         while True:
             end = min(len(prompt), done + self.prefill_chunk) if chunked else len(prompt)
             stop = prefix.next_snapshot(prompt, done) if prefix is not None else None
@@ -377,6 +376,7 @@ class TorchEngine:
         return own
 
     def step(self, active: list[GenerationState]) -> list[StepResult]:
+        self._decoding = any(s.token_ids and not s.finished for s in active)
         if self.batch is not None:
             keep = self.prefix is not None
             compiled = self._decode_fn if isinstance(self.batch, StaticBatch) else None
@@ -385,7 +385,7 @@ class TorchEngine:
                 active,
                 keep=keep,
                 own=self._joining,
-                solo=self._decode_fn is not None,
+                solo=self._decode_fn is not None or isinstance(self.batch, StaticBatch),
                 **self._keep_kw,
             )
         try:
