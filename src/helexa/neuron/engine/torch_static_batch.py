@@ -223,7 +223,7 @@ class StaticBatch(Batch):
         pos = torch.tensor(self.lengths, device=self.device).unsqueeze(1)
         tokens_in = torch.tensor(ids, device=self.device).unsqueeze(1)
         self.mask[:, :, :, self.w] = True
-        if not self.fixed:  # one graph for every bucket, not one for the first and another
+        if not (self.fixed or self.exact):  # compiled: one graph for every bucket, not two
             for t in (tokens_in, pos, self.mask):
                 torch._dynamo.maybe_mark_dynamic(t, 0)
         kw[self.cache_kw] = self.cache
