@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from transformers import AutoTokenizer, DynamicCache  # noqa: E402
 from workerctl import WorkerClient  # noqa: E402
 
+from helexa.neuron.engine import cpu_linear  # noqa: E402
 from helexa.neuron.engine.frames import Generate  # noqa: E402
 from helexa.neuron.engine.llamacpp_prefix import common_prefix  # noqa: E402
 from helexa.neuron.engine.loader import LoadSpec  # noqa: E402
@@ -163,8 +164,15 @@ def greedy(engine: TorchEngine, ids: list[int]) -> tuple[list[int], int]:
     return gen.token_ids, gen.cached_tokens
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_cached_runs_equal_cold_runs(tiny_models: dict[str, Path], arch: str) -> None:
+@pytest.mark.parametrize(
+    ("arch", "linears"),
+    [(a, "auto") for a in ARCHS] + [("qwen3", "packed"), ("qwen3_moe", "packed")],
+)
+def test_cached_runs_equal_cold_runs(
+    tiny_models: dict[str, Path], arch: str, linears: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also with the CPU linears packed for oneDNN (`auto` leaves the tiny models' stock)."""
+    monkeypatch.setenv(cpu_linear.ENV, linears)
     path = tiny_models[arch]
     spec: dict[str, Any] = {"path": str(path), "served_id": arch, "quant": "fp32"}
     cold = load(LoadSpec(**spec, prefix_cache_mb=0))
