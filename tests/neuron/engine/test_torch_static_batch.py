@@ -108,6 +108,29 @@ def test_four_rows_equal_their_solo_runs(both: TorchEngine) -> None:
     assert shapes.count((4, 1)) == 23  # one forward for all four, each step after the first
 
 
+def test_simultaneous_arrivals_take_no_pooled_caches(compiled: TorchEngine) -> None:
+    """Prefilled for a batch, they get caches of their own size: on CUDA every pooled cache is
+    the whole context, more than a few arrivals at once could have."""
+    assert compiled._pool is not None
+    ps = prompts(5, 31, 12)
+    alone = solo(compiled, ps)
+    acquire, taken = compiled._pool.acquire, []
+
+    def counted(n: int) -> Any:
+        taken.append(n)
+        return acquire(n)
+
+    compiled._pool.acquire = counted  # type: ignore[method-assign]
+    states = [gen(compiled, f"a{i}", p) for i, p in enumerate(ps)]
+    try:
+        compiled.step(states)  # three prefills in one step
+        assert taken == [] and all(s.slot is None for s in states)
+        run(compiled, states)
+    finally:
+        compiled._pool.acquire = acquire  # type: ignore[method-assign]
+    assert [s.token_ids for s in states] == alone
+
+
 def test_the_last_row_of_a_batch_goes_on_alone(both: TorchEngine) -> None:
     from transformers import DynamicCache
 

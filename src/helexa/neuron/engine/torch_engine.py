@@ -136,6 +136,7 @@ class TorchEngine:
         self._decoded: dict[GenerationState, torch.Tensor | Exception] = {}
         self._prefilling: dict[GenerationState, int] = {}  # prompt tokens fed so far
         self._decoding = False  # whether others decode this step (a long prefill goes in chunks)
+        self._crowded = False  # whether others are open this step (a prefill takes no pooled cache)
         self.prefill_chunk = PREFILL_CHUNK
         self.kv = KvBudget(0, 0, None, spec.max_batch, padded=self.batch is not None)
 
@@ -254,16 +255,13 @@ class TorchEngine:
 
     # ---- the model --------------------------------------------------------------------------
 
-    def _new_cache(self, n_tokens: int) -> tuple[Any, int | None]:
-        if self._pool is not None:
+    def _new_cache(self, n_tokens: int, pooled: bool = True) -> tuple[Any, int | None]:
+        if self._pool is not None and pooled:
             cache, size = self._pool.acquire(n_tokens)
             return cache, size
         from transformers import DynamicCache
 
-        try:
-            return DynamicCache(config=self.model.config), None
-        except TypeError:  # older transformers
-            return DynamicCache(), None
+        return DynamicCache(config=self.model.config), None
 
     def _release_cache(self, cache: Any, slot: int | None) -> None:
         if self._pool is not None and slot is not None and cache is not None:
@@ -290,7 +288,8 @@ class TorchEngine:
         if got is not None:
             return got
         ids = torch.tensor([[state.token_ids[-1]]], device=self.device)
-        return self._forward(ids, state.cache, decode=True)
+        # the compiled step only on a pooled cache (a dynamic one would recompile it)
+        return self._forward(ids, state.cache, decode=state.slot is not None)
 
     def _prefill(self, state: GenerationState) -> torch.Tensor | None:
         """The prompt's forward, from the longest prefix the prefix cache holds; while others
@@ -298,13 +297,16 @@ class TorchEngine:
         prompt, done = state.prompt, self._prefilling.pop(state, 0)
         if done:
             return self._feed_chunk(state, done)
-        if self._pool is not None:  # preallocated: a cached prefix is copied in
+        # pooled only to decode alone (a batch copies its rows out; on CUDA a pooled cache is
+        # the whole context, which simultaneous arrivals can't all have)
+        pooled = self._pool is not None and not (self._crowded and self.batch is not None)
+        if pooled:
             state.cache, state.slot = self._new_cache(len(prompt) + state.max_tokens)
         if self.prefix is not None:
             state.cache, done = self.prefix.take(prompt, into=state.cache)
             state.cached_tokens = done
         if state.cache is None:
-            state.cache, state.slot = self._new_cache(len(prompt) + state.max_tokens)
+            state.cache, state.slot = self._new_cache(len(prompt) + state.max_tokens, pooled)
         return self._feed_chunk(state, done)
 
     def _feed_chunk(self, state: GenerationState, done: int) -> torch.Tensor | None:
@@ -367,7 +369,7 @@ class TorchEngine:
     def _joining(self, state: GenerationState) -> Any:
         """The cache a generation joins the batch with; a pooled one goes back to the pool (a
         static batch copies it at once, before any prefill takes it; else a dynamic copy)."""
-        if self._pool is None:
+        if state.slot is None:  # its own dynamic cache
             return state.cache
         static = isinstance(self.batch, StaticBatch)
         own = state.cache if static else as_dynamic(state.cache, fed(state), self.model.config)
@@ -377,6 +379,7 @@ class TorchEngine:
 
     def step(self, active: list[GenerationState]) -> list[StepResult]:
         self._decoding = any(s.token_ids and not s.finished for s in active)
+        self._crowded = sum(not s.finished for s in active) > 1
         if self.batch is not None:
             keep = self.prefix is not None
             compiled = self._decode_fn if isinstance(self.batch, StaticBatch) else None
