@@ -7,7 +7,8 @@ turn, on 127.0.0.1 and greedy:
     span from the first stream's first token to the last stream's last) / one stream's;
   - a request sharing a ~1,000-token prefix with the one before it: TTFT / that first one's;
   - one stream through the compiled model, and bare llama-cpp-python on the F32 GGUF of the same
-    weights with the same threads: torch eager / llama.cpp and compiled / llama.cpp;
+    weights with the same threads: torch eager / llama.cpp and compiled / llama.cpp; and 4
+    streams through the compiled model (its bucketed batch step) / its one stream;
   - one stream while a CPU-bound process (a Python busy loop) runs: / undisturbed.
 Prints the medians over rounds and the issue's targets (>= 2.5x at 4 streams, prefix TTFT
 <= 0.2x, compiled >= 0.7x llama.cpp, >= 0.4x with a competitor). Nothing is asserted.
@@ -69,8 +70,8 @@ class Round:
     async def one(self, s: Any, model: str = MODEL_ID) -> Stream:
         return await stream(s, self.url, self.body(model))
 
-    async def many(self, s: Any, k: int) -> float:
-        return aggregate(await asyncio.gather(*(self.one(s) for _ in range(k))))
+    async def many(self, s: Any, k: int, model: str = MODEL_ID) -> float:
+        return aggregate(await asyncio.gather(*(self.one(s, model) for _ in range(k))))
 
     async def prefix(self, s: Any, text: str) -> tuple[Stream, Stream]:
         head = f"[{self.tag}] {text}"
@@ -109,6 +110,7 @@ async def rounds(
             values |= {"cold TTFT ms": cold.ttft * 1e3, "prefix TTFT ms": warm.ttft * 1e3}
             values["prefix cached tokens"] = warm.cached
             values["compiled tok/s"] = (await r.one(s, COMPILED_ID)).rate
+            values["compiled 4 streams tok/s"] = await r.many(s, 4, COMPILED_ID)
             values["llama.cpp tok/s"] = bare.once(ids_of(f"[{i}] {PROMPT}"), args.tokens)[1]
             values["competitor tok/s"] = (await r.competed(s)).rate
             if i == 0:
@@ -121,6 +123,8 @@ async def rounds(
             put("prefix TTFT / cold", warm.ttft / cold.ttft)
             put("eager / llama.cpp", base / values["llama.cpp tok/s"])
             put("compiled / llama.cpp", values["compiled tok/s"] / values["llama.cpp tok/s"])
+            compiled = values["compiled tok/s"]
+            put("compiled 4 streams / 1", values["compiled 4 streams tok/s"] / compiled)
             put("competitor / alone", values["competitor tok/s"] / base)
     return got
 
