@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,31 +43,13 @@ from helexa.neuron.engine.torch_device import (
     is_cuda_error,
     is_oom,
 )
+from helexa.neuron.engine.torch_embed import by_length, pool_hidden
 from helexa.neuron.engine.torch_prefix import DEFAULT_MB, PrefixCache, cuttable
 from helexa.neuron.engine.torch_static_batch import EAGER_CPU, StaticBatch, static_refusal
 
 log = logging.getLogger("helexa.neuron.engine")
 
-_EMBED_BATCH_TOKENS = 16384
 PREFILL_CHUNK = 512  # prompt tokens a step while other generations decode
-
-
-def _pool(h: torch.Tensor, mode: str) -> torch.Tensor:
-    """Pool hidden states (batch, seq, dim) of unpadded sequences."""
-    if mode == "lasttoken":
-        return h[:, -1]
-    if mode == "cls":
-        return h[:, 0]
-    if mode == "mean":
-        return h.mean(dim=1)
-    if mode == "max":
-        return h.max(dim=1).values
-    if mode == "mean_sqrt_len_tokens":
-        return h.sum(dim=1) / math.sqrt(h.shape[1])
-    if mode == "weightedmean":
-        w = torch.arange(1, h.shape[1] + 1, device=h.device, dtype=h.dtype)
-        return (h * w[None, :, None]).sum(dim=1) / w.sum()
-    raise ValueError(f"pooling mode '{mode}' is not supported")
 
 
 class TorchEngine:
@@ -117,13 +98,7 @@ class TorchEngine:
         self._base_use_cache = "use_cache" in inspect.signature(self.base.forward).parameters
         self._want_compile = wanted(spec.compile, device) and not embedding_only
         self.static = bool(spec.static_cache) or self._want_compile
-        self._pool = (
-            StaticPool(
-                model.config, self._context_cap(), fixed=self._want_compile and one_size(device)
-            )
-            if self.static
-            else None
-        )
+        self._pool = self._new_pool()
         self._decode_fn: Callable[..., Any] | None = None
         self.compiled = False
         self.load_secs = 0.0
@@ -170,6 +145,13 @@ class TorchEngine:
         budget = None if mb is None else mb * 2**20 + kept
         shape, padded = (static.held if static is not None else None), self.batch is not None
         return KvBudget(per_token, per_row, budget, self.spec.max_batch, padded, shape)
+
+    def _new_pool(self) -> StaticPool | None:
+        """Reused static caches when wanted: of the whole context for CUDA graphs."""
+        if not self.static:
+            return None
+        fixed = self._want_compile and one_size(self.device)
+        return StaticPool(self.model.config, self._context_cap(), fixed=fixed)
 
     def _prefix_cache(self) -> PrefixCache | None:
         """None for a zero budget, or for a hybrid on pooled static caches (its recurrent
@@ -249,7 +231,7 @@ class TorchEngine:
         """After a failed compile: the caches and decode paths of an eager model."""
         self._want_compile = False
         self.static = bool(self.spec.static_cache)
-        self._pool = StaticPool(self.model.config, self._context_cap()) if self.static else None
+        self._pool = self._new_pool()
         self.prefix = self._prefix_cache()
         self.batch, self.batch_refused = self._batching()
 
@@ -426,26 +408,12 @@ class TorchEngine:
 
     @torch.inference_mode()
     def embed(self, inputs: list[list[int]]) -> tuple[list[list[float]], int]:
-        """Pooled (and, per the model, L2-normalised) vectors in input order, and the token count.
-
-        Inputs of equal length share a forward pass, so no padding ever touches the numbers; the
-        same request always gives the same vectors (a different batch mix may move the last
-        bits)."""
+        """Pooled (and, per the model, L2-normalised) vectors in input order (torch_embed), and
+        the token count."""
         seqs = [check_ids(x, self.vocab_size, "inputs") for x in inputs]
         for s in seqs:
             check_length(len(s), self.spec.max_prompt_tokens)
-        unique = list(dict.fromkeys(tuple(s) for s in seqs))  # duplicates computed once
-        by_len: dict[int, list[tuple[int, ...]]] = {}
-        for u in unique:
-            by_len.setdefault(len(u), []).append(u)
-        found: dict[tuple[int, ...], list[float]] = {}
-        for n, group in sorted(by_len.items()):
-            per = max(1, _EMBED_BATCH_TOKENS // n)
-            for j in range(0, len(group), per):
-                chunk = group[j : j + per]
-                for u, v in zip(chunk, self._embed_batch([list(c) for c in chunk]), strict=True):
-                    found[u] = v
-        return [found[tuple(s)] for s in seqs], sum(len(s) for s in seqs)
+        return by_length(seqs, self._embed_batch), sum(len(s) for s in seqs)
 
     def _embed_batch(self, batch: list[list[int]]) -> list[list[float]]:
         ids = torch.tensor(batch, device=self.device)
@@ -453,7 +421,7 @@ class TorchEngine:
         if self._base_use_cache:
             kwargs["use_cache"] = False
         h = self.base(input_ids=ids, **kwargs).last_hidden_state.to(torch.float32)
-        pooled = torch.cat([_pool(h, m) for m in self.pooling.modes], dim=-1)
+        pooled = torch.cat([pool_hidden(h, m) for m in self.pooling.modes], dim=-1)
         if self.pooling.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
         if not bool(torch.isfinite(pooled).all()):
