@@ -74,9 +74,26 @@ def test_auto_packs_only_shapes_measured_faster(
     assert timed == [(96, 48), (48, 96)]  # once per weight shape
 
 
-def test_auto_measures_for_real() -> None:
-    stock, fast = cpu_linear.measure(torch.nn.Linear(256, 512))
-    assert stock > 0 and fast > 0
+def test_auto_packs_what_its_real_measurement_chose(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unmocked: each weight shape is timed once (through copies, from cold caches) and its
+    linears are packed exactly when that shape's logged decision says so."""
+    monkeypatch.setenv(ENV, "auto")
+    m = torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.Linear(32, 64), torch.nn.Linear(64, 32), torch.nn.SiLU()
+    )
+    with caplog.at_level(logging.INFO, "helexa.neuron.engine"):
+        n = pack_linears(m)
+    chose = {}
+    for line in caplog.messages:
+        if line.startswith("linear ") and " -> " in line:
+            shape = tuple(int(d) for d in line.split()[1].split("x"))
+            chose[shape] = line.endswith("packed")
+    assert set(chose) == {(32, 64), (64, 32)}
+    packed = [(x.out_features, x.in_features) for x in m if isinstance(x, PackedLinear)]
+    assert n == len(packed) and all(chose[s] for s in packed)
+    assert all(not chose[(x.out_features, x.in_features)] for x in m if type(x) is torch.nn.Linear)
 
 
 def test_half_precision_linears_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,10 +34,11 @@ class KvBudget:
         """The most KV these generations (each needing that many positions) can hold."""
         if not needs:
             return 0
-        positions = len(needs) * max(needs) if self.padded else sum(needs)
         if self.shape is not None:
             slots, columns = self.shape(len(needs), max(needs))
             positions = slots * columns
+        else:
+            positions = len(needs) * max(needs) if self.padded else sum(needs)
         return positions * self.per_token + len(needs) * self.per_row
 
     def admits(self, state: GenerationState, running: list[GenerationState]) -> bool:

@@ -13,6 +13,7 @@ dynamic copy (`as_dynamic`). Any other cache layer (a sliding window) can't be p
 
 from __future__ import annotations
 
+import abc
 import copy
 from collections.abc import Callable
 from typing import Any
@@ -59,7 +60,7 @@ def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
     return t if n == 0 else torch.nn.functional.pad(t, (0, 0, n, 0))
 
 
-class Batch:
+class Batch(abc.ABC):
     """What the engine drives on a batch: `step` and `release`, over the rows a kind of batch
     holds (`rows` in the order `forward` returns their logits) and how it joins, decodes,
     drops and gives up on them."""
@@ -69,18 +70,18 @@ class Batch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def join(self, state: GenerationState, cache: Any, n_tokens: int) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def join(self, state: GenerationState, cache: Any, n_tokens: int) -> None: ...
 
-    def forward(self, model: Forward, tokens: list[int], **kw: Any) -> torch.Tensor:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, model: Forward, tokens: list[int], **kw: Any) -> torch.Tensor: ...
 
-    def leave(self, state: GenerationState, *, keep: bool = False) -> Any:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def leave(self, state: GenerationState, *, keep: bool = False) -> Any: ...
 
+    @abc.abstractmethod
     def reset(self) -> None:
         """Drop every row (after a failed join or forward left the cache half-updated)."""
-        raise NotImplementedError
 
     @torch.inference_mode()
     def step(

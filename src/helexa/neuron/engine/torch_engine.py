@@ -21,7 +21,7 @@ from helexa.neuron.engine.constraint import Grammars, hf_vocabulary
 from helexa.neuron.engine.errors import Fault, RequestError
 from helexa.neuron.engine.frames import Event, Generate, ReadyInfo
 from helexa.neuron.engine.generation import GenerationState, StepResult
-from helexa.neuron.engine.kv_budget import KvBudget
+from helexa.neuron.engine.kv_budget import KvBudget, need
 from helexa.neuron.engine.loader import LoadSpec, ModelDir, Pooling
 from helexa.neuron.engine.logit_bias import logit_bias
 from helexa.neuron.engine.request_checks import (
@@ -122,14 +122,16 @@ class TorchEngine:
             return None, None
         from transformers import DynamicCache
 
-        config, eager, fixed = self.model.config, not self._want_compile, one_size(self.device)
+        config, eager = self.model.config, not self._want_compile
         fresh = DynamicCache(config=config)
         if why := refusal(fresh):
             return None, why
-        if (eager and (fixed or not EAGER_CPU)) or static_refusal(fresh, config):
+        eager_padded = eager and (one_size(self.device) or not EAGER_CPU)
+        if eager_padded or static_refusal(fresh, config):
             return DecodeBatch(self.device, self._cache_kw), None
-        top, cap, fixed = self.spec.max_batch, self._context_cap(), fixed and not eager
-        return StaticBatch(self.device, config, self._cache_kw, top, cap, fixed, eager), None
+        graphs = not eager and one_size(self.device)  # CUDA graphs: one storage, the whole context
+        top, cap = self.spec.max_batch, self._context_cap()
+        return StaticBatch(self.device, config, self._cache_kw, top, cap, graphs, eager), None
 
     def _kv_budget(self, cache: Any) -> KvBudget:
         """KV bytes measured on the warm-up cache; the budget is `kv_budget_mb`, else 90 % of
@@ -283,12 +285,12 @@ class TorchEngine:
         # the whole context, which simultaneous arrivals can't all have)
         pooled = self._pool is not None and not (self._crowded and self.batch is not None)
         if pooled:
-            state.cache, state.slot = self._new_cache(len(prompt) + state.max_tokens)
+            state.cache, state.slot = self._new_cache(need(state))
         if self.prefix is not None:
             state.cache, done = self.prefix.take(prompt, into=state.cache)
             state.cached_tokens = done
         if state.cache is None:
-            state.cache, state.slot = self._new_cache(len(prompt) + state.max_tokens, pooled)
+            state.cache, state.slot = self._new_cache(need(state), pooled=False)
         return self._feed_chunk(state, done)
 
     def _feed_chunk(self, state: GenerationState, done: int) -> torch.Tensor | None:
@@ -362,15 +364,14 @@ class TorchEngine:
     def step(self, active: list[GenerationState]) -> list[StepResult]:
         self._decoding = any(s.token_ids and not s.finished for s in active)
         self._crowded = sum(not s.finished for s in active) > 1
+        static = isinstance(self.batch, StaticBatch)
         if self.batch is not None:
-            keep = self.prefix is not None
-            compiled = self._decode_fn if isinstance(self.batch, StaticBatch) else None
             self._decoded = self.batch.step(
-                compiled or self.model,
+                self._decode_fn if static and self._decode_fn is not None else self.model,
                 active,
-                keep=keep,
+                keep=self.prefix is not None,
                 own=self._joining,
-                solo=self._decode_fn is not None or isinstance(self.batch, StaticBatch),
+                solo=static or self._decode_fn is not None,
                 **self._keep_kw,
             )
         try:
@@ -384,7 +385,7 @@ class TorchEngine:
         """A pooled cache for a generation back on the compiled batch-1 step; None eager."""
         if self._decode_fn is None:
             return None
-        cache, state.slot = self._new_cache(len(state.prompt) + state.max_tokens)
+        cache, state.slot = self._new_cache(need(state))
         return cache
 
     def cancel(self, state: GenerationState) -> list[Event]:
